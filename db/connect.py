@@ -1,0 +1,122 @@
+"""Settings -> a database target that knows whether it may LISTEN and prepare statements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from db.embedded import embedded_url, pgdata_path
+from db.errors import DatabaseUnavailable
+from db.settings import DatabaseSettings, PoolerMode
+
+SUPAVISOR_TRANSACTION_PORT = 6543
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved database: its URL and what the connection path between us allows."""
+
+    url: str
+    transaction_pooler: bool
+    embedded: bool = False
+    application_name: str = "pgmq-worker"
+    connect_timeout_s: int = 10
+
+    @property
+    def allows_listen(self) -> bool:
+        """LISTEN needs a session that stays ours; a transaction pooler reassigns it per transaction."""
+        return not self.transaction_pooler
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect / the pools."""
+        kwargs: dict[str, Any] = {
+            "application_name": self.application_name,
+            "connect_timeout": self.connect_timeout_s,
+        }
+        if self.transaction_pooler:
+            # Prepared statements live in one server session; a transaction pooler moves us
+            # between sessions, so psycopg must never prepare.
+            kwargs["prepare_threshold"] = None
+        return kwargs
+
+    def describe(self) -> str:
+        """Where this points, with any password masked, for logs and CLI output."""
+        info = conninfo.conninfo_to_dict(self.url)
+        host = info.get("host") or "localhost"
+        where = f"{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        mode = "transaction pooler" if self.transaction_pooler else "direct"
+        return f"{where} ({mode}{', embedded' if self.embedded else ''})"
+
+
+def resolve(settings: DatabaseSettings) -> Target:
+    """Decide the URL (starting the embedded server when DATABASE_URL is unset) and pooler mode."""
+    timeout = max(1, int(settings.connect_timeout.total_seconds()))
+    if settings.database_url is None:
+        try:
+            url = embedded_url(settings.data_dir)
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL under {pgdata_path(settings.data_dir)}: {exc}"
+            ) from exc
+        return Target(url, False, True, settings.application_name, timeout)
+    try:
+        info = conninfo.conninfo_to_dict(settings.database_url)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUnavailable(f"DATABASE_URL is not a valid Postgres URL: {exc}") from exc
+    if settings.pooler is PoolerMode.AUTO:
+        pooled = str(info.get("port", "")) == str(SUPAVISOR_TRANSACTION_PORT)
+    else:
+        pooled = settings.pooler is PoolerMode.TRANSACTION
+    return Target(settings.database_url, pooled, False, settings.application_name, timeout)
+
+
+def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """One synchronous connection, with a one-line error when the database cannot be reached."""
+    try:
+        return psycopg.connect(target.url, autocommit=autocommit, **target.connect_kwargs())
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc)}") from exc
+
+
+async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
+    """One asynchronous connection, with a one-line error when the database cannot be reached."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            target.url, autocommit=autocommit, **target.connect_kwargs()
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc)}") from exc
+
+
+def async_pool(target: Target, *, min_size: int, max_size: int) -> AsyncConnectionPool:
+    """An autocommit async pool that checks connections before handing them out."""
+    return AsyncConnectionPool(
+        target.url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, **target.connect_kwargs()},
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        reconnect_timeout=24 * 3600,  # keep trying: a worker outlives database restarts
+    )
+
+
+def sync_pool(target: Target, *, min_size: int, max_size: int) -> ConnectionPool:
+    """An autocommit sync pool (web processes, Flask) that checks connections before use."""
+    return ConnectionPool(
+        target.url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, **target.connect_kwargs()},
+        check=ConnectionPool.check_connection,
+        open=False,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

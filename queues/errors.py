@@ -1,0 +1,28 @@
+"""Errors raised when declaring queues and enqueueing.
+
+QueueError
+ ├─ InvalidQueueName   not a name pgmq can make tables for
+ ├─ UnknownQueue       no such pgmq queue
+ └─ InvalidPayload     the payload is not a JSON object, fails its contract, or is too large
+"""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """A queue or message problem."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class InvalidQueueName(QueueError, ValueError):
+    """Queue names are 1-43 characters of lowercase letters, digits and underscores."""
+
+
+class UnknownQueue(QueueError, LookupError):
+    """No such queue."""
+
+
+class InvalidPayload(QueueError, ValueError):
+    """The payload is not a JSON object that satisfies the queue's contract."""

@@ -1,0 +1,20 @@
+"""The daemon runtime: `@handler`, `Context`, and the worker that runs them."""
+
+from worker.backoff import Backoff
+from worker.context import Context
+from worker.errors import InvalidPayload, Permanent, Retry, UnknownQueue, WorkerError
+from worker.registry import Registry, Task, handler, registry
+
+__all__ = [
+    "Backoff",
+    "Context",
+    "InvalidPayload",
+    "Permanent",
+    "Registry",
+    "Retry",
+    "Task",
+    "UnknownQueue",
+    "WorkerError",
+    "handler",
+    "registry",
+]

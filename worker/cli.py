@@ -1,0 +1,284 @@
+"""The `pgmq-worker` command line: settings are built here, once, and passed down."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+import psycopg
+from pydantic import ValidationError
+
+from db.connect import Target, connect, resolve
+from db.embedded import pgdata_path, stop_embedded
+from db.errors import DatabaseError, PgmqUnsupported
+from db.migrate import migrate as apply_migrations
+from db.migrate import status as migration_status
+from db.pgmq_install import detect, ensure_installed
+from db.settings import DatabaseSettings
+from queues import pgmq
+from queues.contract import Contract, QueueRef
+from queues.enqueue import prepare
+from queues.errors import QueueError, UnknownQueue
+from queues.names import dlq_name, is_dlq, validate_queue_name
+from worker.errors import WorkerError
+from worker.logs import configure_logging
+from worker.registry import Registry, Task, registry
+from worker.runner import Worker
+from worker.settings import WorkerSettings
+
+DEFAULT_IMPORT = "handlers"
+T = TypeVar("T")
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into `Error: ...` and exit status 1, not a traceback."""
+    try:
+        yield
+    except (DatabaseError, QueueError, WorkerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid setting: {_first(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"database error: {_first(exc)}") from exc
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[:2]) if text else type(exc).__name__
+
+
+def _settings(factory: Callable[..., T], **overrides: Any) -> T:
+    with _one_line_errors():
+        return factory(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _target(db_settings: DatabaseSettings) -> Target:
+    target = resolve(db_settings)
+    if target.embedded:
+        click.echo(
+            f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)} "
+            "(set DATABASE_URL to use another server)",
+            err=True,
+        )
+    return target
+
+
+def _prepare_schema(target: Target) -> None:
+    """Embedded databases migrate themselves; a real one must have been migrated."""
+    with connect(target) as conn:
+        if target.embedded:
+            ensure_installed(conn)
+            apply_migrations(conn)
+            return
+        try:
+            detect(conn)
+        except PgmqUnsupported as exc:
+            raise PgmqUnsupported(f"{exc} (run `pgmq-worker migrate` first)") from exc
+
+
+def _import_handlers(modules: tuple[str, ...]) -> None:
+    for name in modules or (DEFAULT_IMPORT,):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f" ({where.filename}:{where.lineno})" if where else ""
+            raise click.ClickException(
+                f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}{at}"
+            ) from exc
+
+
+@click.group()
+@click.version_option(package_name="pgmq-worker")
+def main() -> None:
+    """pgmq-worker: background jobs on Postgres queues (pgmq / Supabase Queues)."""
+
+
+@main.command()
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
+@click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only these queues (repeatable).")
+@click.option("--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once.")
+@click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty and nothing is in flight.")
+@click.option("--poll-interval", type=click.FloatRange(0.01), help="Seconds between polls.")
+def run(
+    imports: tuple[str, ...],
+    queues: tuple[str, ...],
+    concurrency: int | None,
+    burst: bool,
+    poll_interval: float | None,
+) -> None:
+    """Run a worker for the registered handlers' queues."""
+    settings = _settings(
+        WorkerSettings,
+        concurrency=concurrency,
+        poll_interval=None if poll_interval is None else timedelta(seconds=poll_interval),
+    )
+    db_settings = _settings(DatabaseSettings)
+    configure_logging(settings.log_format, settings.log_level)
+    _import_handlers(imports)
+    with _one_line_errors():
+        for q in queues:
+            validate_queue_name(q)
+        if not registry:
+            raise UnknownQueue(f"no handlers registered by {', '.join(imports or (DEFAULT_IMPORT,))}")
+        for q in queues:
+            registry.get(q)
+        target = _target(db_settings)
+        _prepare_schema(target)
+        worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)
+        asyncio.run(worker.run())
+
+
+@main.command()
+@click.option("--status", "show_status", is_flag=True, help="List migrations and whether each is applied.")
+def migrate(show_status: bool) -> None:
+    """Install pgmq where it is missing, then apply pending migrations (idempotent)."""
+    db_settings = _settings(DatabaseSettings)
+    with _one_line_errors():
+        target = _target(db_settings)
+        with connect(target) as conn:
+            if show_status:
+                for m in migration_status(conn):
+                    when = m.applied_at.isoformat(timespec="seconds") if m.applied_at else "pending"
+                    click.echo(f"{m.version:04d}_{m.name}  {when}")
+                return
+            features = ensure_installed(conn)
+            click.echo(f"pgmq {features.version} ({features.source}) on {target.describe()}")
+            done = apply_migrations(conn)
+        for applied in done:
+            click.echo(f"applied {applied.version:04d}_{applied.name}")
+        if not done:
+            click.echo("migrations: up to date")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("payload")
+@click.option("--delay", type=click.FloatRange(0), default=0.0, help="Seconds before it becomes visible.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
+def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> None:
+    """Send one JSON object to QUEUE (validated against its handler's model when one is known)."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from exc
+    db_settings = _settings(DatabaseSettings)
+    _import_handlers(imports)
+    with _one_line_errors():
+        validate_queue_name(queue)
+        known = _known(registry, queue)
+        ref: QueueRef = Contract(queue, known.model) if known and known.model else queue
+        name, prepared = prepare(ref, body)
+        target = _target(db_settings)
+        _prepare_schema(target)
+        with connect(target) as conn:
+            if known is not None:
+                pgmq.ensure_queue(conn, name)
+            elif not pgmq.queue_exists(conn, name):
+                raise UnknownQueue(f"no queue named {name!r} and no handler registered for it")
+            msg_id = pgmq.send(conn, name, prepared, round(delay))
+    click.echo(json.dumps({"queue": name, "msg_id": msg_id}))
+
+
+def _known(reg: Registry, queue: str) -> Task | None:
+    try:
+        return reg.get(queue)
+    except UnknownQueue:
+        return None
+
+
+@main.command(name="queues")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per queue.")
+def list_queues(as_json: bool) -> None:
+    """Each queue with its depth, in-flight count, oldest message age and dead-letter depth."""
+    db_settings = _settings(DatabaseSettings)
+    with _one_line_errors():
+        target = _target(db_settings)
+        _prepare_schema(target)
+        with connect(target) as conn:
+            names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
+            rows = [pgmq.metrics(conn, q) for q in names]
+    if as_json:
+        for r in rows:
+            click.echo(
+                json.dumps(
+                    {
+                        "queue": r.queue,
+                        "depth": r.depth,
+                        "visible": r.visible,
+                        "in_flight": r.in_flight,
+                        "oldest_age_s": r.oldest_age_s,
+                        "dead": r.dead,
+                    }
+                )
+            )
+        return
+    header = f"{'queue':<32} {'depth':>8} {'in_flight':>9} {'oldest_s':>9} {'dead':>6}"
+    click.echo(header)
+    for r in rows:
+        oldest = "-" if r.oldest_age_s is None else str(r.oldest_age_s)
+        click.echo(f"{r.queue:<32} {r.depth:>8} {r.in_flight:>9} {oldest:>9} {r.dead:>6}")
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay dead-lettered messages."""
+
+
+@dlq.command(name="list")
+@click.argument("queue")
+@click.option("--limit", type=click.IntRange(1), default=50)
+def dlq_list(queue: str, limit: int) -> None:
+    """Show the oldest dead letters of QUEUE, one JSON object per line."""
+    db_settings = _settings(DatabaseSettings)
+    with _one_line_errors():
+        validate_queue_name(queue)
+        target = _target(db_settings)
+        _prepare_schema(target)
+        with connect(target) as conn:
+            if not pgmq.queue_exists(conn, dlq_name(queue)):
+                raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
+            entries = pgmq.dead_letters(conn, queue, limit)
+    for e in entries:
+        click.echo(json.dumps({"dlq_msg_id": e.msg_id, **e.record}, default=str))
+
+
+@dlq.command(name="replay")
+@click.argument("queue")
+@click.option("--msg-id", "msg_ids", multiple=True, type=int, help="Dead letter ids (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of QUEUE.")
+def dlq_replay(queue: str, msg_ids: tuple[int, ...], replay_all: bool) -> None:
+    """Send dead letters back to QUEUE as fresh messages (attempts start again at 1)."""
+    if not msg_ids and not replay_all:
+        raise click.UsageError("name dead letters with --msg-id, or pass --all")
+    db_settings = _settings(DatabaseSettings)
+    with _one_line_errors():
+        validate_queue_name(queue)
+        target = _target(db_settings)
+        _prepare_schema(target)
+        with connect(target) as conn:
+            if not pgmq.queue_exists(conn, dlq_name(queue)):
+                raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
+            new_ids = pgmq.replay(conn, queue, None if replay_all else msg_ids)
+    click.echo(json.dumps({"queue": queue, "replayed": len(new_ids), "msg_ids": new_ids}))
+
+
+@main.command(name="stop-embedded")
+def stop_embedded_server() -> None:
+    """Stop the embedded PostgreSQL (it otherwise keeps running between commands)."""
+    db_settings = _settings(DatabaseSettings)
+    stopped = stop_embedded(db_settings.data_dir)
+    click.echo("stopped" if stopped else f"not running ({pgdata_path(db_settings.data_dir)})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""What a handler gets besides its payload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ParamSpec, TypeVar
+
+import structlog
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The delivery a handler is working on, and tools bound to it."""
+
+    queue: str
+    msg_id: int
+    attempt: int  # 1 on the first delivery; pgmq's read_ct (see README: what an attempt is)
+    max_attempts: int
+    enqueued_at: datetime
+    log: structlog.stdlib.BoundLogger
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across redeliveries of the same message: use it to make side effects idempotent."""
+        return f"{self.queue}:{self.msg_id}"
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure now dead-letters the message instead of retrying."""
+        return self.attempt >= self.max_attempts
+
+    async def to_thread(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking work (OCR, a sync SDK) off the event loop, keeping log context."""
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(None, call)

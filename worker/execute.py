@@ -1,0 +1,89 @@
+"""Run one delivery's handler: validate the payload, call it within its timeout, name the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from concurrent.futures import Executor
+from typing import Any
+
+from pydantic import ValidationError
+
+from queues.errors import InvalidPayload
+from queues.pgmq import Message
+from worker.context import Context
+from worker.errors import Permanent, Retry
+from worker.outcome import Abandoned, DeadLetter, ErrorInfo, Outcome, RetryLater, Succeeded
+from worker.registry import Task
+
+
+class AttemptTimeout(TimeoutError):
+    """The handler ran past its timeout."""
+
+
+def parse_payload(task: Task, body: Any) -> Any:
+    """The handler's argument: its pydantic model when annotated, else the JSON object."""
+    if not isinstance(body, dict):
+        raise InvalidPayload(f"message on {task.queue!r} is not a JSON object (got {type(body).__name__})")
+    if task.model is None:
+        return body
+    try:
+        return task.model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidPayload(
+            f"message on {task.queue!r} does not match {task.model.__name__}: {exc}"
+        ) from exc
+
+
+async def execute(task: Task, message: Message, ctx: Context, executor: Executor) -> Outcome:
+    """Run the handler once and classify what happened."""
+    try:
+        payload = parse_payload(task, message.body)
+    except InvalidPayload as exc:
+        return DeadLetter("invalid_payload", ErrorInfo.of(exc))
+    try:
+        result = await _call(task, payload, ctx, executor)
+    except asyncio.CancelledError:
+        raise  # the runner decides: shutdown or lease lost
+    except Permanent as exc:
+        return DeadLetter("permanent", ErrorInfo.of(exc))
+    except InvalidPayload as exc:
+        return DeadLetter("invalid_payload", ErrorInfo.of(exc))
+    except Exception as exc:
+        return failed(task, message, exc)
+    return Succeeded(result)
+
+
+def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | DeadLetter:
+    """A failed attempt: retry after backoff (or the Retry's delay), or dead-letter when spent."""
+    error = ErrorInfo.of(exc)
+    if message.read_ct >= task.max_attempts:
+        return DeadLetter("max_attempts", error)
+    if isinstance(exc, Retry) and exc.delay is not None:
+        return RetryLater(max(0.0, exc.delay), error)
+    return RetryLater(task.backoff.delay(message.read_ct), error)
+
+
+async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> Any:
+    if task.is_async:
+        call = task.fn(payload, ctx)
+    else:
+        # A thread keeps blocking work (OCR, sync HTTP) off the loop; copy_context carries the
+        # structlog contextvars (queue, msg_id) into it.
+        loop = asyncio.get_running_loop()
+        run = functools.partial(contextvars.copy_context().run, task.fn, payload, ctx)
+        call = loop.run_in_executor(executor, run)
+    limit = asyncio.timeout(task.timeout)
+    try:
+        async with limit:
+            return await call
+    except TimeoutError:
+        if not limit.expired():
+            raise  # the handler's own TimeoutError: an ordinary failure
+        # A thread cannot be killed: a sync handler past its timeout keeps its pool thread until
+        # it returns, but its result is ignored and the message is retried.
+        raise AttemptTimeout(f"handler ran past its timeout of {task.timeout:g}s") from None
+
+
+__all__ = ["Abandoned", "AttemptTimeout", "execute", "failed", "parse_payload"]

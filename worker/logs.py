@@ -1,0 +1,42 @@
+"""structlog setup: JSON in production, console on a TTY; context through contextvars."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+
+def configure_logging(
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: Literal["debug", "info", "warning", "error"] = "info",
+) -> None:
+    """Configure structlog once, at the CLI edge."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if not use_console else _identity,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _identity(_logger: object, _name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    return event
+
+
+def get_logger() -> structlog.stdlib.BoundLogger:
+    """The project logger (events are fixed `noun.verb` names with key-values)."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("pgmq_worker")
+    return logger

@@ -1,0 +1,80 @@
+"""What running one delivery came to, and how each outcome is recorded."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from queues.pgmq import Message
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception as plain data, for the log and the dead-letter record."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        """Capture type, message and formatted traceback."""
+        return cls(
+            type=type(exc).__qualname__,
+            message=str(exc) or type(exc).__qualname__,
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The handler returned: ack."""
+
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """The attempt failed and attempts remain: visible again after `delay` seconds."""
+
+    delay: float
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """No retry can help, or attempts are spent: move to `<queue>_dlq`."""
+
+    reason: str  # "max_attempts" | "invalid_payload" | "permanent" | "crashed"
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """The worker stopped or lost the lease mid-attempt: no settle, or a release on shutdown."""
+
+    why: str  # "shutdown" | "lease_lost"
+
+
+Outcome = Succeeded | RetryLater | DeadLetter | Abandoned
+
+
+def dead_letter_record(message: Message, outcome: DeadLetter, max_attempts: int) -> dict[str, Any]:
+    """The body of the dead-letter message: the original payload and why it is here."""
+    return {
+        "queue": message.queue,
+        "msg_id": message.msg_id,
+        "payload": message.body,
+        "attempts": message.read_ct,
+        "max_attempts": max_attempts,
+        "reason": outcome.reason,
+        "error": outcome.error.as_dict(),
+        "enqueued_at": message.enqueued_at.isoformat(),
+        "dead_lettered_at": datetime.now(UTC).isoformat(),
+    }

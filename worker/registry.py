@@ -1,0 +1,154 @@
+"""The handler registry: `@handler(queue, ...)` ties a function to a queue and its policy."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from queues.contract import Contract, QueueRef, queue_of
+from worker.backoff import Backoff
+from worker.errors import HandlerRegistrationError, UnknownQueue
+
+HandlerFn = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+MIN_VISIBILITY_TIMEOUT_S = 2  # the lease is renewed at half of it: below this, renewals thrash
+
+
+def seconds(value: float | timedelta, what: str) -> float:
+    """Normalise a duration given as seconds or a timedelta; it must be positive."""
+    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if result <= 0:
+        raise HandlerRegistrationError(f"{what} must be positive, got {value!r}")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A registered handler with its queue and policy."""
+
+    queue: str
+    fn: HandlerFn
+    model: type[BaseModel] | None
+    is_async: bool
+    max_attempts: int
+    visibility_timeout: float
+    timeout: float | None
+    backoff: Backoff
+    archive: bool
+    name: str = field(default="")
+
+    @property
+    def read_vt(self) -> int:
+        """The whole seconds pgmq.read hides a message for (pgmq takes integers)."""
+        return max(MIN_VISIBILITY_TIMEOUT_S, round(self.visibility_timeout))
+
+
+class Registry:
+    """Queue name -> Task. One handler per queue."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def add(self, task: Task) -> None:
+        """Register a task; re-registering the same function (a re-import) replaces it."""
+        existing = self._tasks.get(task.queue)
+        if existing is not None and existing.name != task.name:
+            raise HandlerRegistrationError(
+                f"queue {task.queue!r} already has handler {existing.name}; cannot add {task.name}"
+            )
+        self._tasks[task.queue] = task
+
+    def get(self, queue: str) -> Task:
+        """The task for a queue, or UnknownQueue."""
+        try:
+            return self._tasks[queue]
+        except KeyError:
+            raise UnknownQueue(f"no handler is registered for queue {queue!r}") from None
+
+    def queues(self) -> list[str]:
+        """Registered queue names, sorted."""
+        return sorted(self._tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def clear(self) -> None:
+        """Forget every handler (tests)."""
+        self._tasks.clear()
+
+
+registry = Registry()  # the one @handler fills; the CLI imports handler modules to populate it
+
+
+def handler(
+    queue: QueueRef,
+    *,
+    max_attempts: int = 5,
+    visibility_timeout: float | timedelta = 30,
+    timeout: float | timedelta | None = None,
+    backoff: Backoff | float | timedelta | None = None,
+    archive: bool = False,
+    registry: Registry = registry,
+) -> Callable[[F], F]:
+    """Register `def f(payload, ctx)` or `async def f(payload, ctx)` as the handler of a queue.
+
+    max_attempts: deliveries before the message is dead-lettered (>= 1).
+    visibility_timeout: how long a delivery stays hidden; renewed at half while the handler runs.
+    timeout: wall-clock limit for one attempt; past it the attempt fails and is retried.
+    backoff: a Backoff, or the base delay of the default exponential backoff.
+    archive: on success, move the message to pgmq's archive table instead of deleting it.
+    """
+    name = queue_of(queue)
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise HandlerRegistrationError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+    vt = seconds(visibility_timeout, "visibility_timeout")
+    limit = None if timeout is None else seconds(timeout, "timeout")
+    policy = Backoff.of(backoff)
+
+    def register(fn: F) -> F:
+        if not callable(fn):
+            raise HandlerRegistrationError(f"@handler({name!r}) decorates a callable, got {fn!r}")
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 2:
+            raise HandlerRegistrationError(
+                f"handler {fn.__qualname__} must take (payload, ctx), it takes {len(params)} parameters"
+            )
+        model = queue.model if isinstance(queue, Contract) else _annotated_model(fn, params[0].name)
+        registry.add(
+            Task(
+                queue=name,
+                fn=fn,
+                model=model,
+                is_async=inspect.iscoroutinefunction(fn),
+                max_attempts=max_attempts,
+                visibility_timeout=vt,
+                timeout=limit,
+                backoff=policy,
+                archive=archive,
+                name=f"{fn.__module__}.{fn.__qualname__}",
+            )
+        )
+        return fn
+
+    return register
+
+
+def _annotated_model(fn: Callable[..., Any], param: str) -> type[BaseModel] | None:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise HandlerRegistrationError(f"cannot resolve the annotations of {fn.__qualname__}: {exc}") from exc
+    hint = hints.get(param)
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return hint
+    return None

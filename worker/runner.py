@@ -1,0 +1,398 @@
+"""The worker: fetch -> dispatch -> handler -> settle, with leases, wake-ups and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from db.connect import Target, async_pool, connect
+from db.pgmq_install import PgmqFeatures, detect
+from db.settings import DatabaseSettings
+from queues import pgmq
+from queues.pgmq import Message
+from worker.backoff import reconnect_delay
+from worker.context import Context
+from worker.errors import UnknownQueue
+from worker.execute import execute
+from worker.leases import Lease, Leases
+from worker.logs import get_logger
+from worker.outcome import (
+    Abandoned,
+    DeadLetter,
+    ErrorInfo,
+    Outcome,
+    RetryLater,
+    Succeeded,
+    dead_letter_record,
+)
+from worker.registry import Registry, Task
+from worker.settings import WorkerSettings
+from worker.wakeup import Wakeup, sleep_or_stop
+
+log = get_logger()
+
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+SETTLE_TRIES = 6
+
+
+class Worker:
+    """One worker process: reads its queues with `concurrency` slots until told to stop."""
+
+    def __init__(
+        self,
+        target: Target,
+        registry: Registry,
+        settings: WorkerSettings,
+        db_settings: DatabaseSettings,
+        *,
+        queues: Sequence[str] = (),
+        burst: bool = False,
+    ) -> None:
+        self.target = target
+        self.registry = registry
+        self.settings = settings
+        self.db_settings = db_settings
+        self.queues = list(queues) or registry.queues()
+        self.burst = burst
+        self.features: PgmqFeatures | None = None
+        self._stopping = asyncio.Event()  # warm: fetch nothing more, let handlers finish
+        self._cold = asyncio.Event()  # second signal: cancel handlers now
+        self._slot_freed = asyncio.Event()
+        self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._rotation = 0
+        self._db_failures = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until a signal (or, in burst mode, until the queues are empty); then drain."""
+        async with self._lifespan():
+            while not self._stopping.is_set():
+                free = self.settings.concurrency - len(self._in_flight)
+                if free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                messages = await self._fetch(free)
+                for message in messages:
+                    self._dispatch(message)
+                if len(messages) >= free:
+                    continue  # there may be more right now
+                if self.burst and not messages and await self._finished():
+                    log.info("worker.burst_done")
+                    break
+                await self._idle()
+            await self._drain(self.settings.shutdown_grace.total_seconds())
+
+    async def _fetch(self, free: int) -> list[Message]:
+        """Read up to `free` messages, starting from a rotating queue so none starves."""
+        order = self.queues[self._rotation :] + self.queues[: self._rotation]
+        self._rotation = (self._rotation + 1) % len(self.queues)
+        found: list[Message] = []
+        try:
+            async with self.pool.connection() as conn:
+                for queue in order:
+                    wanted = free - len(found)
+                    if wanted <= 0:
+                        break
+                    task = self.registry.get(queue)
+                    found += await pgmq.read(conn, queue, task.read_vt, wanted)
+        except DB_ERRORS as exc:
+            await self._database_trouble(exc)
+            return found  # what was read before the failure is ours: run it
+        self._db_failures = 0
+        return found
+
+    def _dispatch(self, message: Message) -> None:
+        """Start one task per message; the slot frees when the task settles."""
+        job = asyncio.create_task(self._run_one(message), name=f"{message.queue}:{message.msg_id}")
+        key = (message.queue, message.msg_id)
+        self._in_flight[key] = job
+
+        def _done(_: asyncio.Task[None]) -> None:
+            self._in_flight.pop(key, None)
+            self._slot_freed.set()
+
+        job.add_done_callback(_done)
+
+    async def _idle(self) -> None:
+        """Wait for a notification, a freed slot in burst mode, the poll interval, or a stop."""
+        await self.wakeup.wait(self._stopping)
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        waiters = {
+            asyncio.ensure_future(self._slot_freed.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _finished(self) -> bool:
+        """Burst mode: nothing in flight here and every queue empty."""
+        if self._in_flight:
+            await self._wait_for_slot()
+            return False
+        try:
+            async with self.pool.connection() as conn:
+                for queue in self.queues:
+                    if await pgmq.has_messages(conn, queue):
+                        return False
+        except DB_ERRORS as exc:
+            await self._database_trouble(exc)
+            return False
+        return True
+
+    # -- one message ---------------------------------------------------------------------------
+
+    async def _run_one(self, message: Message) -> None:
+        task = self.registry.get(message.queue)
+        with structlog.contextvars.bound_contextvars(
+            queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct
+        ):
+            this = asyncio.current_task()
+            assert this is not None  # noqa: S101  always inside a task
+            lease = self.leases.hold(message, task.read_vt, this.cancel)
+            started = time.perf_counter()
+            try:
+                outcome = await self._execute(task, message, lease)
+            finally:
+                self.leases.drop(lease)  # before settling: a renewal racing the ack is not a loss
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            await asyncio.shield(self._settle(task, message, outcome, duration_ms))
+
+    async def _execute(self, task: Task, message: Message, lease: Lease) -> Outcome:
+        if message.read_ct > task.max_attempts:
+            # Delivered more often than allowed without an outcome: the handler killed its
+            # process (os._exit, out of memory) or outlived its lease each time. Stop the loop.
+            error = ErrorInfo(
+                type="AttemptsExhausted",
+                message=(
+                    f"delivered {message.read_ct} times (max_attempts={task.max_attempts}) "
+                    "without finishing: the handler may crash the worker or outlive its lease"
+                ),
+                traceback="",
+            )
+            return DeadLetter("crashed", error)
+        ctx = Context(
+            queue=message.queue,
+            msg_id=message.msg_id,
+            attempt=message.read_ct,
+            max_attempts=task.max_attempts,
+            enqueued_at=message.enqueued_at,
+            log=log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct),
+        )
+        log.info("job.started")
+        try:
+            return await execute(task, message, ctx, self.executor)
+        except asyncio.CancelledError:
+            return Abandoned("lease_lost" if lease.lost else "shutdown")
+
+    async def _settle(self, task: Task, message: Message, outcome: Outcome, duration_ms: float) -> None:
+        """Record the outcome in pgmq, retrying through connection trouble; guarded by the lease."""
+        if isinstance(outcome, Abandoned) and outcome.why == "lease_lost":
+            log.warning("job.abandoned", reason="lease_lost", duration_ms=duration_ms)
+            return
+        for attempt in range(1, SETTLE_TRIES + 1):
+            try:
+                async with self.pool.connection(timeout=5) as conn:
+                    ours = await self._record(conn, task, message, outcome)
+            except DB_ERRORS as exc:
+                log.warning("job.settle_failed", error=_one_line(exc), try_=attempt)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2))  # noqa: S311
+                continue
+            self._log_outcome(outcome, ours, duration_ms)
+            return
+        log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
+
+    async def _record(
+        self, conn: psycopg.AsyncConnection[Any], task: Task, message: Message, outcome: Outcome
+    ) -> bool:
+        match outcome:
+            case Succeeded():
+                return await pgmq.ack(conn, message, archive=task.archive)
+            case RetryLater(delay=delay):
+                return await pgmq.retry_later(conn, message, delay)
+            case DeadLetter():
+                record = dead_letter_record(message, outcome, task.max_attempts)
+                return await pgmq.dead_letter(conn, message, record) is not None
+            case Abandoned():
+                released = await pgmq.release(conn, message.queue, [(message.msg_id, message.read_ct)])
+                return bool(released)
+
+    @staticmethod
+    def _log_outcome(outcome: Outcome, ours: bool, duration_ms: float) -> None:
+        if not ours:
+            log.warning("lease.lost", note="another worker holds this message now; not settled")
+            return
+        match outcome:
+            case Succeeded():
+                log.info("job.succeeded", duration_ms=duration_ms)
+            case RetryLater(delay=delay, error=error):
+                log.warning(
+                    "job.retry_scheduled",
+                    delay_s=round(delay, 3),
+                    error_type=error.type,
+                    error=error.message,
+                    duration_ms=duration_ms,
+                )
+            case DeadLetter(reason=reason, error=error):
+                log.error(
+                    "job.dead_lettered",
+                    reason=reason,
+                    error_type=error.type,
+                    error=error.message,
+                    duration_ms=duration_ms,
+                )
+            case Abandoned():
+                log.info("job.released", duration_ms=duration_ms)
+
+    # -- start, trouble, stop ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        self._check_queues()
+        self.features = await asyncio.to_thread(self._prepare_database)
+        self.executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="handler")
+        self.pool: AsyncConnectionPool = async_pool(
+            self.target,
+            min_size=min(self.db_settings.pool_min_size, self.db_settings.pool_max_size),
+            max_size=self.db_settings.pool_max_size,
+        )
+        self.leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
+        self.wakeup = Wakeup(self.settings.poll_interval.total_seconds())
+        async with AsyncExitStack() as stack:
+            await self.pool.open(wait=False)
+            stack.push_async_callback(self.pool.close)
+            stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
+            self._install_signal_handlers()
+            stack.callback(self._remove_signal_handlers)
+            side = [asyncio.create_task(self.leases.run(self._stopping), name="leases")]
+            if self._listen_enabled():
+                side.append(
+                    asyncio.create_task(
+                        self.wakeup.listen(
+                            self.target,
+                            self.queues,
+                            self._stopping,
+                            self.settings.reconnect_max.total_seconds(),
+                        ),
+                        name="listener",
+                    )
+                )
+            log.info(
+                "worker.started",
+                queues=self.queues,
+                concurrency=self.settings.concurrency,
+                pgmq=self.features.version,
+                wakeup="listen+poll" if self._listen_enabled() else "poll",
+                database=self.target.describe(),
+                burst=self.burst,
+            )
+            try:
+                yield
+            finally:
+                self._stopping.set()
+                for t in side:
+                    t.cancel()
+                await asyncio.gather(*side, return_exceptions=True)
+                log.info("worker.stopped")
+
+    def _check_queues(self) -> None:
+        if not self.queues:
+            raise UnknownQueue("no handlers are registered: pass --import with your handler module")
+        for queue in self.queues:
+            self.registry.get(queue)  # UnknownQueue when no handler serves it
+
+    def _prepare_database(self) -> PgmqFeatures:
+        """Detect pgmq, create missing queues (and their _dlq), set the notify throttle."""
+        with connect(self.target) as conn:
+            features = detect(conn)
+            for queue in self.queues:
+                pgmq.ensure_queue(conn, queue)
+                if features.notify_insert and self._listen_wanted():
+                    pgmq.set_notify_throttle(conn, queue, self.settings.notify_throttle_ms)
+        return features
+
+    def _listen_wanted(self) -> bool:
+        return self.settings.listen and self.target.allows_listen
+
+    def _listen_enabled(self) -> bool:
+        return self._listen_wanted() and self.features is not None and self.features.notify_insert
+
+    async def _database_trouble(self, exc: BaseException) -> None:
+        """Back off with jitter while the database is away; never exit for it."""
+        self._db_failures += 1
+        delay = reconnect_delay(self._db_failures, self.settings.reconnect_max.total_seconds())
+        log.warning(
+            "worker.database_unavailable",
+            error=_one_line(exc),
+            retry_in_s=round(delay, 2),
+            failures=self._db_failures,
+        )
+        await sleep_or_stop(self._stopping, delay)
+
+    async def _drain(self, grace: float) -> None:
+        """Let in-flight handlers finish within `grace`; then cancel and release the rest."""
+        if not self._in_flight:
+            return
+        log.info("worker.draining", in_flight=len(self._in_flight), grace_s=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        cold = asyncio.ensure_future(self._cold.wait())
+        try:
+            while self._in_flight and not self._cold.is_set() and loop.time() < deadline:
+                await asyncio.wait(
+                    {*self._in_flight.values(), cold},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            cold.cancel()
+        remaining = list(self._in_flight.values())
+        if remaining:
+            log.warning("worker.releasing", in_flight=len(remaining))
+        for job in remaining:
+            job.cancel()  # each settles as Abandoned("shutdown"): visible again at once
+        await asyncio.gather(*remaining, return_exceptions=True)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._stopping.is_set():
+            log.info("worker.stopping", signal=sig.name, mode="warm", in_flight=len(self._in_flight))
+            self._stopping.set()
+        else:
+            log.warning("worker.stopping", signal=sig.name, mode="cold", in_flight=len(self._in_flight))
+            self._cold.set()
+
+    def stop(self, *, cold: bool = False) -> None:
+        """Ask the worker to stop (as a signal would); cold cancels running handlers."""
+        self._stopping.set()
+        if cold:
+            self._cold.set()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
