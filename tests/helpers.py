@@ -53,9 +53,11 @@ def run_burst(target: Target, registry: Registry, *, timeout: float = 60, **sett
 
 def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
     """Every message row of a queue (no read_ct bump), oldest first."""
-    cur = conn.execute(
-        f"SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message FROM pgmq.{table_name(queue)} ORDER BY msg_id"
-    )
+    query = sql.SQL(
+        "SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message"
+        " FROM pgmq.{} ORDER BY msg_id"
+    ).format(sql.Identifier(table_name(queue)))
+    cur = conn.execute(query)
     cols = [d.name for d in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
