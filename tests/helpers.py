@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg import sql
+from structlog.testing import capture_logs
 
 from db.connect import Target
 from db.settings import DatabaseSettings
@@ -54,12 +58,18 @@ def run_burst(target: Target, registry: Registry, *, timeout: float = 60, **sett
 def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
     """Every message row of a queue (no read_ct bump), oldest first."""
     query = sql.SQL(
-        "SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message"
-        " FROM pgmq.{} ORDER BY msg_id"
+        "SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message FROM pgmq.{} ORDER BY msg_id"
     ).format(sql.Identifier(table_name(queue)))
     cur = conn.execute(query)
     cols = [d.name for d in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """structlog events with their bound context (queue, msg_id, attempt) merged in."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        yield logs
 
 
 def dead(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures about a real worker; none asserts on timing."""
