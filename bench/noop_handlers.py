@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from worker import Context, handler
 
@@ -34,10 +34,7 @@ class _Recorder:
         self.first: float | None = None
         self.last: float | None = None
         self._times_file = times_file
-        # Line-buffered, so the benchmark sees each line while the worker keeps running.
-        self._latency: TextIO | None = (
-            Path(latency_file).open("a", buffering=1, encoding="utf-8") if latency_file else None
-        )
+        self._latency_file = Path(latency_file) if latency_file else None
 
     def started(self, ctx: Context) -> None:
         """Note one handler start."""
@@ -47,13 +44,14 @@ class _Recorder:
             if self.first is None:
                 self.first = now
             self.last = now
-            if self._latency is not None:
-                self._latency.write(f"{ctx.msg_id} {now - ctx.enqueued_at.timestamp():.6f}\n")
+            if self._latency_file is not None:
+                # Opened per line (latency runs send a few hundred), so the benchmark reads each
+                # line while the worker keeps running.
+                with self._latency_file.open("a", encoding="utf-8") as out:
+                    out.write(f"{ctx.msg_id} {now - ctx.enqueued_at.timestamp():.6f}\n")
 
     def flush(self) -> None:
         """Write the summary file (at interpreter exit)."""
-        if self._latency is not None:
-            self._latency.close()
         if self._times_file:
             summary = {"count": self.count, "first": self.first, "last": self.last}
             Path(self._times_file).write_text(json.dumps(summary), encoding="utf-8")

@@ -328,7 +328,8 @@ def test_a_worker_that_lost_its_lease_does_not_ack_the_new_delivery(
     @handler("contended", registry=reg, visibility_timeout=30)
     def contended(payload: dict[str, Any], ctx: Context) -> None:
         # Simulate an expired lease re-read elsewhere: make it visible and read it again.
-        with psycopg.connect(target.url, autocommit=True) as other:
+        # In one transaction, so this worker's own polling cannot take it in between.
+        with psycopg.connect(target.url, autocommit=True) as other, other.transaction():
             other.execute("UPDATE pgmq.q_contended SET vt = clock_timestamp()")
             other.execute("SELECT * FROM pgmq.read('contended', 60, 1)")
         taken.set()

@@ -1,0 +1,494 @@
+"""Throughput and pickup latency of a real `pgmq-worker run` subprocess, printed, never asserted.
+
+    python bench/throughput.py --messages 10000 --concurrency 10 --concurrency 50
+    python bench/throughput.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/throughput.py --pickup-latency
+
+Each invocation creates a fresh database on the server (DATABASE_URL, else the embedded
+PostgreSQL), installs pgmq and the migrations, and drops the database at the end.
+
+Throughput: per concurrency, recreate the queue, send N no-op messages with ONE pgmq.send_batch,
+then time `pgmq-worker run --burst` from spawn to exit. The handler notes its first start, which
+splits the wall time into start-up (spawn -> first job) and work (first job -> exit).
+
+Pickup latency (--pickup-latency): a worker runs normally (no --burst) while single messages are
+sent ~20 ms apart; the handler records now - enqueued_at (one machine, one clock). Three wake-up
+modes: LISTEN/NOTIFY (the default), poll only every 1 s, and NOTIFY with pgmq's 250 ms throttle.
+
+Afterwards the queue and its dead-letter queue must be empty and the worker must exit 0; if not,
+a FAILED line is printed and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, sql
+
+from db.connect import resolve
+from db.migrate import migrate
+from db.pgmq_install import PgmqFeatures, ensure_installed
+from db.settings import DatabaseSettings
+from queues import pgmq
+from queues.names import dlq_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HANDLER_MODULE = "bench.noop_handlers"
+# The queues bench/noop_handlers.py declares (not imported: this file also runs as a plain script).
+QUEUES = {"async": "bench_noop", "sync": "bench_noop_sync"}
+
+CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
+DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+# Per-database and superuser-only: counts pgmq's plpgsql calls (pgmq.read) without
+# pg_stat_statements, which neither server preloads.
+TRACK_FUNCTIONS = sql.SQL("ALTER DATABASE {} SET track_functions = 'all'")
+DROP_QUEUE = "SELECT pgmq.drop_queue(%s)"
+SERVER_VERSION = "SHOW server_version"
+CLEAR_SNAPSHOT = "SELECT pg_stat_clear_snapshot()"
+READ_CALLS = (
+    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions "
+    "WHERE schemaname = 'pgmq' AND funcname = 'read'"
+)
+COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+OTHER_BACKENDS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+WORKER_TIMEOUT_S = 900.0
+STOP_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The server under test: an admin URL, a label, and how to point a URL at another database."""
+
+    admin_url: str
+    label: str
+
+    def url_for(self, dbname: str) -> str:
+        """The same server, another database."""
+        params = conninfo.conninfo_to_dict(self.admin_url)
+        params["dbname"] = dbname
+        return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Cumulative database counters, read before and after a run."""
+
+    reads: int
+    commits: int
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(self.reads - other.reads, self.commits - other.commits)
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputRow:
+    """One burst run."""
+
+    messages: int
+    concurrency: int
+    send_s: float
+    wall_s: float
+    startup_s: float | None
+    work_s: float | None
+    handled: int | None
+    db: Counters | None
+    failures: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    """One wake-up mode's pickup latencies."""
+
+    label: str
+    sent: int
+    latencies_s: tuple[float, ...]
+    failures: tuple[str, ...]
+
+
+# -- the database for the run -------------------------------------------------------------------
+
+
+def choose_server(database_url: str | None) -> Server:
+    """DATABASE_URL's server, else the embedded PostgreSQL (started if needed)."""
+    if database_url:
+        return Server(database_url, "DATABASE_URL " + _mask(database_url))
+    target = resolve(DatabaseSettings())
+    return Server(target.url, "embedded " + target.describe())
+
+
+def _mask(url: str) -> str:
+    params = conninfo.conninfo_to_dict(url)
+    return f"{params.get('user', '')}@{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+
+
+@contextmanager
+def fresh_database(server: Server) -> Iterator[str]:
+    """Create a database with pgmq and the migrations; yield its URL; drop it afterwards."""
+    name = f"pgmqw_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server.admin_url, autocommit=True) as admin:
+        admin.execute(CREATE_DATABASE.format(sql.Identifier(name)))
+        # Without the privilege the read counts stay at zero and are shown as "-".
+        with suppress(psycopg.errors.InsufficientPrivilege):
+            admin.execute(TRACK_FUNCTIONS.format(sql.Identifier(name)))
+    try:
+        url = server.url_for(name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            ensure_installed(conn)
+            migrate(conn)
+        yield url
+    finally:
+        with psycopg.connect(server.admin_url, autocommit=True) as admin:
+            admin.execute(DROP_DATABASE.format(sql.Identifier(name)))
+        print(f"dropped database {name}")
+
+
+def reset_queue(conn: psycopg.Connection[Any], queue: str) -> None:
+    """A new, empty queue table (and dead-letter queue) for each run: no bloat, no trigger left over."""
+    for name in (queue, dlq_name(queue)):
+        if pgmq.queue_exists(conn, name):
+            conn.execute(DROP_QUEUE, (name,))
+    pgmq.ensure_queue(conn, queue)
+
+
+def counters(conn: psycopg.Connection[Any]) -> Counters:
+    """pgmq.read calls and committed transactions in this database so far."""
+    conn.execute(CLEAR_SNAPSHOT)
+    reads = conn.execute(READ_CALLS).fetchone()
+    commits = conn.execute(COMMITS).fetchone()
+    return Counters(int(reads[0]) if reads else 0, int(commits[0]) if commits else 0)
+
+
+def settle_stats(conn: psycopg.Connection[Any]) -> None:
+    """Wait (bounded) for the worker's sessions to end: a backend reports its counters as it exits."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        row = conn.execute(OTHER_BACKENDS).fetchone()
+        if row is None or int(row[0]) == 0:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def queue_failures(conn: psycopg.Connection[Any], queue: str) -> list[str]:
+    """Why the run failed, judged by what is left in the queue and its dead-letter queue."""
+    m = pgmq.metrics(conn, queue)
+    found = []
+    if m.depth:
+        found.append(f"{m.depth} message(s) left in {queue}")
+    if m.dead:
+        found.append(f"{m.dead} message(s) in {dlq_name(queue)}")
+    return found
+
+
+# -- the worker subprocess ----------------------------------------------------------------------
+
+
+def worker_command(queue: str, concurrency: int, *, burst: bool) -> list[str]:
+    """`pgmq-worker run` for the bench handlers: the console script beside this interpreter."""
+    beside = Path(sys.executable).with_name("pgmq-worker")
+    exe = str(beside) if beside.exists() else (shutil.which("pgmq-worker") or "pgmq-worker")
+    command = [exe, "run", "--import", HANDLER_MODULE, "--queue", queue, "--concurrency", str(concurrency)]
+    return [*command, "--burst"] if burst else command
+
+
+def worker_env(db_url: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """This environment without worker settings of its own, plus the run's database and settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PGMQ_WORKER_", "BENCH_")) and k != "DATABASE_URL"
+    }
+    env |= {"DATABASE_URL": db_url, "PYTHONPATH": str(REPO_ROOT), "PGMQ_WORKER_LOG_LEVEL": "warning"}
+    return env | dict(extra)
+
+
+@contextmanager
+def spawned(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start the worker with its output in log_path; kill it if it is still running afterwards."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def log_tail(log_path: Path, lines: int = 15) -> str:
+    """The end of the worker's output, for a failure report."""
+    text = log_path.read_text(encoding="utf-8", errors="replace").strip()
+    return "\n".join("    | " + line for line in text.splitlines()[-lines:]) or "    | (no output)"
+
+
+# -- throughput ---------------------------------------------------------------------------------
+
+
+def throughput_run(db_url: str, queue: str, messages: int, concurrency: int) -> ThroughputRow:
+    """Send N messages in one send_batch, then time a burst worker from spawn to exit."""
+    failures: list[str] = []
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        reset_queue(conn, queue)
+        bodies = [{"i": i} for i in range(messages)]
+        started = time.perf_counter()
+        ids = pgmq.send_batch(conn, queue, bodies)
+        send_s = time.perf_counter() - started
+        if len(ids) != messages:
+            failures.append(f"send_batch returned {len(ids)} ids for {messages} messages")
+        before = counters(conn)
+
+    with tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp:
+        times_file, log_path = Path(tmp) / "times.json", Path(tmp) / "worker.log"
+        env = worker_env(db_url, {"BENCH_TIMES_FILE": str(times_file)})
+        spawn_at = time.time()
+        started = time.perf_counter()
+        with spawned(worker_command(queue, concurrency, burst=True), env, log_path) as proc:
+            try:
+                code: int | None = proc.wait(timeout=WORKER_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            wall_s = time.perf_counter() - started
+            exit_at = time.time()
+        if code != 0:
+            why = "did not exit" if code is None else f"exited {code}"
+            failures.append(f"worker {why} within {WORKER_TIMEOUT_S:g}s\n{log_tail(log_path)}")
+        times = json.loads(times_file.read_text()) if times_file.exists() else {}
+
+    first = times.get("first")
+    handled = times.get("count")
+    if handled is not None and handled < messages:
+        failures.append(f"handlers started {handled} times for {messages} messages")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        failures += queue_failures(conn, queue)
+        settle_stats(conn)
+        used = counters(conn) - before
+    return ThroughputRow(
+        messages=messages,
+        concurrency=concurrency,
+        send_s=send_s,
+        wall_s=wall_s,
+        startup_s=None if first is None else first - spawn_at,
+        work_s=None if first is None else exit_at - first,
+        handled=handled,
+        db=used,
+        failures=tuple(failures),
+    )
+
+
+def print_throughput(rows: list[ThroughputRow]) -> None:
+    """The throughput table."""
+    header = (
+        f"{'messages':>8} {'conc':>4} {'send_batch_s':>12} {'worker_wall_s':>13} {'startup_s':>9} "
+        f"{'1st_job->exit_s':>15} {'jobs/s':>8} {'jobs/s_work':>11} {'reads':>6} {'msg/read':>8} "
+        f"{'commit/msg':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        reads = r.db.reads if r.db and r.db.reads else None
+        print(
+            f"{r.messages:>8} {r.concurrency:>4} {r.send_s:>12.3f} {r.wall_s:>13.3f} "
+            f"{_num(r.startup_s, '.3f'):>9} {_num(r.work_s, '.3f'):>15} {r.messages / r.wall_s:>8.0f} "
+            f"{_num(r.messages / r.work_s if r.work_s else None, '.0f'):>11} {_num(reads, 'd'):>6} "
+            f"{_num(r.messages / reads if reads else None, '.2f'):>8} "
+            f"{_num(r.db.commits / r.messages if r.db else None, '.2f'):>10}"
+        )
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# -- pickup latency -----------------------------------------------------------------------------
+
+LATENCY_MODES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("listen/notify (throttle 0)", {}),
+    ("poll only, 1 s interval", {"PGMQ_WORKER_LISTEN": "false", "PGMQ_WORKER_POLL_INTERVAL": "1"}),
+    ("listen/notify, throttle 250 ms", {"PGMQ_WORKER_NOTIFY_THROTTLE_MS": "250"}),
+)
+
+
+def read_latencies(path: Path) -> dict[int, float]:
+    """msg_id -> seconds from enqueued_at to handler start, as the handler wrote them so far."""
+    if not path.exists():
+        return {}
+    found: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 2:  # a line being written is skipped until complete
+            found[int(parts[0])] = float(parts[1])
+    return found
+
+
+def wait_for(path: Path, wanted: set[int], proc: subprocess.Popen[bytes], timeout: float) -> dict[int, float]:
+    """Poll the latency file until every wanted message was handled, the worker died, or timeout."""
+    deadline = time.monotonic() + timeout
+    seen = read_latencies(path)
+    while not wanted <= seen.keys() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen = read_latencies(path)
+    return seen
+
+
+def latency_run(
+    db_url: str, queue: str, label: str, settings: Mapping[str, str], *, samples: int, spacing_s: float
+) -> LatencyRow:
+    """Run a worker normally, send `samples` single messages spacing_s apart, SIGTERM it."""
+    failures: list[str] = []
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        reset_queue(conn, queue)
+    with tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp:
+        latency_file, log_path = Path(tmp) / "latency.txt", Path(tmp) / "worker.log"
+        env = worker_env(db_url, {"BENCH_LATENCY_FILE": str(latency_file), **settings})
+        sent: list[int] = []
+        with (
+            spawned(worker_command(queue, 10, burst=False), env, log_path) as proc,
+            psycopg.connect(db_url, autocommit=True) as conn,
+        ):
+            # Ready means one message went through; the extra second lets the listener (or a
+            # poll cycle) settle, so start-up is not measured as latency.
+            warmup = pgmq.send(conn, queue, {"warmup": True})
+            ready = warmup in wait_for(latency_file, {warmup}, proc, READY_TIMEOUT_S)
+            if ready:
+                time.sleep(1.0)
+                next_at = time.perf_counter()
+                for i in range(samples):
+                    sent.append(pgmq.send(conn, queue, {"i": i}))
+                    next_at += spacing_s
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
+                wait_for(latency_file, set(sent), proc, 30.0)
+            else:
+                failures.append(f"worker handled no warm-up message within {READY_TIMEOUT_S:g}s")
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code: int | None = proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code != 0:
+                why = "did not stop" if code is None else f"exited {code}"
+                failures.append(f"worker {why} after SIGTERM\n{log_tail(log_path)}")
+            failures += queue_failures(conn, queue)
+        seen = read_latencies(latency_file)
+    missing = [m for m in sent if m not in seen]
+    if missing:
+        failures.append(f"{len(missing)} of {len(sent)} messages never reached the handler")
+    return LatencyRow(label, len(sent), tuple(seen[m] for m in sent if m in seen), tuple(failures))
+
+
+def print_latency(rows: list[LatencyRow], spacing_s: float) -> None:
+    """The pickup-latency table (enqueued_at -> handler start)."""
+    print(f"pickup latency: single pgmq.send every {spacing_s * 1000:g} ms, worker concurrency 10")
+    header = f"{'wake-up':<32} {'n':>4} {'p50_ms':>8} {'p95_ms':>8} {'max_ms':>8} {'mean_ms':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ms = sorted(x * 1000 for x in r.latencies_s)
+        if len(ms) >= 2:
+            cuts = statistics.quantiles(ms, n=100, method="inclusive")
+            p50, p95 = cuts[49], cuts[94]
+            print(
+                f"{r.label:<32} {len(ms):>4} {p50:>8.1f} {p95:>8.1f} {ms[-1]:>8.1f} "
+                f"{statistics.fmean(ms):>8.1f}"
+            )
+        else:
+            print(f"{r.label:<32} {len(ms):>4} {'-':>8} {'-':>8} {'-':>8} {'-':>8}")
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=10_000, help="messages per run (default 10000)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="worker --concurrency; repeat to sweep (default 10)",
+    )
+    parser.add_argument("--queue-kind", choices=sorted(QUEUES), default="async", help="async or def handler")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="server to use (default: $DATABASE_URL, else the embedded PostgreSQL)",
+    )
+    parser.add_argument(
+        "--pickup-latency", action="store_true", help="measure enqueue -> handler-start latency instead"
+    )
+    parser.add_argument(
+        "--latency-samples", type=int, default=200, help="single sends per mode (default 200)"
+    )
+    parser.add_argument("--latency-spacing-ms", type=float, default=20.0, help="between sends (default 20)")
+    args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or [10]
+    if args.messages < 1 or min(args.concurrency) < 1 or args.latency_samples < 2:
+        parser.error("--messages and --concurrency must be >= 1, --latency-samples >= 2")
+    return args
+
+
+def print_environment(db_url: str, server: Server, queue: str) -> None:
+    """Server, pgmq, python and CPU facts that the figures depend on."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(SERVER_VERSION).fetchone()
+        features: PgmqFeatures = ensure_installed(conn)  # already installed: this only detects
+    print(f"server     : PostgreSQL {row[0] if row else '?'} ({server.label})")
+    print(f"pgmq       : {features.version} ({features.source})")
+    print(f"python     : {platform.python_version()} ({platform.python_implementation()})")
+    print(f"nproc      : {len(os.sched_getaffinity(0))}")
+    print(f"queue      : {queue}")
+    print(f"database   : {conninfo.conninfo_to_dict(db_url).get('dbname')} (dropped at the end)")
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 1 when any run left messages behind or the worker failed."""
+    args = parse_args(argv)
+    queue = QUEUES[args.queue_kind]
+    server = choose_server(args.database_url)
+    failures: list[str] = []
+    with fresh_database(server) as db_url:
+        print_environment(db_url, server, queue)
+        if args.pickup_latency:
+            spacing_s = args.latency_spacing_ms / 1000
+            lat_rows = [
+                latency_run(db_url, queue, label, settings, samples=args.latency_samples, spacing_s=spacing_s)
+                for label, settings in LATENCY_MODES
+            ]
+            print_latency(lat_rows, spacing_s)
+            failures += [f"{r.label}: {f}" for r in lat_rows for f in r.failures]
+        else:
+            rows = [throughput_run(db_url, queue, args.messages, c) for c in args.concurrency]
+            print_throughput(rows)
+            failures += [f"concurrency {r.concurrency}: {f}" for r in rows for f in r.failures]
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The enqueue API: validated payloads, transactional with the caller's writes, batches."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import BaseModel
+
+from queues import Contract, InvalidPayload, UnknownQueue, aenqueue, enqueue, enqueue_batch, pgmq
+from queues.enqueue import MAX_PAYLOAD_BYTES
+from tests.helpers import rows
+
+
+class Resize(BaseModel):
+    image_id: int
+    width: int
+
+
+RESIZE = Contract("resize", Resize)
+
+
+@pytest.fixture
+def queue(conn: psycopg.Connection[Any]) -> str:
+    pgmq.ensure_queue(conn, "resize")
+    return "resize"
+
+
+def test_enqueue_validates_against_the_contract_and_sends(conn: psycopg.Connection[Any], queue: str) -> None:
+    """A valid payload is sent as JSON; the returned id is the pgmq message id."""
+    sent = enqueue(conn, RESIZE, {"image_id": 3, "width": 640})
+    [row] = rows(conn, queue)
+    assert row["msg_id"] == sent.msg_id
+    assert row["message"] == {"image_id": 3, "width": 640}
+
+
+def test_a_model_instance_can_be_enqueued(conn: psycopg.Connection[Any], queue: str) -> None:
+    """Passing the model itself works too."""
+    enqueue(conn, RESIZE, Resize(image_id=1, width=2))
+    assert rows(conn, queue)[0]["message"] == {"image_id": 1, "width": 2}
+
+
+def test_an_enqueue_rolls_back_with_the_callers_transaction(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """Inside the caller's transaction, a rollback removes the message with the caller's writes."""
+    conn.execute("CREATE TABLE uploads (id int)")
+
+    def request_that_fails() -> None:
+        with conn.transaction():
+            conn.execute("INSERT INTO uploads VALUES (1)")
+            enqueue(conn, RESIZE, {"image_id": 1, "width": 10})
+            raise RuntimeError("request failed after enqueue")
+
+    with pytest.raises(RuntimeError):
+        request_that_fails()
+    assert rows(conn, queue) == []
+    assert conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+    with conn.transaction():
+        conn.execute("INSERT INTO uploads VALUES (2)")
+        enqueue(conn, RESIZE, {"image_id": 2, "width": 10})
+    assert len(rows(conn, queue)) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"image_id": "x", "width": 1}, "invalid"),
+        ({"image_id": 1}, "invalid"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_invalid_payloads_are_refused_before_anything_is_written(
+    conn: psycopg.Connection[Any], queue: str, payload: Any, message: str
+) -> None:
+    """Validation fails with InvalidPayload and the queue stays empty."""
+    with pytest.raises(InvalidPayload, match=message):
+        enqueue(conn, RESIZE, payload)
+    assert rows(conn, queue) == []
+
+
+def test_plain_queue_names_need_a_json_object(conn: psycopg.Connection[Any], queue: str) -> None:
+    """Without a contract, only JSON objects are accepted, and they must serialise."""
+    with pytest.raises(InvalidPayload, match="JSON object"):
+        enqueue(conn, queue, "text")
+    with pytest.raises(InvalidPayload, match="serialisable"):
+        enqueue(conn, queue, {"when": object()})
+    assert rows(conn, queue) == []
+
+
+def test_an_oversized_payload_is_refused(conn: psycopg.Connection[Any], queue: str) -> None:
+    """Payloads over the limit are refused with advice, not sent."""
+    with pytest.raises(InvalidPayload, match="over the"):
+        enqueue(conn, queue, {"blob": "x" * MAX_PAYLOAD_BYTES})
+    assert rows(conn, queue) == []
+
+
+def test_an_unknown_queue_is_refused(conn: psycopg.Connection[Any]) -> None:
+    """Enqueueing to a queue that does not exist raises UnknownQueue."""
+    with pytest.raises(UnknownQueue, match="nowhere"):
+        enqueue(conn, "nowhere", {})
+
+
+def test_a_negative_delay_is_refused(conn: psycopg.Connection[Any], queue: str) -> None:
+    """delay must be >= 0."""
+    with pytest.raises(InvalidPayload, match="negative"):
+        enqueue(conn, queue, {}, delay=-1)
+
+
+def test_a_delayed_message_is_invisible_until_its_time(conn: psycopg.Connection[Any], queue: str) -> None:
+    """delay hides the message for that many seconds."""
+    enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, delay=30)
+    [row] = rows(conn, queue)
+    assert not row["visible"]
+
+
+def test_a_batch_is_validated_whole_then_sent_in_one_statement(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """One bad payload refuses the whole batch; a good batch keeps order."""
+    with pytest.raises(InvalidPayload):
+        enqueue_batch(conn, RESIZE, [{"image_id": 1, "width": 1}, {"image_id": "bad", "width": 1}])
+    assert rows(conn, queue) == []
+    sent = enqueue_batch(conn, RESIZE, [{"image_id": i, "width": 1} for i in range(5)])
+    assert [r["msg_id"] for r in rows(conn, queue)] == [s.msg_id for s in sent]
+    assert enqueue_batch(conn, RESIZE, []) == []
+
+
+def test_the_async_twin_sends_on_an_async_connection(
+    db_url: str, conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """aenqueue works the same way for FastAPI handlers."""
+
+    async def go() -> int:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+            sent = await aenqueue(aconn, RESIZE, {"image_id": 9, "width": 9})
+            with pytest.raises(UnknownQueue):
+                await aenqueue(aconn, "nowhere", {})
+            return sent.msg_id
+
+    msg_id = asyncio.run(go())
+    assert [r["msg_id"] for r in rows(conn, queue)] == [msg_id]
