@@ -5,9 +5,24 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _seconds(value: Any) -> Any:
+    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second (pydantic wants ISO 8601 strings)."""
+    if isinstance(value, str):
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            return value  # ISO 8601 ("PT30S") and "HH:MM:SS" still go to pydantic
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+"""A duration setting: seconds as a number (`0.5`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""
 
 
 class PoolerMode(StrEnum):
@@ -32,5 +47,5 @@ class DatabaseSettings(BaseSettings):
     data_dir: Path = Path(".pgmq-worker")
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: timedelta = timedelta(seconds=10)
+    connect_timeout: Duration = timedelta(seconds=10)
     application_name: str = "pgmq-worker"

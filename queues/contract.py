@@ -35,7 +35,18 @@ class Contract(Generic[M]):
         try:
             return self.model.model_validate(body)
         except ValidationError as exc:
-            raise InvalidPayload(f"payload for queue {self.queue!r} is invalid: {exc}") from exc
+            raise InvalidPayload(
+                f"payload for queue {self.queue!r} is invalid: {describe_validation_error(exc)}"
+            ) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error on one line: `field: problem; other.field: problem`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return f"{exc.title}: " + "; ".join(parts)
 
 
 QueueRef = str | Contract[Any]

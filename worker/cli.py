@@ -24,7 +24,7 @@ from db.migrate import status as migration_status
 from db.pgmq_install import detect, ensure_installed
 from db.settings import DatabaseSettings
 from queues import pgmq
-from queues.contract import Contract, QueueRef
+from queues.contract import Contract, QueueRef, describe_validation_error
 from queues.enqueue import prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
@@ -46,7 +46,7 @@ def _one_line_errors() -> Iterator[None]:
     except (DatabaseError, QueueError, WorkerError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValidationError as exc:
-        raise click.ClickException(f"invalid setting: {_first(exc)}") from exc
+        raise click.ClickException(f"invalid setting: {describe_validation_error(exc)}") from exc
     except psycopg.OperationalError as exc:
         raise click.ClickException(f"database error: {_first(exc)}") from exc
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
 from queues.pgmq import Message
 from worker.context import Context
@@ -32,7 +33,7 @@ def parse_payload(task: Task, body: Any) -> Any:
         return task.model.model_validate(body)
     except ValidationError as exc:
         raise InvalidPayload(
-            f"message on {task.queue!r} does not match {task.model.__name__}: {exc}"
+            f"message on {task.queue!r} does not match {describe_validation_error(exc)}"
         ) from exc
 
 
