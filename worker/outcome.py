@@ -23,13 +23,18 @@ class ErrorInfo:
         """Capture type, message and formatted traceback."""
         return cls(
             type=type(exc).__qualname__,
-            message=str(exc) or type(exc).__qualname__,
-            traceback="".join(traceback.format_exception(exc)),
+            message=_jsonb_safe(str(exc) or type(exc).__qualname__),
+            traceback=_jsonb_safe("".join(traceback.format_exception(exc))),
         )
 
     def as_dict(self) -> dict[str, str]:
         """JSON-ready form."""
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+def _jsonb_safe(text: str) -> str:
+    """jsonb cannot store NUL characters; an error message must not make dead-lettering fail."""
+    return text.replace("\x00", "\\u0000")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -125,7 +124,7 @@ class Worker:
         job.add_done_callback(_done)
 
     async def _idle(self) -> None:
-        """Wait for a notification, a freed slot in burst mode, the poll interval, or a stop."""
+        """Wait for a notification, the poll interval, or a stop."""
         await self.wakeup.wait(self._stopping)
 
     async def _wait_for_slot(self) -> None:
@@ -210,9 +209,14 @@ class Worker:
                 async with self.pool.connection(timeout=5) as conn:
                     ours = await self._record(conn, task, message, outcome)
             except DB_ERRORS as exc:
-                log.warning("job.settle_failed", error=_one_line(exc), try_=attempt)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2))  # noqa: S311
+                log.warning("job.settle_failed", error=_one_line(exc), tries=attempt)
+                await asyncio.sleep(reconnect_delay(attempt, 5.0))
                 continue
+            except psycopg.Error as exc:
+                # Not transient (the queue table was dropped, say): retrying cannot help. The
+                # message is untouched and reappears after its visibility timeout.
+                log.exception("job.settle_failed", error=_one_line(exc), tries=attempt, transient=False)
+                return
             self._log_outcome(outcome, ours, duration_ms)
             return
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
