@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from queues.enqueue import prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
 from worker.errors import WorkerError
-from worker.logs import configure_logging
+from worker.logs import configure_logging, get_logger
 from worker.registry import Registry, Task, registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
@@ -136,6 +137,14 @@ def run(
         _prepare_schema(target)
         worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)
         asyncio.run(worker.run())
+    if worker.executor.busy:
+        # A `def` handler is still running after the drain (threads cannot be cancelled). Its
+        # message was already released; Python would wait for the thread at exit and a stopping
+        # worker would hang until the platform kills it.
+        get_logger().warning("worker.exit_with_running_threads", threads=worker.executor.busy)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @main.command()

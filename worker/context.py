@@ -6,7 +6,8 @@ import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ParamSpec, TypeVar
 
@@ -26,6 +27,9 @@ class Context:
     max_attempts: int
     enqueued_at: datetime
     log: structlog.stdlib.BoundLogger
+    # The worker's handler pool, not asyncio's default one: asyncio.run waits for the default
+    # pool's threads at exit, so a stuck thread there would keep a stopping worker alive.
+    executor: Executor | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -41,4 +45,4 @@ class Context:
         """Run blocking work (OCR, a sync SDK) off the event loop, keeping log context."""
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)

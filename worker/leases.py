@@ -84,7 +84,7 @@ class Leases:
                 due[(lease.message.queue, lease.vt_s)].append(lease)
         if not due:
             return
-        async with self._pool.connection() as conn:
+        async with self._pool.connection(timeout=5) as conn:
             for (queue, vt_s), leases in due.items():
                 started = asyncio.get_running_loop().time()
                 held = [(lease.message.msg_id, lease.message.read_ct) for lease in leases]

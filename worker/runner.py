@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -36,6 +35,7 @@ from worker.outcome import (
 )
 from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
+from worker.threads import HandlerThreads
 from worker.wakeup import Wakeup, sleep_or_stop
 
 log = get_logger()
@@ -192,6 +192,7 @@ class Worker:
             max_attempts=task.max_attempts,
             enqueued_at=message.enqueued_at,
             log=log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct),
+            executor=self.executor,
         )
         log.info("job.started")
         try:
@@ -269,7 +270,7 @@ class Worker:
     async def _lifespan(self) -> AsyncIterator[None]:
         self._check_queues()
         self.features = await asyncio.to_thread(self._prepare_database)
-        self.executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="handler")
+        self.executor = HandlerThreads(self.settings.concurrency)
         self.pool: AsyncConnectionPool = async_pool(
             self.target,
             min_size=min(self.db_settings.pool_min_size, self.db_settings.pool_max_size),
