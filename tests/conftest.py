@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from psycopg import conninfo, sql
 
 from db.connect import Target
@@ -23,6 +24,7 @@ from db.migrate import migrate
 from db.pgmq_install import ensure_installed
 from tests.emulation import emulate
 
+pytest_plugins = ["tests.pgbouncer"]
 EMULATE = os.environ.get("PGMQ_WORKER_TEST_EMULATE", "")
 
 
@@ -97,3 +99,10 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's database."""
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """CLI tests configure structlog; put the defaults back so capture_logs sees every event."""
+    yield
+    structlog.reset_defaults()

@@ -28,7 +28,8 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: module-level loggers would then ignore later reconfiguration (tests).
+        cache_logger_on_first_use=False,
     )
 
 
