@@ -4,19 +4,23 @@
     python bench/throughput.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/throughput.py --pickup-latency
 
-Each invocation creates a fresh database on the server (DATABASE_URL, else the embedded
-PostgreSQL), installs pgmq and the migrations, and drops the database at the end.
+Each invocation creates a fresh database on the server (--database-url, default $DATABASE_URL,
+else the embedded PostgreSQL), installs pgmq and the migrations, and drops it at the end.
 
 Throughput: per concurrency, recreate the queue, send N no-op messages with ONE pgmq.send_batch,
-then time `pgmq-worker run --burst` from spawn to exit. The handler notes its first start, which
-splits the wall time into start-up (spawn -> first job) and work (first job -> exit).
+then time `pgmq-worker run --burst` from spawn to exit. The handler (bench/noop_handlers.py)
+notes its first and last start, which split the wall time into start-up (spawn -> first job),
+work (first job -> exit) and tail (last job -> exit). The database's own counters give the
+pgmq.read calls and committed transactions per message. --notify-trigger sends into a queue
+whose insert-notify trigger is already on, as it is once a worker has started on the queue.
 
 Pickup latency (--pickup-latency): a worker runs normally (no --burst) while single messages are
 sent ~20 ms apart; the handler records now - enqueued_at (one machine, one clock). Three wake-up
 modes: LISTEN/NOTIFY (the default), poll only every 1 s, and NOTIFY with pgmq's 250 ms throttle.
 
 Afterwards the queue and its dead-letter queue must be empty and the worker must exit 0; if not,
-a FAILED line is printed and the exit status is 1.
+a FAILED line is printed and the exit status is 1. Timings on a shared machine are noisy: run
+twice before believing a difference.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -44,7 +49,7 @@ from psycopg import conninfo, sql
 
 from db.connect import resolve
 from db.migrate import migrate
-from db.pgmq_install import PgmqFeatures, ensure_installed
+from db.pgmq_install import detect, ensure_installed
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.names import dlq_name
@@ -85,9 +90,7 @@ class Server:
 
     def url_for(self, dbname: str) -> str:
         """The same server, another database."""
-        params = conninfo.conninfo_to_dict(self.admin_url)
-        params["dbname"] = dbname
-        return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+        return conninfo.make_conninfo(self.admin_url, dbname=dbname)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +112,10 @@ class ThroughputRow:
     concurrency: int
     send_s: float
     wall_s: float
+    cpu_s: float
     startup_s: float | None
     work_s: float | None
+    tail_s: float | None
     handled: int | None
     db: Counters | None
     failures: tuple[str, ...]
@@ -134,7 +139,7 @@ def choose_server(database_url: str | None) -> Server:
     if database_url:
         return Server(database_url, "DATABASE_URL " + _mask(database_url))
     target = resolve(DatabaseSettings())
-    return Server(target.url, "embedded " + target.describe())
+    return Server(target.url, "embedded " + _mask(target.url))
 
 
 def _mask(url: str) -> str:
@@ -247,11 +252,22 @@ def log_tail(log_path: Path, lines: int = 15) -> str:
 # -- throughput ---------------------------------------------------------------------------------
 
 
-def throughput_run(db_url: str, queue: str, messages: int, concurrency: int) -> ThroughputRow:
+def throughput_run(
+    db_url: str,
+    queue: str,
+    messages: int,
+    concurrency: int,
+    *,
+    settings: Mapping[str, str],
+    notify_throttle_ms: int | None,
+) -> ThroughputRow:
     """Send N messages in one send_batch, then time a burst worker from spawn to exit."""
     failures: list[str] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         reset_queue(conn, queue)
+        if notify_throttle_ms is not None:
+            # What a queue looks like once a worker has started on it: pgmq's insert trigger on.
+            pgmq.set_notify_throttle(conn, queue, notify_throttle_ms)
         bodies = [{"i": i} for i in range(messages)]
         started = time.perf_counter()
         ids = pgmq.send_batch(conn, queue, bodies)
@@ -262,7 +278,8 @@ def throughput_run(db_url: str, queue: str, messages: int, concurrency: int) -> 
 
     with tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp:
         times_file, log_path = Path(tmp) / "times.json", Path(tmp) / "worker.log"
-        env = worker_env(db_url, {"BENCH_TIMES_FILE": str(times_file)})
+        env = worker_env(db_url, {**settings, "BENCH_TIMES_FILE": str(times_file)})
+        cpu_before = _children_cpu_s()
         spawn_at = time.time()
         started = time.perf_counter()
         with spawned(worker_command(queue, concurrency, burst=True), env, log_path) as proc:
@@ -272,12 +289,13 @@ def throughput_run(db_url: str, queue: str, messages: int, concurrency: int) -> 
                 code = None
             wall_s = time.perf_counter() - started
             exit_at = time.time()
+        cpu_s = _children_cpu_s() - cpu_before  # counted once the child is reaped
         if code != 0:
-            why = "did not exit" if code is None else f"exited {code}"
-            failures.append(f"worker {why} within {WORKER_TIMEOUT_S:g}s\n{log_tail(log_path)}")
+            why = f"did not exit within {WORKER_TIMEOUT_S:g}s" if code is None else f"exited {code}"
+            failures.append(f"worker {why}\n{log_tail(log_path)}")
         times = json.loads(times_file.read_text()) if times_file.exists() else {}
 
-    first = times.get("first")
+    first, last = times.get("first"), times.get("last")
     handled = times.get("count")
     if handled is not None and handled < messages:
         failures.append(f"handlers started {handled} times for {messages} messages")
@@ -290,32 +308,80 @@ def throughput_run(db_url: str, queue: str, messages: int, concurrency: int) -> 
         concurrency=concurrency,
         send_s=send_s,
         wall_s=wall_s,
+        cpu_s=cpu_s,
         startup_s=None if first is None else first - spawn_at,
         work_s=None if first is None else exit_at - first,
+        tail_s=None if last is None else exit_at - last,
         handled=handled,
         db=used,
         failures=tuple(failures),
     )
 
 
-def print_throughput(rows: list[ThroughputRow]) -> None:
-    """The throughput table."""
-    header = (
-        f"{'messages':>8} {'conc':>4} {'send_batch_s':>12} {'worker_wall_s':>13} {'startup_s':>9} "
-        f"{'1st_job->exit_s':>15} {'jobs/s':>8} {'jobs/s_work':>11} {'reads':>6} {'msg/read':>8} "
-        f"{'commit/msg':>10}"
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+THROUGHPUT_COLUMNS = (
+    "messages",
+    "concurrency",
+    "send_batch_s",
+    "worker_wall_s",
+    "worker_cpu_s",
+    "startup_s",
+    "work_s",
+    "tail_s",
+    "jobs/s",
+    "jobs/s_work",
+    "reads",
+    "msg/read",
+    "commit/msg",
+)
+
+
+def print_throughput(rows: list[ThroughputRow], notify_throttle_ms: int | None) -> None:
+    """The throughput table, one line per run."""
+    if notify_throttle_ms is None:
+        print("send_batch into a new queue (no insert-notify trigger yet)")
+    else:
+        print(
+            f"send_batch into a queue with pgmq's insert-notify trigger on, throttle {notify_throttle_ms} ms"
+        )
+    print(
+        "startup = spawn -> first handler start; work = first handler start -> exit; "
+        "tail = last handler start -> exit"
     )
+    print(
+        "reads = pgmq.read calls, commit/msg = committed transactions in the database per message "
+        "(from pg_stat_user_functions / pg_stat_database)"
+    )
+    table = [_throughput_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in [*table, list(THROUGHPUT_COLUMNS)]) for i in range(len(table[0]))]
+    header = " ".join(name.rjust(w) for name, w in zip(THROUGHPUT_COLUMNS, widths, strict=True))
     print(header)
     print("-" * len(header))
-    for r in rows:
-        reads = r.db.reads if r.db and r.db.reads else None
-        print(
-            f"{r.messages:>8} {r.concurrency:>4} {r.send_s:>12.3f} {r.wall_s:>13.3f} "
-            f"{_num(r.startup_s, '.3f'):>9} {_num(r.work_s, '.3f'):>15} {r.messages / r.wall_s:>8.0f} "
-            f"{_num(r.messages / r.work_s if r.work_s else None, '.0f'):>11} {_num(reads, 'd'):>6} "
-            f"{_num(r.messages / reads if reads else None, '.2f'):>8} "
-            f"{_num(r.db.commits / r.messages if r.db else None, '.2f'):>10}"
-        )
+    for cells in table:
+        print(" ".join(cell.rjust(w) for cell, w in zip(cells, widths, strict=True)))
+
+
+def _throughput_cells(r: ThroughputRow) -> list[str]:
+    reads = r.db.reads if r.db and r.db.reads else None
+    return [
+        str(r.messages),
+        str(r.concurrency),
+        f"{r.send_s:.3f}",
+        f"{r.wall_s:.3f}",
+        f"{r.cpu_s:.3f}",
+        _num(r.startup_s, ".3f"),
+        _num(r.work_s, ".3f"),
+        _num(r.tail_s, ".3f"),
+        f"{r.messages / r.wall_s:.0f}",
+        _num(r.messages / r.work_s if r.work_s else None, ".0f"),
+        _num(reads, "d"),
+        _num(r.messages / reads if reads else None, ".2f"),
+        _num(r.db.commits / r.messages if r.db else None, ".2f"),
+    ]
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -380,17 +446,21 @@ def latency_run(
                     next_at += spacing_s
                     time.sleep(max(0.0, next_at - time.perf_counter()))
                 wait_for(latency_file, set(sent), proc, 30.0)
+            elif proc.poll() is not None:
+                failures.append(f"worker exited {proc.returncode} before handling a warm-up message")
             else:
                 failures.append(f"worker handled no warm-up message within {READY_TIMEOUT_S:g}s")
-            if proc.poll() is None:
+            signalled = proc.poll() is None
+            if signalled:
                 proc.send_signal(signal.SIGTERM)
             try:
                 code: int | None = proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 code = None
             if code != 0:
-                why = "did not stop" if code is None else f"exited {code}"
-                failures.append(f"worker {why} after SIGTERM\n{log_tail(log_path)}")
+                why = f"did not stop within {STOP_TIMEOUT_S:g}s" if code is None else f"exited {code}"
+                when = " after SIGTERM" if signalled else " on its own"
+                failures.append(f"worker {why}{when}\n{log_tail(log_path)}")
             failures += queue_failures(conn, queue)
         seen = read_latencies(latency_file)
     missing = [m for m in sent if m not in seen]
@@ -438,52 +508,94 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server to use (default: $DATABASE_URL, else the embedded PostgreSQL)",
     )
     parser.add_argument(
+        "--notify-trigger",
+        type=int,
+        metavar="THROTTLE_MS",
+        help="send_batch into a queue whose pgmq insert-notify trigger is already on with this "
+        "throttle, as after a worker has started on it (the worker sets 0); default: a new queue, no trigger",
+    )
+    parser.add_argument(
         "--pickup-latency", action="store_true", help="measure enqueue -> handler-start latency instead"
     )
     parser.add_argument(
         "--latency-samples", type=int, default=200, help="single sends per mode (default 200)"
     )
     parser.add_argument("--latency-spacing-ms", type=float, default=20.0, help="between sends (default 20)")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra worker setting, e.g. PGMQ_WORKER_POOL_MAX_SIZE=50 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.worker_env):
+        parser.error("--worker-env takes NAME=VALUE")
+    args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.concurrency = args.concurrency or [10]
     if args.messages < 1 or min(args.concurrency) < 1 or args.latency_samples < 2:
         parser.error("--messages and --concurrency must be >= 1, --latency-samples >= 2")
     return args
 
 
-def print_environment(db_url: str, server: Server, queue: str) -> None:
+def print_environment(db_url: str, server: Server, queue: str, settings: Mapping[str, str]) -> None:
     """Server, pgmq, python and CPU facts that the figures depend on."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(SERVER_VERSION).fetchone()
-        features: PgmqFeatures = ensure_installed(conn)  # already installed: this only detects
+        features = detect(conn)
     print(f"server     : PostgreSQL {row[0] if row else '?'} ({server.label})")
     print(f"pgmq       : {features.version} ({features.source})")
     print(f"python     : {platform.python_version()} ({platform.python_implementation()})")
     print(f"nproc      : {len(os.sched_getaffinity(0))}")
     print(f"queue      : {queue}")
+    shown = {"PGMQ_WORKER_LOG_LEVEL": "warning", **settings}
+    print(f"worker env : {' '.join(f'{k}={v}' for k, v in shown.items())}")
     print(f"database   : {conninfo.conninfo_to_dict(db_url).get('dbname')} (dropped at the end)")
     print()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 1 when any run left messages behind or the worker failed."""
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the worker is killed and the database dropped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     queue = QUEUES[args.queue_kind]
     server = choose_server(args.database_url)
     failures: list[str] = []
     with fresh_database(server) as db_url:
-        print_environment(db_url, server, queue)
+        print_environment(db_url, server, queue, args.worker_env)
         if args.pickup_latency:
             spacing_s = args.latency_spacing_ms / 1000
             lat_rows = [
-                latency_run(db_url, queue, label, settings, samples=args.latency_samples, spacing_s=spacing_s)
+                latency_run(
+                    db_url,
+                    queue,
+                    label,
+                    {**args.worker_env, **settings},
+                    samples=args.latency_samples,
+                    spacing_s=spacing_s,
+                )
                 for label, settings in LATENCY_MODES
             ]
             print_latency(lat_rows, spacing_s)
             failures += [f"{r.label}: {f}" for r in lat_rows for f in r.failures]
         else:
-            rows = [throughput_run(db_url, queue, args.messages, c) for c in args.concurrency]
-            print_throughput(rows)
+            rows = [
+                throughput_run(
+                    db_url,
+                    queue,
+                    args.messages,
+                    c,
+                    settings=args.worker_env,
+                    notify_throttle_ms=args.notify_trigger,
+                )
+                for c in args.concurrency
+            ]
+            print_throughput(rows, args.notify_trigger)
             failures += [f"concurrency {r.concurrency}: {f}" for r in rows for f in r.failures]
     for failure in failures:
         print(f"FAILED: {failure}")
@@ -491,4 +603,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: worker stopped, database dropped", file=sys.stderr)
+        sys.exit(130)
