@@ -12,11 +12,12 @@ then time `pgmq-worker run --burst` from spawn to exit. The handler (bench/noop_
 notes its first and last start, which split the wall time into start-up (spawn -> first job),
 work (first job -> exit) and tail (last job -> exit). The database's own counters give the
 pgmq.read calls and committed transactions per message. --notify-trigger sends into a queue
-whose insert-notify trigger is already on, as it is once a worker has started on the queue.
+with an insert-notify trigger: the worker's own (as once a worker has started on the queue), or
+pgmq's enable_notify_insert for comparison.
 
 Pickup latency (--pickup-latency): a worker runs normally (no --burst) while single messages are
 sent ~20 ms apart; the handler records now - enqueued_at (one machine, one clock). Three wake-up
-modes: LISTEN/NOTIFY (the default), poll only every 1 s, and NOTIFY with pgmq's 250 ms throttle.
+modes: LISTEN/NOTIFY (the default) and poll only every 1 s.
 
 Afterwards the queue and its dead-letter queue must be empty and the worker must exit 0; if not,
 a FAILED line is printed and the exit status is 1. Timings on a shared machine are noisy: run
@@ -252,6 +253,21 @@ def log_tail(log_path: Path, lines: int = 15) -> str:
 # -- throughput ---------------------------------------------------------------------------------
 
 
+def install_notify_trigger(conn: psycopg.Connection[Any], queue: str, kind: str) -> None:
+    """Put an insert-notify trigger on the queue before send_batch, to measure what it costs.
+
+    "worker": the statement-level trigger a worker installs when it starts on a queue.
+    "pgmq:MS": pgmq's own row-level trigger (enable_notify_insert) with that throttle, which the
+    worker does not use; kept here to show why.
+    """
+    if kind == "none":
+        return
+    if kind == "worker":
+        pgmq.ensure_insert_trigger(conn, queue)
+        return
+    conn.execute("SELECT pgmq.enable_notify_insert(%s, %s)", (queue, int(kind.removeprefix("pgmq:"))))
+
+
 def throughput_run(
     db_url: str,
     queue: str,
@@ -259,15 +275,13 @@ def throughput_run(
     concurrency: int,
     *,
     settings: Mapping[str, str],
-    notify_throttle_ms: int | None,
+    notify_trigger: str,
 ) -> ThroughputRow:
     """Send N messages in one send_batch, then time a burst worker from spawn to exit."""
     failures: list[str] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         reset_queue(conn, queue)
-        if notify_throttle_ms is not None:
-            # What a queue looks like once a worker has started on it: pgmq's insert trigger on.
-            pgmq.set_notify_throttle(conn, queue, notify_throttle_ms)
+        install_notify_trigger(conn, queue, notify_trigger)
         bodies = [{"i": i} for i in range(messages)]
         started = time.perf_counter()
         ids = pgmq.send_batch(conn, queue, bodies)
@@ -340,14 +354,13 @@ THROUGHPUT_COLUMNS = (
 )
 
 
-def print_throughput(rows: list[ThroughputRow], notify_throttle_ms: int | None) -> None:
+def print_throughput(rows: list[ThroughputRow], notify_trigger: str) -> None:
     """The throughput table, one line per run."""
-    if notify_throttle_ms is None:
-        print("send_batch into a new queue (no insert-notify trigger yet)")
-    else:
-        print(
-            f"send_batch into a queue with pgmq's insert-notify trigger on, throttle {notify_throttle_ms} ms"
-        )
+    described = {
+        "none": "a new queue (no insert-notify trigger yet)",
+        "worker": "a queue with the worker's statement-level insert-notify trigger",
+    }
+    print(f"send_batch into {described.get(notify_trigger, f'a queue with pgmq trigger {notify_trigger}')}")
     print(
         "startup = spawn -> first handler start; work = first handler start -> exit; "
         "tail = last handler start -> exit"
@@ -391,9 +404,8 @@ def _num(value: float | None, spec: str) -> str:
 # -- pickup latency -----------------------------------------------------------------------------
 
 LATENCY_MODES: tuple[tuple[str, dict[str, str]], ...] = (
-    ("listen/notify (throttle 0)", {}),
+    ("listen/notify", {}),
     ("poll only, 1 s interval", {"PGMQ_WORKER_LISTEN": "false", "PGMQ_WORKER_POLL_INTERVAL": "1"}),
-    ("listen/notify, throttle 250 ms", {"PGMQ_WORKER_NOTIFY_THROTTLE_MS": "250"}),
 )
 
 
@@ -509,10 +521,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--notify-trigger",
-        type=int,
-        metavar="THROTTLE_MS",
-        help="send_batch into a queue whose pgmq insert-notify trigger is already on with this "
-        "throttle, as after a worker has started on it (the worker sets 0); default: a new queue, no trigger",
+        default="none",
+        metavar="none|worker|pgmq:MS",
+        help="insert-notify trigger on the queue during send_batch: none (default, a new queue), "
+        "worker (the statement-level trigger a worker installs), or pgmq:MS (pgmq's own row-level "
+        "enable_notify_insert with that throttle, for comparison)",
     )
     parser.add_argument(
         "--pickup-latency", action="store_true", help="measure enqueue -> handler-start latency instead"
@@ -533,6 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--worker-env takes NAME=VALUE")
     args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.concurrency = args.concurrency or [10]
+    kind = args.notify_trigger
+    if kind not in ("none", "worker") and not (kind.startswith("pgmq:") and kind[5:].isdigit()):
+        parser.error("--notify-trigger takes none, worker or pgmq:MS")
     if args.messages < 1 or min(args.concurrency) < 1 or args.latency_samples < 2:
         parser.error("--messages and --concurrency must be >= 1, --latency-samples >= 2")
     return args
@@ -591,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.messages,
                     c,
                     settings=args.worker_env,
-                    notify_throttle_ms=args.notify_trigger,
+                    notify_trigger=args.notify_trigger,
                 )
                 for c in args.concurrency
             ]

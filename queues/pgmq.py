@@ -30,9 +30,14 @@ SEND = "SELECT * FROM pgmq.send(%s, %s, %s::integer)"
 SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
 READ = "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read(%s, %s::integer, %s::integer)"
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
-NOTIFY_THROTTLE = "SELECT throttle_interval_ms FROM pgmq.list_notify_insert_throttles() WHERE queue_name = %s"
-ENABLE_NOTIFY = "SELECT pgmq.enable_notify_insert(%s, %s)"
-UPDATE_NOTIFY = "SELECT pgmq.update_notify_insert(%s, %s)"
+INSERT_TRIGGER = "pgmq_worker_notify_insert"
+HAS_INSERT_TRIGGER = (
+    "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s) AND NOT tgisinternal"
+)
+CREATE_INSERT_TRIGGER = sql.SQL(
+    "CREATE TRIGGER {trigger} AFTER INSERT ON pgmq.{q} "
+    "FOR EACH STATEMENT EXECUTE FUNCTION pgmq_worker.notify_insert()"
+)
 
 EXTEND = sql.SQL(
     "UPDATE pgmq.{q} AS m SET vt = clock_timestamp() + make_interval(secs => %s) "
@@ -120,24 +125,26 @@ def list_queues(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(r[0]) for r in conn.execute(LIST_QUEUES).fetchall()]
 
 
-def set_notify_throttle(conn: psycopg.Connection[Any], queue: str, throttle_ms: int) -> None:
-    """Turn on insert notifications with this throttle, touching the trigger only when it differs.
+def ensure_insert_trigger(conn: psycopg.Connection[Any], queue: str) -> bool:
+    """Make inserts into the queue notify `pgmq.q_<queue>.INSERT` once per statement.
 
-    enable_notify_insert drops and re-creates a trigger (an exclusive lock on the queue table),
-    so a fleet of workers starting at once must not each call it.
+    Returns False when we may not add the trigger (not the table's owner): the worker then polls.
+    The trigger is created only when missing: CREATE TRIGGER locks the table, and a fleet of
+    workers starting at once must not queue up behind each other.
     """
-    row = conn.execute(NOTIFY_THROTTLE, (queue,)).fetchone()
-    if row is not None and int(row[0]) == throttle_ms:
-        return
-    if row is not None and _has_update_notify(conn):
-        conn.execute(UPDATE_NOTIFY, (queue, throttle_ms))
-    else:
-        conn.execute(ENABLE_NOTIFY, (queue, throttle_ms))
-
-
-def _has_update_notify(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regproc('pgmq.update_notify_insert') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+    relation = "pgmq." + table_name(queue)
+    if conn.execute(HAS_INSERT_TRIGGER, (INSERT_TRIGGER, relation)).fetchone() is not None:
+        return True
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (relation,))
+            if conn.execute(HAS_INSERT_TRIGGER, (INSERT_TRIGGER, relation)).fetchone() is None:
+                conn.execute(
+                    CREATE_INSERT_TRIGGER.format(trigger=sql.Identifier(INSERT_TRIGGER), q=_q(queue))
+                )
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
 
 
 def metrics(conn: psycopg.Connection[Any], queue: str) -> QueueMetrics:
@@ -296,7 +303,5 @@ def replay(conn: psycopg.Connection[Any], queue: str, msg_ids: Sequence[int] | N
             taken = conn.execute(TAKE_ALL.format(q=dlq)).fetchall()
         else:
             taken = conn.execute(TAKE.format(q=dlq), (list(msg_ids),)).fetchall()
-        bodies = [
-            r[1]["payload"] if isinstance(r[1], dict) and "payload" in r[1] else r[1] for r in taken
-        ]
+        bodies = [r[1]["payload"] if isinstance(r[1], dict) and "payload" in r[1] else r[1] for r in taken]
         return send_batch(conn, queue, bodies) if bodies else []

@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import conninfo, sql
 from pydantic import BaseModel
 
 from db.connect import Target
-from db.pgmq_install import detect
 from queues import pgmq
 from queues.names import dlq_name
 from tests.helpers import captured, dead, make_worker, rows, run_burst
@@ -527,11 +527,11 @@ def test_the_worker_creates_missing_queues_and_their_dead_letter_queues(
 def test_a_notification_wakes_an_idle_worker_before_the_poll(
     target: Target, conn: psycopg.Connection[Any]
 ) -> None:
-    """With insert notifications, an idle worker polling every 5 s picks a new message up at once.
+    """An idle worker polling every 5 s picks a new message up at once: inserts notify it.
 
-    On a pgmq without notifications (Supabase 1.5.1) the worker polls, and the pickup waits for it.
+    This holds on every pgmq version, Supabase's 1.5.1 (no insert notifications of its own)
+    included: the worker installs its own statement-level trigger.
     """
-    features = detect(conn)
     reg = Registry()
     picked: list[float] = []
 
@@ -540,7 +540,7 @@ def test_a_notification_wakes_an_idle_worker_before_the_poll(
         picked.append(time.monotonic())
 
     pgmq.ensure_queue(conn, "wake")
-    poll = 5.0 if features.notify_insert else 0.5
+    poll = 5.0
     worker = make_worker(target, reg, burst=False, poll_interval=timedelta(seconds=poll))
     sent_at: list[float] = []
 
@@ -559,18 +559,71 @@ def test_a_notification_wakes_an_idle_worker_before_the_poll(
     with captured() as logs:
         asyncio.run(go())
     started = next(e for e in logs if e["event"] == "worker.started")
+    assert started["wakeup"] == "listen+poll"
     assert len(picked) == 3
     latencies = [p - s for p, s in zip(picked, sent_at, strict=True)]
-    if features.notify_insert:
-        assert started["wakeup"] == "listen+poll"
-        assert max(latencies) < 1.0, latencies
-        [throttle] = conn.execute(
-            "SELECT throttle_interval_ms FROM pgmq.list_notify_insert_throttles() WHERE queue_name = 'wake'"
-        ).fetchall()
-        assert throttle == (0,)
-    else:
+    assert max(latencies) < 1.0, latencies
+
+
+def test_an_open_enqueue_transaction_does_not_block_other_senders(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """The insert trigger takes no shared lock: a sender inside an open transaction blocks no one."""
+    reg = Registry()
+
+    @handler("busy", registry=reg)
+    async def busy(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    run_burst(target, reg)  # installs the queue and its insert trigger
+    with psycopg.connect(target.url) as holder, psycopg.connect(target.url, autocommit=True) as other:
+        pgmq.send(holder, "busy", {"held": True})  # not committed yet
+        other.execute("SET lock_timeout = '500ms'")
+        pgmq.send(other, "busy", {"held": False})  # would raise LockNotAvailable if blocked
+        holder.rollback()
+    assert [r["message"] for r in rows(conn, "busy")] == [{"held": False}]
+
+
+def test_without_owning_the_queue_table_the_worker_polls(
+    server_url: str, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A role that may use a queue but not add triggers to it gets polling, and still works."""
+    role = f"pgmqw_user_{time.monotonic_ns() % 10**9}"
+    pgmq.ensure_queue(conn, "shared")
+    pgmq.send(conn, "shared", {"n": 1})
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        for statement in (
+            "GRANT USAGE ON SCHEMA pgmq, pgmq_worker TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgmq TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA pgmq TO {}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA pgmq_worker TO {}",
+        ):
+            conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
+        reg = Registry()
+        got: list[int] = []
+
+        @handler("shared", registry=reg)
+        async def shared(payload: dict[str, Any], ctx: Context) -> None:
+            got.append(payload["n"])
+
+        as_user = Target(with_user(db_url, role), transaction_pooler=False)
+        with captured() as logs:
+            run_burst(as_user, reg)
+        assert got == [1]
+        started = next(e for e in logs if e["event"] == "worker.started")
         assert started["wakeup"] == "poll"
-        assert max(latencies) < poll + 1.0
+        assert "worker.notify_unavailable" in [e["event"] for e in logs]
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def with_user(url: str, user: str) -> str:
+    params = conninfo.conninfo_to_dict(url)
+    params["user"] = user
+    params.pop("password", None)
+    return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
 def test_a_transaction_pooler_target_polls_instead_of_listening(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -70,6 +71,7 @@ class Worker:
         self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._rotation = 0
         self._db_failures = 0
+        self._notifying = False
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -124,8 +126,16 @@ class Worker:
         job.add_done_callback(_done)
 
     async def _idle(self) -> None:
-        """Wait for a notification, the poll interval, or a stop."""
-        await self.wakeup.wait(self._stopping)
+        """Wait for a notification, the poll interval, or a stop.
+
+        In burst mode a finished handler also ends the wait: it may have been the last one, and
+        the worker should exit now rather than one poll interval later.
+        """
+        finished = None
+        if self.burst and self._in_flight:
+            self._slot_freed.clear()
+            finished = self._slot_freed
+        await self.wakeup.wait(self._stopping, finished)
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -211,6 +221,7 @@ class Worker:
                     ours = await self._record(conn, task, message, outcome)
             except DB_ERRORS as exc:
                 log.warning("job.settle_failed", error=_one_line(exc), tries=attempt)
+                await self._purge_broken_connections()
                 await asyncio.sleep(reconnect_delay(attempt, 5.0))
                 continue
             except psycopg.Error as exc:
@@ -322,25 +333,29 @@ class Worker:
             self.registry.get(queue)  # UnknownQueue when no handler serves it
 
     def _prepare_database(self) -> PgmqFeatures:
-        """Detect pgmq, create missing queues (and their _dlq), set the notify throttle."""
+        """Detect pgmq, create missing queues (and their _dlq) and their insert triggers."""
         with connect(self.target) as conn:
             features = detect(conn)
+            notifying = True
             for queue in self.queues:
                 pgmq.ensure_queue(conn, queue)
-                if features.notify_insert and self._listen_wanted():
-                    pgmq.set_notify_throttle(conn, queue, self.settings.notify_throttle_ms)
+                if self._listen_wanted() and not pgmq.ensure_insert_trigger(conn, queue):
+                    log.warning("worker.notify_unavailable", queue=queue, note="not the table owner; polling")
+                    notifying = False
+        self._notifying = notifying
         return features
 
     def _listen_wanted(self) -> bool:
         return self.settings.listen and self.target.allows_listen
 
     def _listen_enabled(self) -> bool:
-        return self._listen_wanted() and self.features is not None and self.features.notify_insert
+        return self._listen_wanted() and self._notifying
 
     async def _database_trouble(self, exc: BaseException) -> None:
         """Back off with jitter while the database is away; never exit for it."""
         self._db_failures += 1
         delay = reconnect_delay(self._db_failures, self.settings.reconnect_max.total_seconds())
+        await self._purge_broken_connections()
         log.warning(
             "worker.database_unavailable",
             error=_one_line(exc),
@@ -348,6 +363,11 @@ class Worker:
             failures=self._db_failures,
         )
         await sleep_or_stop(self._stopping, delay)
+
+    async def _purge_broken_connections(self) -> None:
+        """After one connection failed, test the idle ones so the next checkout gets a live one."""
+        with contextlib.suppress(Exception):  # best effort: the caller retries either way
+            await asyncio.wait_for(self.pool.check(), 5)
 
     async def _drain(self, grace: float) -> None:
         """Let in-flight handlers finish within `grace`; then cancel and release the rest."""

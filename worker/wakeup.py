@@ -1,6 +1,6 @@
 """Wake-up: LISTEN for pgmq's insert notifications where we can, always backed by polling.
 
-Notifications can be missed (the listening connection drops, a throttle window swallows one), so
+Notifications can be missed (the listening connection drops, or a client inserts while we reconnect), so
 they only shorten the wait; the poll interval bounds it.
 """
 
@@ -39,12 +39,13 @@ class Wakeup:
         """Something may be new: wake the read loop."""
         self._event.set()
 
-    async def wait(self, stopping: asyncio.Event) -> None:
-        """Return on a notification, on stop, or after the poll interval, whichever first."""
+    async def wait(self, stopping: asyncio.Event, also: asyncio.Event | None = None) -> None:
+        """Return on a notification, on stop, on `also`, or after the poll interval."""
         if self._event.is_set():
             self._event.clear()
             return
-        waiters = {asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stopping.wait())}
+        events = [self._event, stopping] if also is None else [self._event, stopping, also]
+        waiters = {asyncio.ensure_future(e.wait()) for e in events}
         try:
             await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
         finally:
