@@ -88,7 +88,10 @@ class Worker:
                     self._dispatch(message)
                 if len(messages) >= free:
                     continue  # there may be more right now
-                if self.burst and not messages and await self._finished():
+                if self.burst and self._in_flight:
+                    await self._wait_for_slot()  # the next settle may be the last: look again then
+                    continue
+                if self.burst and await self._queues_empty():
                     log.info("worker.burst_done")
                     break
                 await self._idle()
@@ -126,16 +129,8 @@ class Worker:
         job.add_done_callback(_done)
 
     async def _idle(self) -> None:
-        """Wait for a notification, the poll interval, or a stop.
-
-        In burst mode a finished handler also ends the wait: it may have been the last one, and
-        the worker should exit now rather than one poll interval later.
-        """
-        finished = None
-        if self.burst and self._in_flight:
-            self._slot_freed.clear()
-            finished = self._slot_freed
-        await self.wakeup.wait(self._stopping, finished)
+        """Wait for a notification, the poll interval, or a stop."""
+        await self.wakeup.wait(self._stopping)
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -149,11 +144,8 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _finished(self) -> bool:
-        """Burst mode: nothing in flight here and every queue empty."""
-        if self._in_flight:
-            await self._wait_for_slot()
-            return False
+    async def _queues_empty(self) -> bool:
+        """Burst mode: no message left in any of our queues (delayed and held ones count)."""
         try:
             async with self.pool.connection() as conn:
                 for queue in self.queues:

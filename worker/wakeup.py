@@ -39,13 +39,12 @@ class Wakeup:
         """Something may be new: wake the read loop."""
         self._event.set()
 
-    async def wait(self, stopping: asyncio.Event, also: asyncio.Event | None = None) -> None:
-        """Return on a notification, on stop, on `also`, or after the poll interval."""
+    async def wait(self, stopping: asyncio.Event) -> None:
+        """Return on a notification, on stop, or after the poll interval, whichever first."""
         if self._event.is_set():
             self._event.clear()
             return
-        events = [self._event, stopping] if also is None else [self._event, stopping, also]
-        waiters = {asyncio.ensure_future(e.wait()) for e in events}
+        waiters = {asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stopping.wait())}
         try:
             await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
         finally:
