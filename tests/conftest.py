@@ -57,10 +57,10 @@ def _start_container(choice: str, request: pytest.FixtureRequest) -> str:
     """Start Postgres with the pgmq extension in Docker (testcontainers); stopped at session end."""
     from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415  (only with Docker)
 
-    container = PostgresContainer(PGMQ_IMAGE if choice == "1" else choice, driver=None)
     try:
+        container = PostgresContainer(PGMQ_IMAGE if choice == "1" else choice, driver=None)
         container.start()
-    except Exception as exc:  # noqa: BLE001  any Docker failure means the same thing here
+    except Exception as exc:  # any Docker failure means the same thing here
         pytest.fail(f"PGMQ_WORKER_TEST_CONTAINER needs a running Docker engine: {exc}", pytrace=False)
     request.addfinalizer(container.stop)
     return str(container.get_connection_url())
