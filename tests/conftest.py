@@ -21,7 +21,7 @@ import structlog
 from psycopg import conninfo, sql
 
 from db.connect import Target
-from db.embedded import embedded_url
+from db.embedded import embedded_url, stop_embedded
 from db.migrate import migrate
 from db.pgmq_install import ensure_installed
 from tests.emulation import emulate
@@ -46,8 +46,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     container = os.environ.get("PGMQ_WORKER_TEST_CONTAINER")
     if container:
         return with_dbname(_start_container(container, request), "postgres")
-    data_dir = tmp_path_factory.mktemp("embedded")
-    return with_dbname(embedded_url(Path(data_dir)), "postgres")
+    data_dir = Path(tmp_path_factory.mktemp("embedded"))
+    request.addfinalizer(lambda: stop_embedded(data_dir))  # noqa: PT021  one exit for three setups
+    return with_dbname(embedded_url(data_dir), "postgres")
 
 
 PGMQ_IMAGE = "ghcr.io/pgmq/pg17-pgmq:v1.5.1"  # the pgmq version Supabase runs

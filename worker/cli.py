@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from db.connect import Target, connect, resolve
 from db.embedded import pgdata_path, stop_embedded
-from db.errors import DatabaseError, PgmqUnsupported
+from db.errors import DatabaseError
 from db.migrate import migrate as apply_migrations
 from db.migrate import status as migration_status
 from db.pgmq_install import detect, ensure_installed
@@ -80,10 +80,7 @@ def _prepare_schema(target: Target) -> None:
             ensure_installed(conn)
             apply_migrations(conn)
             return
-        try:
-            detect(conn)
-        except PgmqUnsupported as exc:
-            raise PgmqUnsupported(f"{exc} (run `pgmq-worker migrate` first)") from exc
+        detect(conn)  # PgmqUnsupported says to run `pgmq-worker migrate`
 
 
 def _import_handlers(modules: tuple[str, ...]) -> None:

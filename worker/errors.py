@@ -3,7 +3,8 @@
 WorkerError
  ├─ Retry(delay, reason)   try again after `delay` (still counts as an attempt)
  ├─ Permanent(reason)      never retry: dead-letter now
- └─ HandlerRegistrationError  a @handler declaration that cannot work
+ ├─ HandlerRegistrationError  a @handler declaration that cannot work
+ └─ PoolerMisconfigured    prepared statements fail: an undeclared transaction pooler
 QueueError (from queues)
  ├─ InvalidPayload         the message is not a JSON object or fails the handler's model: dead-letter
  └─ UnknownQueue           no handler, or no pgmq queue, by that name
@@ -42,10 +43,15 @@ class HandlerRegistrationError(WorkerError, TypeError):
     """This @handler declaration cannot work."""
 
 
+class PoolerMisconfigured(WorkerError):
+    """DATABASE_URL goes through a transaction pooler: set PGMQ_WORKER_POOLER=transaction."""
+
+
 __all__ = [
     "HandlerRegistrationError",
     "InvalidPayload",
     "Permanent",
+    "PoolerMisconfigured",
     "Retry",
     "UnknownQueue",
     "WorkerError",

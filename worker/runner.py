@@ -21,7 +21,7 @@ from queues import pgmq
 from queues.pgmq import Message
 from worker.backoff import reconnect_delay
 from worker.context import Context
-from worker.errors import UnknownQueue
+from worker.errors import PoolerMisconfigured, UnknownQueue
 from worker.execute import execute
 from worker.leases import Lease, Leases
 from worker.logs import get_logger
@@ -43,6 +43,10 @@ log = get_logger()
 
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
 SETTLE_TRIES = 6
+PREPARED_STATEMENT_ERRORS = (
+    psycopg.errors.DuplicatePreparedStatement,
+    psycopg.errors.InvalidSqlStatementName,
+)
 
 
 class Worker:
@@ -72,6 +76,7 @@ class Worker:
         self._rotation = 0
         self._db_failures = 0
         self._notifying = False
+        self._fatal: PoolerMisconfigured | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -96,6 +101,8 @@ class Worker:
                     break
                 await self._idle()
             await self._drain(self.settings.shutdown_grace.total_seconds())
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _fetch(self, free: int) -> list[Message]:
         """Read up to `free` messages, starting from a rotating queue so none starves."""
@@ -113,6 +120,9 @@ class Worker:
         except DB_ERRORS as exc:
             await self._database_trouble(exc)
             return found  # what was read before the failure is ours: run it
+        except PREPARED_STATEMENT_ERRORS as exc:
+            self._fail(exc)
+            return found
         self._db_failures = 0
         return found
 
@@ -216,6 +226,9 @@ class Worker:
                 await self._purge_broken_connections()
                 await asyncio.sleep(reconnect_delay(attempt, 5.0))
                 continue
+            except PREPARED_STATEMENT_ERRORS as exc:
+                self._fail(exc)
+                return
             except psycopg.Error as exc:
                 # Not transient (the queue table was dropped, say): retrying cannot help. The
                 # message is untouched and reappears after its visibility timeout.
@@ -243,7 +256,9 @@ class Worker:
     @staticmethod
     def _log_outcome(outcome: Outcome, ours: bool, duration_ms: float) -> None:
         if not ours:
-            log.warning("lease.lost", note="another worker holds this message now; not settled")
+            log.warning(
+                "lease.lost", note="the message was delivered again after its lease ran out; not settled"
+            )
             return
         match outcome:
             case Succeeded():
@@ -355,6 +370,21 @@ class Worker:
             failures=self._db_failures,
         )
         await sleep_or_stop(self._stopping, delay)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Prepared statements vanish or collide: a transaction pooler we were not told about.
+
+        Retrying cannot help and every settle would fail, so stop (releasing what we hold) and
+        let run() raise a one-line error.
+        """
+        if self._fatal is None:
+            self._fatal = PoolerMisconfigured(
+                f"prepared statements fail ({type(exc).__name__}): DATABASE_URL goes through a "
+                "transaction pooler; set PGMQ_WORKER_POOLER=transaction"
+            )
+            log.error("worker.pooler_misconfigured", error=_one_line(exc))
+        self._stopping.set()
+        self._cold.set()
 
     async def _purge_broken_connections(self) -> None:
         """After one connection failed, test the idle ones so the next checkout gets a live one."""
