@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from queues import Contract
 from worker import Context, handler
 
-WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
+WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*", re.UNICODE)  # \u2019: typographic apostrophe
 
 
 class TextStatsRequested(BaseModel):
