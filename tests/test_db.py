@@ -165,10 +165,14 @@ def test_a_pgmq_missing_required_functions_is_refused(conn: psycopg.Connection[A
         detect(conn)
 
 
-def test_detection_sees_a_pgmq_without_notifications_as_polling_only(conn: psycopg.Connection[Any]) -> None:
-    """Where enable_notify_insert is missing (Supabase's 1.5.1), the features say so."""
-    conn.execute("DROP FUNCTION pgmq.enable_notify_insert(text, integer) CASCADE")
-    assert detect(conn).notify_insert is False
+def test_detection_reports_what_an_older_pgmq_lacks(conn: psycopg.Connection[Any]) -> None:
+    """Where enable_notify_insert and the batch set_vt are missing (Supabase's 1.5.1), the features say so."""
+    conn.execute("DROP FUNCTION IF EXISTS pgmq.enable_notify_insert(text, integer) CASCADE")
+    conn.execute("DROP FUNCTION IF EXISTS pgmq.set_vt(text, bigint[], integer) CASCADE")
+    conn.execute("DROP FUNCTION IF EXISTS pgmq.set_vt(text, bigint[], timestamp with time zone) CASCADE")
+    features = detect(conn)
+    assert features.notify_insert is False
+    assert features.batch_set_vt is False
 
 
 def test_the_transaction_pooler_target_connects_without_prepared_statements(db_url: str) -> None:
