@@ -306,6 +306,8 @@ def test_sigkill_mid_job_redelivers_and_finishes(
 
     second = workers.start(JOBS)
     wait_for("the queue to drain", lambda: not rows(conn, JOBS), 20, keep_alive=(second,))
+    # The ack commits before the worker logs it: give the last log line its moment.
+    wait_for("three successes logged", lambda: len(second.events("job.succeeded")) == 3, 5)
     assert second.alive()
     for i in range(3):
         key = f"k{i}"
@@ -449,6 +451,8 @@ def test_poison_messages_go_straight_to_the_dead_letter_queue(
     assert "order_id" in records[poison["model"]]["error"]["message"]
 
     assert marks(marker) == [("done", "7", 1)]
+    # The ack commits before the worker logs it: give the log line its moment.
+    wait_for("the valid order's success logged", lambda: worker.events("job.succeeded"), 5)
     assert [e["msg_id"] for e in worker.events("job.succeeded")] == [valid]
     assert worker.events("job.retry_scheduled") == []
     assert worker.stop() == 0
