@@ -50,7 +50,6 @@ class PgmqFeatures:
     version: str
     source: str  # "extension" or "sql"
     notify_insert: bool  # enable_notify_insert / list_notify_insert_throttles
-    update_notify_insert: bool
     batch_set_vt: bool  # set_vt(queue, bigint[], ...)
     headers: bool  # messages carry a headers column (1.5+)
     pop_qty: bool
@@ -92,7 +91,6 @@ def detect(conn: psycopg.Connection[Any]) -> PgmqFeatures:
         version=version,
         source=source,
         notify_insert="enable_notify_insert" in names and "list_notify_insert_throttles" in names,
-        update_notify_insert="update_notify_insert" in names,
         batch_set_vt=any(s.startswith("set_vt(") and "bigint[]" in s for s in signatures),
         headers="headers" in columns,
         pop_qty=any(s.startswith("pop(") and "integer" in s for s in signatures),

@@ -15,7 +15,7 @@ from queues.errors import InvalidPayload
 from queues.pgmq import Message
 from worker.context import Context
 from worker.errors import Permanent, Retry
-from worker.outcome import Abandoned, DeadLetter, ErrorInfo, Outcome, RetryLater, Succeeded
+from worker.outcome import DeadLetter, ErrorInfo, Outcome, RetryLater, Succeeded
 from worker.registry import Task
 
 
@@ -87,4 +87,4 @@ async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> A
         raise AttemptTimeout(f"handler ran past its timeout of {task.timeout:g}s") from None
 
 
-__all__ = ["Abandoned", "AttemptTimeout", "execute", "failed", "parse_payload"]
+__all__ = ["AttemptTimeout", "execute", "failed", "parse_payload"]
