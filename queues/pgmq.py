@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -28,7 +29,23 @@ CREATE_QUEUE = "SELECT pgmq.create(%s)"
 LIST_QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
 SEND = "SELECT * FROM pgmq.send(%s, %s, %s::integer)"
 SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
-READ = "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read(%s, %s::integer, %s::integer)"
+# Read, and in the same statement mark each message's job row running (creating it for messages
+# that other clients sent with plain pgmq.send, which have none yet).
+READ = """
+WITH m AS (
+    SELECT msg_id, read_ct, enqueued_at, vt, message
+    FROM pgmq.read(%(queue)s, %(vt)s::integer, %(qty)s::integer)
+), job AS (
+    INSERT INTO pgmq_worker.jobs AS j (queue, msg_id, status, attempts, created_at, started_at)
+    SELECT %(queue)s, m.msg_id, 'running', m.read_ct, m.enqueued_at, now() FROM m
+    ON CONFLICT (queue, msg_id) DO UPDATE
+        SET status = 'running', attempts = EXCLUDED.attempts,
+            started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
+    RETURNING j.msg_id, j.id
+)
+SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id
+FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
+"""
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
 INSERT_TRIGGER = "pgmq_worker_notify_insert"
 HAS_INSERT_TRIGGER = (
@@ -44,25 +61,45 @@ EXTEND = sql.SQL(
     "FROM unnest(%s::bigint[], %s::integer[]) AS held(msg_id, read_ct) "
     "WHERE m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id"
 )
-ACK_DELETE = sql.SQL("DELETE FROM pgmq.{q} WHERE msg_id = %s AND read_ct = %s RETURNING msg_id")
+# The lease-guarded settles. Each returns the msg_id it settled (nothing when the delivery is no
+# longer ours) and updates the job row in the same statement (see SETTLE).
+ACK_DELETE = sql.SQL(
+    "DELETE FROM pgmq.{q} WHERE msg_id = %(msg_id)s AND read_ct = %(read_ct)s RETURNING msg_id"
+)
+# FOR UPDATE keeps the subquery from being flattened: archive runs only on the guarded row.
 ACK_ARCHIVE = sql.SQL(
-    "WITH held AS (SELECT msg_id FROM pgmq.{q} WHERE msg_id = %s AND read_ct = %s FOR UPDATE) "
-    "SELECT pgmq.archive(%s, held.msg_id) FROM held"
+    "SELECT h.msg_id FROM (SELECT msg_id FROM pgmq.{q} WHERE msg_id = %(msg_id)s"
+    " AND read_ct = %(read_ct)s FOR UPDATE) AS h WHERE pgmq.archive(%(queue)s, h.msg_id)"
 )
 RETRY = sql.SQL(
-    "UPDATE pgmq.{q} SET vt = clock_timestamp() + make_interval(secs => %s) "
-    "WHERE msg_id = %s AND read_ct = %s RETURNING msg_id"
+    "UPDATE pgmq.{q} SET vt = clock_timestamp() + make_interval(secs => %(delay)s) "
+    "WHERE msg_id = %(msg_id)s AND read_ct = %(read_ct)s RETURNING msg_id"
 )
-DEAD_LETTER = sql.SQL(
-    "WITH gone AS (DELETE FROM pgmq.{q} WHERE msg_id = %s AND read_ct = %s RETURNING msg_id) "
-    "SELECT pgmq.send(%s, %s, 0) FROM gone"
+SETTLE = sql.SQL(
+    "WITH settled AS ({guarded}), job AS ("
+    " UPDATE pgmq_worker.jobs AS j SET status = %(status)s,"
+    " result = CASE WHEN %(status)s = 'succeeded' THEN %(result)s ELSE j.result END,"
+    " error = %(error)s,"
+    " progress = CASE WHEN %(status)s = 'succeeded' THEN 100 ELSE j.progress END,"
+    " finished_at = CASE WHEN %(status)s IN ('succeeded', 'dead') THEN now() END,"
+    " updated_at = now()"
+    # By key, not by a join to `settled`: a generic plan for the join scanned the whole table.
+    " WHERE j.queue = %(queue)s AND j.msg_id = %(msg_id)s AND EXISTS (SELECT FROM settled))"
+    " {then}SELECT msg_id FROM settled{also}"
+)
+# Dead-lettering deletes like an ack and sends the record to `<queue>_dlq` in the same statement.
+DEAD_LETTER_SEND = sql.SQL(
+    ", sent AS (SELECT s.id FROM settled, LATERAL pgmq.send(%(dlq)s, %(record)s, 0) AS s(id)) "
 )
 # Shutdown: make what we hold visible again now, not after its timeout. The delivery still counts
 # as an attempt (read_ct is never lowered: it is the fencing token of every later delivery).
 RELEASE = sql.SQL(
-    "UPDATE pgmq.{q} AS m SET vt = clock_timestamp() "
+    "WITH released AS (UPDATE pgmq.{q} AS m SET vt = clock_timestamp() "
     "FROM unnest(%s::bigint[], %s::integer[]) AS held(msg_id, read_ct) "
-    "WHERE m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id"
+    "WHERE m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id), "
+    "job AS (UPDATE pgmq_worker.jobs AS j SET status = 'queued', updated_at = now() "
+    "FROM released WHERE j.queue = %s AND j.msg_id = released.msg_id) "
+    "SELECT msg_id FROM released"
 )
 
 
@@ -76,6 +113,7 @@ class Message:
     enqueued_at: datetime
     vt: datetime
     body: Any
+    job_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +235,14 @@ async def asend_batch(
 
 
 async def read(conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: int) -> list[Message]:
-    """pgmq.read: up to qty visible messages, each invisible for vt_s seconds and read_ct + 1."""
+    """pgmq.read up to qty messages (invisible for vt_s, read_ct + 1); their job rows go `running`."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(READ, (queue, vt_s, qty))
+        await cur.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty})
         rows = await cur.fetchall()
-    return [Message(queue, r["msg_id"], r["read_ct"], r["enqueued_at"], r["vt"], r["message"]) for r in rows]
+    return [
+        Message(queue, r["msg_id"], r["read_ct"], r["enqueued_at"], r["vt"], r["message"], r["job_id"])
+        for r in rows
+    ]
 
 
 async def extend(
@@ -213,34 +254,61 @@ async def extend(
     return {int(r[0]) for r in await cur.fetchall()}
 
 
-async def ack(conn: psycopg.AsyncConnection[Any], message: Message, *, archive: bool) -> bool:
-    """Delete (or archive) the delivery if it is still ours; False when the lease was lost."""
-    if archive:
-        statement = ACK_ARCHIVE.format(q=_q(message.queue))
-        params: tuple[Any, ...] = (message.msg_id, message.read_ct, message.queue)
-    else:
-        statement = ACK_DELETE.format(q=_q(message.queue))
-        params = (message.msg_id, message.read_ct)
-    cur = await conn.execute(statement, params)
-    return await cur.fetchone() is not None
+async def ack(conn: psycopg.AsyncConnection[Any], message: Message, result: Any, *, archive: bool) -> bool:
+    """Delete (or archive) the delivery if still ours, job `succeeded` with its result."""
+    guarded = ACK_ARCHIVE if archive else ACK_DELETE
+    return await _settle(conn, guarded, message, "succeeded", result=result)
 
 
-async def retry_later(conn: psycopg.AsyncConnection[Any], message: Message, delay_s: float) -> bool:
-    """Make the delivery visible again after delay_s, if still ours."""
-    cur = await conn.execute(RETRY.format(q=_q(message.queue)), (delay_s, message.msg_id, message.read_ct))
-    return await cur.fetchone() is not None
+async def retry_later(
+    conn: psycopg.AsyncConnection[Any], message: Message, delay_s: float, error: dict[str, Any]
+) -> bool:
+    """Make the delivery visible again after delay_s, if still ours; job `failed` with the error."""
+    return await _settle(conn, RETRY, message, "failed", error=error, delay=delay_s)
 
 
-async def dead_letter(
-    conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]
-) -> int | None:
-    """Move the delivery to `<queue>_dlq` with its record, atomically; None when not ours."""
-    cur = await conn.execute(
-        DEAD_LETTER.format(q=_q(message.queue)),
-        (message.msg_id, message.read_ct, dlq_name(message.queue), _json(record)),
+async def dead_letter(conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]) -> bool:
+    """Move the delivery to `<queue>_dlq` with its record, if still ours; job `dead`."""
+    return await _settle(
+        conn,
+        ACK_DELETE,
+        message,
+        "dead",
+        error=record["error"],
+        dlq=dlq_name(message.queue),
+        record=_json(record),
     )
-    row = await cur.fetchone()
-    return None if row is None else int(row[0])
+
+
+async def _settle(
+    conn: psycopg.AsyncConnection[Any],
+    guarded: sql.SQL,
+    message: Message,
+    status: str,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    **params: Any,
+) -> bool:
+    dead = status == "dead"
+    statement = SETTLE.format(
+        guarded=guarded.format(q=_q(message.queue)),
+        then=DEAD_LETTER_SEND if dead else sql.SQL(""),
+        also=sql.SQL(", sent") if dead else sql.SQL(""),
+    )
+    cur = await conn.execute(
+        statement,
+        {
+            "queue": message.queue,
+            "msg_id": message.msg_id,
+            "read_ct": message.read_ct,
+            "status": status,
+            "result": _json(result),
+            "error": None if error is None else _json(error),
+            **params,
+        },
+    )
+    return await cur.fetchone() is not None
 
 
 async def release(
@@ -250,7 +318,7 @@ async def release(
 ) -> set[int]:
     """Make held deliveries visible now (shutdown), if still ours; returns those released."""
     ids, cts = _split(held)
-    cur = await conn.execute(RELEASE.format(q=_q(queue)), (ids, cts))
+    cur = await conn.execute(RELEASE.format(q=_q(queue)), (ids, cts, queue))
     return {int(r[0]) for r in await cur.fetchall()}
 
 

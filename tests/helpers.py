@@ -75,3 +75,12 @@ def captured() -> Iterator[list[dict[str, Any]]]:
 def dead(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
     """The dead-letter records of a queue."""
     return [r["message"] for r in rows(conn, dlq_name(queue))]
+
+
+def job(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any]:
+    """The job row of a message."""
+    cur = conn.execute("SELECT * FROM pgmq_worker.jobs WHERE queue = %s AND msg_id = %s", (queue, msg_id))
+    cols = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    assert row is not None, f"no job row for {queue}:{msg_id}"
+    return dict(zip(cols, row, strict=True))

@@ -597,7 +597,7 @@ def test_without_owning_the_queue_table_the_worker_polls(
             "GRANT USAGE ON SCHEMA pgmq, pgmq_worker TO {}",
             "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgmq TO {}",
             "GRANT ALL ON ALL SEQUENCES IN SCHEMA pgmq TO {}",
-            "GRANT SELECT ON ALL TABLES IN SCHEMA pgmq_worker TO {}",
+            "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA pgmq_worker TO {}",
         ):
             conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
         reg = Registry()

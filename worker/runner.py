@@ -242,13 +242,13 @@ class Worker:
         self, conn: psycopg.AsyncConnection[Any], task: Task, message: Message, outcome: Outcome
     ) -> bool:
         match outcome:
-            case Succeeded():
-                return await pgmq.ack(conn, message, archive=task.archive)
-            case RetryLater(delay=delay):
-                return await pgmq.retry_later(conn, message, delay)
+            case Succeeded(result=result):
+                return await pgmq.ack(conn, message, result, archive=task.archive)
+            case RetryLater(delay=delay, error=error):
+                return await pgmq.retry_later(conn, message, delay, error.as_dict())
             case DeadLetter():
                 record = dead_letter_record(message, outcome, task.max_attempts)
-                return await pgmq.dead_letter(conn, message, record) is not None
+                return await pgmq.dead_letter(conn, message, record)
             case Abandoned():
                 released = await pgmq.release(conn, message.queue, [(message.msg_id, message.read_ct)])
                 return bool(released)
