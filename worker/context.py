@@ -9,9 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
+
+from worker.progress import ProgressReporter, check_report
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +32,8 @@ class Context:
     # The worker's handler pool, not asyncio's default one: asyncio.run waits for the default
     # pool's threads at exit, so a stuck thread there would keep a stopping worker alive.
     executor: Executor | None = field(default=None, repr=False)
+    reporter: ProgressReporter | None = field(default=None, repr=False)
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -46,3 +50,23 @@ class Context:
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def progress(
+        self, percent: float, *, step: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Report progress (0-100), the current step and a JSON detail to the job row.
+
+        Writes are coalesced to a couple per second per job; the last report is never lost.
+        """
+        report = check_report(percent, step, detail)
+        if self.reporter is not None:
+            await self.reporter.report(report)
+
+    def progress_sync(
+        self, percent: float, *, step: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        """`progress` for `def` handlers, which run in a thread."""
+        report = check_report(percent, step, detail)
+        if self.reporter is None or self.loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.reporter.report(report), self.loop).result()

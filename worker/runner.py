@@ -34,6 +34,7 @@ from worker.outcome import (
     Succeeded,
     dead_letter_record,
 )
+from worker.progress import ProgressReporter
 from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
 from worker.threads import HandlerThreads
@@ -197,6 +198,11 @@ class Worker:
                 traceback="",
             )
             return DeadLetter("crashed", error)
+        reporter = None
+        if message.job_id is not None:
+            reporter = ProgressReporter(
+                self.pool, message.job_id, message.read_ct, self.settings.progress_interval.total_seconds()
+            )
         ctx = Context(
             queue=message.queue,
             msg_id=message.msg_id,
@@ -205,12 +211,19 @@ class Worker:
             enqueued_at=message.enqueued_at,
             log=log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct),
             executor=self.executor,
+            reporter=reporter,
+            loop=asyncio.get_running_loop(),
         )
         log.info("job.started")
         try:
-            return await execute(task, message, ctx, self.executor)
+            outcome = await execute(task, message, ctx, self.executor)
         except asyncio.CancelledError:
+            if reporter is not None:
+                reporter.discard()
             return Abandoned("lease_lost" if lease.lost else "shutdown")
+        if reporter is not None:
+            await reporter.close()  # the last report lands before the settle
+        return outcome
 
     async def _settle(self, task: Task, message: Message, outcome: Outcome, duration_ms: float) -> None:
         """Record the outcome in pgmq, retrying through connection trouble; guarded by the lease."""

@@ -20,6 +20,8 @@ class WorkerSettings(BaseSettings):
     poll_interval: Duration = timedelta(seconds=1)
     listen: bool = True  # set False to poll only, even where LISTEN would work
     shutdown_grace: Duration = timedelta(seconds=25)
+    # At most one progress write per job per interval (Supabase Realtime counts each row change).
+    progress_interval: Duration = timedelta(milliseconds=500)
     heartbeat_interval: Duration = timedelta(seconds=1)
     reconnect_max: Duration = timedelta(seconds=30)
     log_format: Literal["auto", "json", "console"] = "auto"
