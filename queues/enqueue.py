@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from pydantic import BaseModel
@@ -22,12 +23,17 @@ from queues.errors import InvalidPayload, UnknownQueue
 MAX_PAYLOAD_BYTES = 1024 * 1024  # pgmq stores jsonb rows; a megabyte is already a big message
 
 
+MAX_IDEMPOTENCY_KEY = 200
+
+
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """Where a message went."""
+    """Where a message went, and its job."""
 
     queue: str
     msg_id: int
+    job_id: UUID
+    created: bool = True  # False: an active job with the same idempotency key was returned
 
 
 def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
@@ -62,19 +68,56 @@ def _delay_s(delay: float | timedelta | None) -> int:
     return round(seconds)  # pgmq.send takes whole seconds on every version we support
 
 
+def _owner(owner: UUID | str | None) -> UUID | None:
+    if owner is None or isinstance(owner, UUID):
+        return owner
+    try:
+        return UUID(str(owner))
+    except ValueError:
+        raise InvalidPayload(f"owner must be a UUID (a Supabase user id), got {owner!r}") from None
+
+
+def _key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidPayload(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def _unknown(queue: str) -> UnknownQueue:
+    return UnknownQueue(f"no queue named {queue!r}: start a worker for it, or create it first")
+
+
 def enqueue(
     conn: psycopg.Connection[Any],
     ref: QueueRef,
     payload: Any,
     *,
     delay: float | timedelta | None = None,
+    owner: UUID | str | None = None,
+    idempotency_key: str | None = None,
 ) -> Enqueued:
-    """Send one message on the caller's connection; it commits with the caller's transaction."""
+    """Send one message and create its job row on the caller's connection (and transaction).
+
+    With an idempotency key, a second enqueue while the first job is unfinished returns that job.
+    """
     queue, body = prepare(ref, payload)
-    delay_s = _delay_s(delay)
+    delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
     if not pgmq.queue_exists(conn, queue):
-        raise UnknownQueue(f"no queue named {queue!r}: start a worker for it, or create it first")
-    return Enqueued(queue, pgmq.send(conn, queue, body, delay_s))
+        raise _unknown(queue)
+    if key is not None and (found := pgmq.active_job(conn, queue, key)) is not None:
+        return Enqueued(queue, found[1], found[0], created=False)
+    try:
+        with conn.transaction():  # a savepoint inside the caller's transaction
+            job_id, msg_id = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key)
+    except psycopg.errors.UniqueViolation:
+        # A concurrent enqueue with the same key won; ours (message included) was rolled back.
+        found = pgmq.active_job(conn, queue, key) if key is not None else None
+        if found is None:
+            raise
+        return Enqueued(queue, found[1], found[0], created=False)
+    return Enqueued(queue, msg_id, job_id)
 
 
 def enqueue_batch(
@@ -83,16 +126,18 @@ def enqueue_batch(
     payloads: Sequence[Any],
     *,
     delay: float | timedelta | None = None,
+    owner: UUID | str | None = None,
 ) -> list[Enqueued]:
-    """Send many messages in one statement; all are validated before any is written."""
+    """Send many messages (and their job rows) in one statement; all are validated first."""
     prepared = [prepare(ref, p) for p in payloads]
+    delay_s, who = _delay_s(delay), _owner(owner)
     if not prepared:
         return []
     queue = prepared[0][0]
     if not pgmq.queue_exists(conn, queue):
-        raise UnknownQueue(f"no queue named {queue!r}: start a worker for it, or create it first")
-    ids = pgmq.send_batch(conn, queue, [body for _, body in prepared], _delay_s(delay))
-    return [Enqueued(queue, i) for i in ids]
+        raise _unknown(queue)
+    sent = pgmq.send_job_batch(conn, queue, [body for _, body in prepared], delay_s, who)
+    return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]
 
 
 async def aenqueue(
@@ -101,11 +146,23 @@ async def aenqueue(
     payload: Any,
     *,
     delay: float | timedelta | None = None,
+    owner: UUID | str | None = None,
+    idempotency_key: str | None = None,
 ) -> Enqueued:
     """The async twin of enqueue, for FastAPI."""
     queue, body = prepare(ref, payload)
-    delay_s = _delay_s(delay)
+    delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
     cur = await conn.execute(pgmq.QUEUE_EXISTS, (queue,))
     if await cur.fetchone() is None:
-        raise UnknownQueue(f"no queue named {queue!r}: start a worker for it, or create it first")
-    return Enqueued(queue, await pgmq.asend(conn, queue, body, delay_s))
+        raise _unknown(queue)
+    if key is not None and (found := await pgmq.aactive_job(conn, queue, key)) is not None:
+        return Enqueued(queue, found[1], found[0], created=False)
+    try:
+        async with conn.transaction():
+            job_id, msg_id = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key)
+    except psycopg.errors.UniqueViolation:
+        found = await pgmq.aactive_job(conn, queue, key) if key is not None else None
+        if found is None:
+            raise
+        return Enqueued(queue, found[1], found[0], created=False)
+    return Enqueued(queue, msg_id, job_id)

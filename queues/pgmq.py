@@ -46,6 +46,25 @@ WITH m AS (
 SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
+# Enqueue: the message and its job row in one statement, so neither exists without the other.
+SEND_JOB = """
+WITH sent AS (SELECT s.msg_id FROM pgmq.send(%(queue)s, %(body)s, %(delay)s::integer) AS s(msg_id))
+INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key)
+SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s FROM sent
+RETURNING id, msg_id
+"""
+SEND_JOB_BATCH = """
+WITH sent AS (
+    SELECT s.msg_id FROM pgmq.send_batch(%(queue)s, %(bodies)s::jsonb[], %(delay)s::integer) AS s(msg_id)
+)
+INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner)
+SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s FROM sent
+RETURNING id, msg_id
+"""
+ACTIVE_JOB = (
+    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND idempotency_key = %s"
+    " AND status IN ('queued', 'running', 'failed')"
+)
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
 INSERT_TRIGGER = "pgmq_worker_notify_insert"
 HAS_INSERT_TRIGGER = (
@@ -207,14 +226,6 @@ def send(conn: psycopg.Connection[Any], queue: str, body: Any, delay_s: int = 0)
     return int(row[0])
 
 
-async def asend(conn: psycopg.AsyncConnection[Any], queue: str, body: Any, delay_s: int = 0) -> int:
-    """pgmq.send on an async connection; returns the message id."""
-    cur = await conn.execute(SEND, (queue, _json(body), delay_s))
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101
-    return int(row[0])
-
-
 def send_batch(
     conn: psycopg.Connection[Any], queue: str, bodies: Sequence[Any], delay_s: int = 0
 ) -> list[int]:
@@ -223,12 +234,57 @@ def send_batch(
     return [int(r[0]) for r in rows]
 
 
-async def asend_batch(
-    conn: psycopg.AsyncConnection[Any], queue: str, bodies: Sequence[Any], delay_s: int = 0
-) -> list[int]:
-    """pgmq.send_batch on an async connection; returns the message ids in order."""
-    cur = await conn.execute(SEND_BATCH, (queue, [_json(b) for b in bodies], delay_s))
-    return [int(r[0]) for r in await cur.fetchall()]
+def send_job(
+    conn: psycopg.Connection[Any], queue: str, body: Any, delay_s: int, *, owner: UUID | None, key: str | None
+) -> tuple[UUID, int]:
+    """pgmq.send plus the job row (status queued); returns (job id, message id)."""
+    row = conn.execute(
+        SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
+    ).fetchone()
+    assert row is not None  # noqa: S101  the insert returns the one row it made
+    return row[0], int(row[1])
+
+
+async def asend_job(
+    conn: psycopg.AsyncConnection[Any],
+    queue: str,
+    body: Any,
+    delay_s: int,
+    *,
+    owner: UUID | None,
+    key: str | None,
+) -> tuple[UUID, int]:
+    """send_job on an async connection."""
+    cur = await conn.execute(
+        SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
+    )
+    row = await cur.fetchone()
+    assert row is not None  # noqa: S101
+    return row[0], int(row[1])
+
+
+def send_job_batch(
+    conn: psycopg.Connection[Any], queue: str, bodies: Sequence[Any], delay_s: int, owner: UUID | None
+) -> list[tuple[UUID, int]]:
+    """pgmq.send_batch plus a job row for each message, in message order."""
+    rows = conn.execute(
+        SEND_JOB_BATCH,
+        {"queue": queue, "bodies": [_json(b) for b in bodies], "delay": delay_s, "owner": owner},
+    ).fetchall()
+    return sorted(((r[0], int(r[1])) for r in rows), key=lambda r: r[1])
+
+
+def active_job(conn: psycopg.Connection[Any], queue: str, key: str) -> tuple[UUID, int] | None:
+    """The unfinished job enqueued with this idempotency key, if any."""
+    row = conn.execute(ACTIVE_JOB, (queue, key)).fetchone()
+    return None if row is None else (row[0], int(row[1]))
+
+
+async def aactive_job(conn: psycopg.AsyncConnection[Any], queue: str, key: str) -> tuple[UUID, int] | None:
+    """active_job on an async connection."""
+    cur = await conn.execute(ACTIVE_JOB, (queue, key))
+    row = await cur.fetchone()
+    return None if row is None else (row[0], int(row[1]))
 
 
 # -- the worker's side: read, lease, settle -----------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -11,7 +14,7 @@ from pydantic import BaseModel
 
 from queues import Contract, InvalidPayload, UnknownQueue, aenqueue, enqueue, enqueue_batch, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
-from tests.helpers import rows
+from tests.helpers import job, rows
 
 
 class Resize(BaseModel):
@@ -142,3 +145,75 @@ def test_the_async_twin_sends_on_an_async_connection(
 
     msg_id = asyncio.run(go())
     assert [r["msg_id"] for r in rows(conn, queue)] == [msg_id]
+
+
+def test_enqueue_creates_a_queued_job_row_with_owner_and_key(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """The job row is written with the message: status queued, the owner and the idempotency key."""
+    owner = uuid.uuid4()
+    sent = enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, owner=str(owner), idempotency_key="img-1")
+    assert sent.created
+    row = job(conn, queue, sent.msg_id)
+    assert row["id"] == sent.job_id
+    assert (row["status"], row["owner"], row["idempotency_key"]) == ("queued", owner, "img-1")
+
+
+def test_a_second_enqueue_with_an_active_key_returns_the_first_job(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """Same key while the first job is unfinished: the first job back, no second message."""
+    first = enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, idempotency_key="k")
+    again = enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, idempotency_key="k")
+    assert (again.job_id, again.msg_id, again.created) == (first.job_id, first.msg_id, False)
+    assert len(rows(conn, queue)) == 1
+    conn.execute("UPDATE pgmq_worker.jobs SET status = 'succeeded' WHERE id = %s", (first.job_id,))
+    later = enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, idempotency_key="k")
+    assert later.created
+    assert later.job_id != first.job_id
+
+
+def test_concurrent_enqueues_with_one_key_make_one_job(
+    db_url: str, conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """Two transactions racing with the same key: one job, one message; the loser gets the winner's job."""
+    with psycopg.connect(db_url) as a, psycopg.connect(db_url) as b:
+        first = enqueue(a, RESIZE, {"image_id": 1, "width": 1}, idempotency_key="race")
+        results: list[Any] = []
+
+        def second() -> None:
+            results.append(enqueue(b, RESIZE, {"image_id": 1, "width": 1}, idempotency_key="race"))
+            b.commit()
+
+        t = threading.Thread(target=second)
+        t.start()  # blocks on the unique index until `a` commits
+        time.sleep(0.3)
+        a.commit()
+        t.join(10)
+    [lost] = results
+    assert (lost.job_id, lost.created) == (first.job_id, False)
+    assert len(rows(conn, queue)) == 1
+    count = conn.execute("SELECT count(*) FROM pgmq_worker.jobs WHERE idempotency_key = 'race'").fetchone()
+    assert count == (1,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"owner": "not-a-uuid"}, "owner must be a UUID"), ({"idempotency_key": ""}, "idempotency_key")],
+)
+def test_bad_owner_or_key_is_refused(
+    conn: psycopg.Connection[Any], queue: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """A malformed owner or key is refused before anything is written."""
+    with pytest.raises(InvalidPayload, match=message):
+        enqueue(conn, RESIZE, {"image_id": 1, "width": 1}, **kwargs)
+    assert rows(conn, queue) == []
+
+
+def test_a_batch_makes_a_job_row_per_message(conn: psycopg.Connection[Any], queue: str) -> None:
+    """enqueue_batch writes one queued job row per message, matched by msg_id."""
+    owner = uuid.uuid4()
+    sent = enqueue_batch(conn, RESIZE, [{"image_id": i, "width": 1} for i in range(3)], owner=owner)
+    for s in sent:
+        row = job(conn, queue, s.msg_id)
+        assert (row["id"], row["status"], row["owner"]) == (s.job_id, "queued", owner)

@@ -26,7 +26,7 @@ from db.pgmq_install import detect, ensure_installed
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.contract import Contract, QueueRef, describe_validation_error
-from queues.enqueue import prepare
+from queues.enqueue import enqueue, prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
 from worker.errors import WorkerError
@@ -183,16 +183,16 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
         validate_queue_name(queue)
         known = _known(registry, queue)
         ref: QueueRef = Contract(queue, known.model) if known and known.model else queue
-        name, prepared = prepare(ref, body)
+        prepare(ref, body)  # refuse a bad payload before touching the database
         target = _target(db_settings)
         _prepare_schema(target)
         with connect(target) as conn:
             if known is not None:
-                pgmq.ensure_queue(conn, name)
-            elif not pgmq.queue_exists(conn, name):
-                raise UnknownQueue(f"no queue named {name!r} and no handler registered for it")
-            msg_id = pgmq.send(conn, name, prepared, round(delay))
-    click.echo(json.dumps({"queue": name, "msg_id": msg_id}))
+                pgmq.ensure_queue(conn, queue)
+            elif not pgmq.queue_exists(conn, queue):
+                raise UnknownQueue(f"no queue named {queue!r} and no handler registered for it")
+            sent = enqueue(conn, ref, body, delay=delay)
+    click.echo(json.dumps({"queue": sent.queue, "msg_id": sent.msg_id, "job_id": str(sent.job_id)}))
 
 
 def _known(reg: Registry, queue: str) -> Task | None:
