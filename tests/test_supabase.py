@@ -1,0 +1,113 @@
+"""The Supabase migration: job rows published to Realtime, and readable only by their owner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from db.migrate import migrate
+from db.pgmq_install import ensure_installed
+from queues import enqueue, pgmq
+from tests.conftest import with_dbname
+
+# What Supabase has before any migration of ours runs: the API roles, auth.uid() reading the
+# request's JWT subject, and the Realtime publication. Roles are cluster-wide, hence IF NOT EXISTS.
+SUPABASE_STAND_IN = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+        CREATE ROLE authenticated NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+        CREATE ROLE anon NOLOGIN;
+    END IF;
+END $$;
+CREATE SCHEMA auth;
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS
+    $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
+GRANT USAGE ON SCHEMA auth TO authenticated, anon;
+CREATE PUBLICATION supabase_realtime;
+"""
+
+
+@pytest.fixture
+def supabase_db(server_url: str) -> Iterator[str]:
+    """A fresh database that looks like Supabase's, then pgmq and our migrations."""
+    name = f"pgmqw_sb_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_dbname(server_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SUPABASE_STAND_IN)
+            ensure_installed(conn)
+            migrate(conn)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def as_user(conn: psycopg.Connection[Any], role: str, sub: uuid.UUID | None) -> list[tuple[Any, ...]]:
+    """The job ids visible to a request by `role` with JWT subject `sub`, as PostgREST would run it."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        conn.execute("SELECT set_config('request.jwt.claim.sub', %s, true)", (str(sub) if sub else "",))
+        return conn.execute("SELECT id FROM pgmq_worker.jobs ORDER BY created_at").fetchall()
+
+
+def test_each_user_reads_only_their_own_jobs(supabase_db: str) -> None:
+    """Two users see their own job each; a user with none sees nothing; writes are refused."""
+    alice, bob, carol = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        a = enqueue(conn, "work", {"n": 1}, owner=alice)
+        b = enqueue(conn, "work", {"n": 2}, owner=bob)
+        enqueue(conn, "work", {"n": 3})  # no owner: a server-side job
+        assert as_user(conn, "authenticated", alice) == [(a.job_id,)]
+        assert as_user(conn, "authenticated", bob) == [(b.job_id,)]
+        assert as_user(conn, "authenticated", carol) == []
+        assert as_user(conn, "authenticated", None) == []
+
+        def write_as_alice() -> None:
+            with conn.transaction():
+                conn.execute("SET LOCAL ROLE authenticated")
+                conn.execute("SELECT set_config('request.jwt.claim.sub', %s, true)", (str(alice),))
+                conn.execute("UPDATE pgmq_worker.jobs SET status = 'succeeded'")
+
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            write_as_alice()
+
+
+def test_an_anonymous_caller_reads_nothing(supabase_db: str) -> None:
+    """The anon role has no access to job rows at all."""
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        enqueue(conn, "work", {"n": 1}, owner=uuid.uuid4())
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_user(conn, "anon", None)
+
+
+def test_job_rows_are_published_to_supabase_realtime(supabase_db: str) -> None:
+    """The jobs table is in the supabase_realtime publication, so postgres_changes streams it."""
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        published = conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'"
+        ).fetchall()
+    assert published == [("pgmq_worker", "jobs")]
+
+
+def test_without_supabase_the_migration_adds_no_policy_and_rls_still_guards(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """On plain Postgres: RLS on, no policy, so only the owner (and BYPASSRLS roles) see rows."""
+    enabled = conn.execute(
+        "SELECT relrowsecurity FROM pg_class WHERE oid = 'pgmq_worker.jobs'::regclass"
+    ).fetchone()
+    policies = conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'jobs'").fetchone()
+    assert enabled == (True,)
+    assert policies == (0,)
