@@ -31,6 +31,25 @@ CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS
     $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
 GRANT USAGE ON SCHEMA auth TO authenticated, anon;
 CREATE PUBLICATION supabase_realtime;
+CREATE SCHEMA realtime;
+CREATE TABLE realtime.messages (
+    id bigint GENERATED ALWAYS AS IDENTITY, topic text, extension text, payload jsonb, event text,
+    private boolean, inserted_at timestamptz DEFAULT now()
+);
+ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
+GRANT USAGE ON SCHEMA realtime TO authenticated, anon;
+GRANT SELECT ON realtime.messages TO authenticated;
+CREATE FUNCTION realtime.topic() RETURNS text LANGUAGE sql STABLE AS
+    $$ SELECT current_setting('realtime.topic', true) $$;
+CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('test.realtime_down', true) = 'on' THEN
+        RAISE EXCEPTION 'realtime is down';
+    END IF;
+    INSERT INTO realtime.messages (topic, extension, payload, event, private)
+    VALUES (topic, 'broadcast', payload, event, private);
+END $$;
 """
 
 
@@ -111,3 +130,49 @@ def test_without_supabase_the_migration_adds_no_policy_and_rls_still_guards(
     policies = conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'jobs'").fetchone()
     assert enabled == (True,)
     assert policies == (0,)
+
+
+def broadcasts(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT event, payload->>'status', private FROM realtime.messages WHERE topic = %s ORDER BY id",
+        (f"job:{job_id}",),
+    ).fetchall()
+
+
+def test_every_job_change_is_broadcast_to_its_private_topic(supabase_db: str) -> None:
+    """Enqueue and each status change go to `job:<id>` as private broadcasts."""
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        sent = enqueue(conn, "work", {"n": 1}, owner=uuid.uuid4())
+        conn.execute("UPDATE pgmq_worker.jobs SET status = 'running' WHERE id = %s", (sent.job_id,))
+        assert broadcasts(conn, sent.job_id) == [("insert", "queued", True), ("update", "running", True)]
+
+
+def test_a_user_receives_only_their_own_job_topics(supabase_db: str) -> None:
+    """The realtime.messages policy lets the owner read `job:<id>` and no one else."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        sent = enqueue(conn, "work", {"n": 1}, owner=alice)
+
+        def visible_to(user: uuid.UUID) -> int:
+            with conn.transaction():
+                conn.execute("SET LOCAL ROLE authenticated")
+                conn.execute("SELECT set_config('request.jwt.claim.sub', %s, true)", (str(user),))
+                conn.execute("SELECT set_config('realtime.topic', %s, true)", (f"job:{sent.job_id}",))
+                row = conn.execute("SELECT count(*) FROM realtime.messages").fetchone()
+                return int(row[0]) if row else -1
+
+        assert visible_to(alice) == 1
+        assert visible_to(bob) == 0
+
+
+def test_a_failing_broadcast_never_fails_the_write(supabase_db: str) -> None:
+    """If realtime.send raises, the job row is still written (with a warning), nothing rolls back."""
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        conn.execute("SET test.realtime_down = 'on'")
+        sent = enqueue(conn, "work", {"n": 1})
+        assert broadcasts(conn, sent.job_id) == []
+        row = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE id = %s", (sent.job_id,)).fetchone()
+        assert row == ("queued",)
