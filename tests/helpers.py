@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -53,6 +54,19 @@ def run_burst(target: Target, registry: Registry, *, timeout: float = 60, **sett
     worker = make_worker(target, registry, burst=True, **settings)
     asyncio.run(asyncio.wait_for(worker.run(), timeout))
     return worker
+
+
+def stop_once_started(worker: Worker, started: threading.Event, *, timeout: float = 10) -> None:
+    """Run a non-burst worker until a handler sets `started`, then stop it (warm) and wait."""
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run())
+        while not started.is_set():
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await asyncio.wait_for(task, timeout)
+
+    asyncio.run(go())
 
 
 def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import psycopg
 
 from db.connect import Target
 from queues import pgmq
-from tests.helpers import job, make_worker, run_burst
+from tests.helpers import job, make_worker, run_burst, stop_once_started
 from worker import Backoff, Context, Registry, handler
 
 
@@ -132,14 +132,7 @@ def test_a_job_released_on_shutdown_is_queued_again(target: Target, conn: psycop
     msg_id = pgmq.send(conn, "stuck", {})
     worker = make_worker(target, reg, burst=False, shutdown_grace=timedelta(milliseconds=200))
 
-    async def go() -> None:
-        task = asyncio.create_task(worker.run())
-        while not started.is_set():
-            await asyncio.sleep(0.02)
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-
-    asyncio.run(go())
+    stop_once_started(worker, started)
     row = job(conn, "stuck", msg_id)
     assert row["status"] == "queued"
     assert row["attempts"] == 1

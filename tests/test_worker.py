@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from db.connect import Target
 from queues import pgmq
 from queues.names import dlq_name
-from tests.helpers import captured, dead, make_worker, rows, run_burst
+from tests.helpers import captured, dead, make_worker, rows, run_burst, stop_once_started
 from worker import Backoff, Context, Permanent, Registry, Retry, handler
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
@@ -371,14 +371,7 @@ def test_on_stop_in_flight_handlers_finish_within_the_grace(
     ids = send(conn, "slowish", {}, {})
     worker = make_worker(target, reg, burst=False, shutdown_grace=timedelta(seconds=5))
 
-    async def go() -> None:
-        task = asyncio.create_task(worker.run())
-        while not started.is_set():
-            await asyncio.sleep(0.02)
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-
-    asyncio.run(go())
+    stop_once_started(worker, started)
     assert sorted(finished) == ids
     assert rows(conn, "slowish") == []
 
@@ -398,16 +391,9 @@ def test_past_the_grace_held_messages_are_released_at_once(
     send(conn, "stuck", {"a": 1})
     worker = make_worker(target, reg, burst=False, shutdown_grace=timedelta(milliseconds=300))
 
-    async def go() -> None:
-        task = asyncio.create_task(worker.run())
-        while not started.is_set():
-            await asyncio.sleep(0.02)
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-
     t0 = time.monotonic()
     with captured() as logs:
-        asyncio.run(go())
+        stop_once_started(worker, started)
     assert time.monotonic() - t0 < 5
     [row] = rows(conn, "stuck")
     assert row["visible"]  # not after its 300 s visibility timeout
