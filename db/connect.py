@@ -92,15 +92,18 @@ async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncC
         raise DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc)}") from exc
 
 
-def async_pool(target: Target, *, min_size: int, max_size: int) -> AsyncConnectionPool:
-    """An autocommit async pool for the worker; broken connections surface as errors to retry."""
+def async_pool(target: Target, *, min_size: int, max_size: int, check: bool = False) -> AsyncConnectionPool:
+    """An autocommit async pool; `check` tests each connection at checkout (web requests).
+
+    The worker passes check=False: a check costs a round trip per ack (18% of a no-op worker's
+    time), so it retries on connection errors and calls pool.check() to purge the rest.
+    """
     return AsyncConnectionPool(
         target.url,
         min_size=min_size,
         max_size=max_size,
         kwargs={"autocommit": True, **target.connect_kwargs()},
-        # No check on every checkout: it costs a round trip per ack (18% of a no-op worker's
-        # time). Callers retry on connection errors and call pool.check() to purge the rest.
+        check=AsyncConnectionPool.check_connection if check else None,
         open=False,
         reconnect_timeout=24 * 3600,  # keep trying: a worker outlives database restarts
     )

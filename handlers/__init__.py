@@ -1,5 +1,5 @@
 """The project's reference handlers; `pgmq-worker run` imports this package by default."""
 
-from handlers import text
+from handlers import report, text
 
-__all__ = ["text"]
+__all__ = ["report", "text"]

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from queues import pgmq
 from queues.contract import Contract, QueueRef, queue_of
-from queues.errors import InvalidPayload, UnknownQueue
+from queues.errors import InvalidPayload, PayloadTooLarge, UnknownQueue
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # pgmq stores jsonb rows; a megabyte is already a big message
 
@@ -52,7 +52,7 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
     if size > MAX_PAYLOAD_BYTES:
-        raise InvalidPayload(
+        raise PayloadTooLarge(
             f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit: "
             "store large data in a table or bucket and send its id"
         )

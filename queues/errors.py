@@ -3,7 +3,8 @@
 QueueError
  ├─ InvalidQueueName   not a name pgmq can make tables for
  ├─ UnknownQueue       no such pgmq queue
- └─ InvalidPayload     the payload is not a JSON object, fails its contract, or is too large
+ └─ InvalidPayload     the payload is not a JSON object or fails its contract
+     └─ PayloadTooLarge  over the size limit
 """
 
 from __future__ import annotations
@@ -26,3 +27,7 @@ class UnknownQueue(QueueError, LookupError):
 
 class InvalidPayload(QueueError, ValueError):
     """The payload is not a JSON object that satisfies the queue's contract."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """The payload is over the size limit: store large data elsewhere and send its id."""

@@ -50,9 +50,3 @@ class Backoff:
 
 
 _rng = random.Random()  # noqa: S311  jitter is not security-sensitive
-
-
-def reconnect_delay(failures: int, cap: float) -> float:
-    """Seconds to wait after `failures` consecutive failures: 0.25 s doubling, capped, jittered."""
-    ceiling = min(cap, 0.25 * 2.0 ** min(failures, 16))
-    return ceiling * (0.5 + _rng.random() / 2)

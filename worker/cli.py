@@ -3,39 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
+import signal
+import subprocess
 import sys
-import traceback
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
+import httpx
 import psycopg
 from pydantic import ValidationError
 
 from db.connect import Target, connect, resolve
 from db.embedded import pgdata_path, stop_embedded
 from db.errors import DatabaseError
+from db.logs import configure_logging, get_logger
 from db.migrate import migrate as apply_migrations
 from db.migrate import status as migration_status
-from db.pgmq_install import detect, ensure_installed
+from db.pgmq_install import ensure_installed
+from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.catalog import DEFAULT_MODULES, import_modules
 from queues.contract import Contract, QueueRef, describe_validation_error
 from queues.enqueue import enqueue, prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
 from worker.errors import WorkerError
-from worker.logs import configure_logging, get_logger
 from worker.registry import Registry, Task, registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 
-DEFAULT_IMPORT = "handlers"
 T = TypeVar("T")
 
 
@@ -73,26 +76,9 @@ def _target(db_settings: DatabaseSettings) -> Target:
     return target
 
 
-def _prepare_schema(target: Target) -> None:
-    """Embedded databases migrate themselves; a real one must have been migrated."""
-    with connect(target) as conn:
-        if target.embedded:
-            ensure_installed(conn)
-            apply_migrations(conn)
-            return
-        detect(conn)  # PgmqUnsupported says to run `pgmq-worker migrate`
-
-
 def _import_handlers(modules: tuple[str, ...]) -> None:
-    for name in modules or (DEFAULT_IMPORT,):
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            at = f" ({where.filename}:{where.lineno})" if where else ""
-            raise click.ClickException(
-                f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}{at}"
-            ) from exc
+    with _one_line_errors():
+        import_modules(modules)
 
 
 @click.group()
@@ -127,11 +113,11 @@ def run(
         for q in queues:
             validate_queue_name(q)
         if not registry:
-            raise UnknownQueue(f"no handlers registered by {', '.join(imports or (DEFAULT_IMPORT,))}")
+            raise UnknownQueue(f"no handlers registered by {', '.join(imports or DEFAULT_MODULES)}")
         for q in queues:
             registry.get(q)
         target = _target(db_settings)
-        _prepare_schema(target)
+        prepare_schema(target)
         worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)
         asyncio.run(worker.run())
     if worker.executor.busy:
@@ -185,7 +171,7 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
         ref: QueueRef = Contract(queue, known.model) if known and known.model else queue
         prepare(ref, body)  # refuse a bad payload before touching the database
         target = _target(db_settings)
-        _prepare_schema(target)
+        prepare_schema(target)
         with connect(target) as conn:
             if known is not None:
                 pgmq.ensure_queue(conn, queue)
@@ -209,7 +195,7 @@ def list_queues(as_json: bool) -> None:
     db_settings = _settings(DatabaseSettings)
     with _one_line_errors():
         target = _target(db_settings)
-        _prepare_schema(target)
+        prepare_schema(target)
         with connect(target) as conn:
             names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
             rows = [pgmq.metrics(conn, q) for q in names]
@@ -249,7 +235,7 @@ def dlq_list(queue: str, limit: int) -> None:
     with _one_line_errors():
         validate_queue_name(queue)
         target = _target(db_settings)
-        _prepare_schema(target)
+        prepare_schema(target)
         with connect(target) as conn:
             if not pgmq.queue_exists(conn, dlq_name(queue)):
                 raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
@@ -270,12 +256,114 @@ def dlq_replay(queue: str, msg_ids: tuple[int, ...], replay_all: bool) -> None:
     with _one_line_errors():
         validate_queue_name(queue)
         target = _target(db_settings)
-        _prepare_schema(target)
+        prepare_schema(target)
         with connect(target) as conn:
             if not pgmq.queue_exists(conn, dlq_name(queue)):
                 raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
             new_ids = pgmq.replay(conn, queue, None if replay_all else msg_ids)
     click.echo(json.dumps({"queue": queue, "replayed": len(new_ids), "msg_ids": new_ids}))
+
+
+WEB_MODULE = "web"  # the web process is its own program (`python -m web`): the worker never imports it
+
+
+def _web_argv(host: str, port: int, imports: tuple[str, ...]) -> list[str]:
+    argv = [sys.executable, "-m", WEB_MODULE, "--host", host, "--port", str(port)]
+    for module in imports:
+        argv += ["--import", module]
+    return argv
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to bind.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
+def web(host: str, port: int, imports: tuple[str, ...]) -> None:
+    """Run the web process: POST /jobs/{queue}, GET /jobs/{id}, its event stream, /healthz and /."""
+    sys.stdout.flush()
+    os.execv(sys.executable, _web_argv(host, port, imports))  # noqa: S606  (our own interpreter and module)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface the web process binds.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Web port.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
+@click.option("--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once.")
+def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None) -> None:
+    """Everything in one command: database, migrations, the web process and a worker.
+
+    Uses the embedded PostgreSQL unless DATABASE_URL is set. Ctrl-C stops it all.
+    """
+    settings = _settings(WorkerSettings, concurrency=concurrency)
+    db_settings = _settings(DatabaseSettings)
+    configure_logging(settings.log_format, settings.log_level)
+    _import_handlers(imports)
+    with _one_line_errors():
+        if not registry:
+            raise UnknownQueue(f"no handlers registered by {', '.join(imports or DEFAULT_MODULES)}")
+        target = _target(db_settings)
+        with connect(target) as conn:
+            ensure_installed(conn)
+            apply_migrations(conn)
+            for task in registry:
+                pgmq.ensure_queue(conn, task.queue)
+    env = {**os.environ, "DATABASE_URL": target.url}
+    web_process = subprocess.Popen(_web_argv(host, port, imports), env=env)  # noqa: S603
+    try:
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"  # noqa: S104
+        _wait_for_web(web_process, url)
+        click.echo(f"\npgmq-worker dev: open {url}  (Ctrl-C stops the web process and the worker)\n")
+        worker = Worker(target, registry, settings, db_settings)
+        with _one_line_errors():
+            asyncio.run(_run_beside(worker, web_process))
+    finally:
+        _stop_process(web_process)
+    if web_process.returncode not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise click.ClickException(f"the web process exited with status {web_process.returncode}")
+
+
+def _wait_for_web(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:
+    """Until GET /healthz answers 200; ClickException if the web process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(
+                f"the web process exited with status {process.returncode} before serving {url} "
+                "(is the port in use? try --port)"
+            )
+        try:
+            if httpx.get(f"{url}healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the web process did not answer on {url} within {timeout:.0f} s")
+
+
+async def _run_beside(worker: Worker, process: subprocess.Popen[bytes]) -> None:
+    """Run the worker; stop it if the web process dies, so `dev` never half-runs."""
+
+    async def watch() -> None:
+        while process.poll() is None:  # noqa: ASYNC110  (a thread in wait() would outlive asyncio.run)
+            await asyncio.sleep(0.5)
+        get_logger().warning("dev.web_exited", status=process.returncode)
+        worker.stop()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await worker.run()
+    finally:
+        watcher.cancel()
+
+
+def _stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @main.command(name="stop-embedded")

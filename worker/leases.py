@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from db.listen import sleep_or_stop
+from db.logs import get_logger
 from queues import pgmq
 from queues.pgmq import Message
-from worker.logs import get_logger
-from worker.wakeup import sleep_or_stop
 
 log = get_logger()
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from worker.logs import get_logger
+from db.logs import get_logger
 
 log = get_logger()
 

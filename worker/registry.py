@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from queues.catalog import catalog
 from queues.contract import Contract, QueueRef, queue_of
 from worker.backoff import Backoff
 from worker.errors import HandlerRegistrationError, UnknownQueue
@@ -87,7 +88,7 @@ class Registry:
         self._tasks.clear()
 
 
-registry = Registry()  # the one @handler fills; the CLI imports handler modules to populate it
+default_registry = registry = Registry()  # the one @handler fills; the CLI imports handler modules into it
 
 
 def handler(
@@ -138,6 +139,9 @@ def handler(
                 name=f"{fn.__module__}.{fn.__qualname__}",
             )
         )
+        if registry is default_registry:  # a web process that imports this module accepts its payloads
+            summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
+            catalog.declare(Contract(name, model) if model is not None else name, summary=summary)
         return fn
 
     return register

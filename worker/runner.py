@@ -15,16 +15,16 @@ import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from db.connect import Target, async_pool, connect
+from db.listen import reconnect_delay, sleep_or_stop
+from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.pgmq import Message
-from worker.backoff import reconnect_delay
 from worker.context import Context
 from worker.errors import PoolerMisconfigured, UnknownQueue
 from worker.execute import execute
 from worker.leases import Lease, Leases
-from worker.logs import get_logger
 from worker.outcome import (
     Abandoned,
     DeadLetter,
@@ -38,7 +38,7 @@ from worker.progress import ProgressReporter
 from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
 from worker.threads import HandlerThreads
-from worker.wakeup import Wakeup, sleep_or_stop
+from worker.wakeup import Wakeup
 
 log = get_logger()
 

@@ -7,19 +7,13 @@ they only shorten the wait; the poll interval bounds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
-import psycopg
-from psycopg import sql
-
-from db.connect import Target, aconnect
-from db.errors import DatabaseUnavailable
+from db.connect import Target
+from db.listen import listen
 from queues.names import table_name
-from worker.backoff import reconnect_delay
-from worker.logs import get_logger
 
-log = get_logger()
+__all__ = ["Wakeup", "channel"]
 
 
 def channel(queue: str) -> str:
@@ -56,40 +50,20 @@ class Wakeup:
         self, target: Target, queues: Sequence[str], stopping: asyncio.Event, reconnect_max: float
     ) -> None:
         """Hold a LISTEN connection for the queues' insert channels, reconnecting with backoff."""
-        failures = 0
-        while not stopping.is_set():
-            try:
-                conn = await aconnect(target)
-            except DatabaseUnavailable as exc:
-                failures += 1
-                log.warning("listener.reconnecting", error=str(exc), attempt=failures)
-                await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
-                continue
-            try:
-                async with conn:
-                    for queue in queues:
-                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(queue))))
-                    failures = 0
-                    self.listening = True
-                    log.debug("listener.started", queues=list(queues))
-                    self.notify()  # anything sent while we were not listening
-                    await self._relay(conn, stopping)
-            except (psycopg.Error, OSError) as exc:
-                failures += 1
-                log.warning("listener.lost", error=str(exc).strip()[:200], attempt=failures)
-                await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
-            finally:
-                self.listening = False
 
-    async def _relay(self, conn: psycopg.AsyncConnection[object], stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            # A bounded wait, so a stop is noticed and a dead connection surfaces as an error.
-            async for _note in conn.notifies(timeout=1.0, stop_after=64):
-                self.notify()
-            await conn.execute("SELECT 1")
+        def connected(up: bool) -> None:
+            self.listening = up
+            if up:
+                self.notify()  # anything sent while we were not listening
 
-
-async def sleep_or_stop(stopping: asyncio.Event, delay: float) -> None:
-    """Sleep `delay` seconds, returning early when `stopping` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), delay)
+        try:
+            await listen(
+                target,
+                [channel(q) for q in queues],
+                on_notify=lambda _channel, _payload: self.notify(),
+                on_connect=connected,
+                stopping=stopping,
+                reconnect_max=reconnect_max,
+            )
+        finally:
+            self.listening = False

@@ -1,4 +1,4 @@
-"""structlog setup: JSON in production, console on a TTY; context through contextvars."""
+"""structlog setup for every process (worker, web, CLI): JSON in production, console on a TTY."""
 
 from __future__ import annotations
 

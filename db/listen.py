@@ -1,0 +1,76 @@
+"""Hold a LISTEN connection: reconnect with backoff, report each notification and each (re)connect.
+
+Notifications can be missed while the connection is down, so `on_connect` runs after every
+(re)connect: callers re-check whatever they are waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from db.connect import Target, aconnect
+from db.errors import DatabaseUnavailable
+from db.logs import get_logger
+
+log = get_logger()
+_rng = random.Random()  # noqa: S311  jitter is not security-sensitive
+
+
+def reconnect_delay(failures: int, cap: float) -> float:
+    """Seconds to wait after `failures` consecutive failures: 0.25 s doubling, capped, jittered."""
+    ceiling = min(cap, 0.25 * 2.0 ** min(failures, 16))
+    return ceiling * (0.5 + _rng.random() / 2)
+
+
+async def sleep_or_stop(stopping: asyncio.Event, delay: float) -> None:
+    """Sleep `delay` seconds, returning early when `stopping` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), delay)
+
+
+async def listen(
+    target: Target,
+    channels: Sequence[str],
+    *,
+    on_notify: Callable[[str, str], None],
+    on_connect: Callable[[bool], None],
+    stopping: asyncio.Event,
+    reconnect_max: float,
+) -> None:
+    """LISTEN on `channels` until `stopping` is set; `on_notify(channel, payload)` for each message.
+
+    `on_connect(True)` after every successful (re)connect, `on_connect(False)` when the
+    connection is lost.
+    """
+    failures = 0
+    while not stopping.is_set():
+        try:
+            conn = await aconnect(target)
+        except DatabaseUnavailable as exc:
+            failures += 1
+            log.warning("listener.reconnecting", error=str(exc), attempt=failures)
+            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
+            continue
+        try:
+            async with conn:
+                for name in channels:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+                failures = 0
+                log.debug("listener.started", channels=list(channels))
+                on_connect(True)
+                while not stopping.is_set():
+                    # A bounded wait, so a stop is noticed and a dead connection surfaces as an error.
+                    async for note in conn.notifies(timeout=1.0, stop_after=64):
+                        on_notify(note.channel, note.payload)
+                    await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            failures += 1
+            log.warning("listener.lost", error=str(exc).strip()[:200], attempt=failures)
+            on_connect(False)
+            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))

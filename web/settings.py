@@ -1,0 +1,38 @@
+"""Web process settings from the environment (PGMQ_WORKER_*; the JWT secret also as SUPABASE_JWT_SECRET)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.settings import Duration
+
+MIN_SECRET_LENGTH = 16  # Supabase's are 40+; anything this short is a mistake, not a secret
+
+
+class WebSettings(BaseSettings):
+    """How the web process authenticates callers and streams job changes."""
+
+    model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore", populate_by_name=True)
+
+    # Set it and every endpoint but / and /healthz needs a Supabase access token; unset, the
+    # endpoints are open (a private service behind your own network or proxy).
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGMQ_WORKER_JWT_SECRET", "SUPABASE_JWT_SECRET"),
+    )
+    jwt_audience: str = "authenticated"
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the JWT secret must be at least {MIN_SECRET_LENGTH} characters")
+        return value
+
+    # SSE: a comment line this often keeps proxies from closing an idle stream, and the job row
+    # is re-read then too (a safety net if a notification was missed; the only path without LISTEN).
+    sse_keepalive: Duration = timedelta(seconds=15)
+    sse_poll_interval: Duration = timedelta(seconds=1)  # re-read interval when LISTEN is unavailable

@@ -1,0 +1,83 @@
+"""`POST /jobs/{queue}` without the framework: parse and check a request, shape the answer.
+
+FastAPI (web/app.py) and Flask (web/flask_example.py) both go through here, so a payload is
+refused, or a job described, in exactly the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from queues.catalog import Catalog
+from queues.contract import QueueRef
+from queues.enqueue import MAX_PAYLOAD_BYTES, Enqueued, prepare
+from queues.errors import QueueError
+from queues.names import validate_queue_name
+from web.errors import ApiError, from_queue_error
+
+MAX_DELAY_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A checked request: where it goes and what, ready for enqueue/aenqueue."""
+
+    ref: QueueRef
+    body: dict[str, Any]
+    delay: float
+    idempotency_key: str | None
+
+
+def check(
+    catalog: Catalog, queue: str, raw: bytes, *, delay: str | None = None, idempotency_key: str | None = None
+) -> Submission:
+    """Validate everything that needs no database; ApiError (4xx) for the first problem found."""
+    try:
+        validate_queue_name(queue)
+    except QueueError as exc:
+        raise from_queue_error(exc) from exc
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise ApiError(413, "payload_too_large", f"the body is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        parsed = json.loads(raw) if raw.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    if parsed is None:
+        raise ApiError(400, "invalid_json", "the body must be a JSON object (the job's payload)")
+    spec = catalog.get(queue)
+    ref: QueueRef = spec.ref if spec is not None else queue
+    try:
+        _, body = prepare(ref, parsed)
+    except QueueError as exc:
+        raise from_queue_error(exc) from exc
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise ApiError(400, "bad_request", "Idempotency-Key must be 1-200 characters")
+    return Submission(ref, body, _delay(delay), idempotency_key)
+
+
+def _delay(value: str | None) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"delay must be a number of seconds, got {value!r}") from None
+    if not 0 <= seconds <= MAX_DELAY_S:
+        raise ApiError(400, "bad_request", f"delay must be between 0 and {MAX_DELAY_S} seconds")
+    return seconds
+
+
+def accepted(sent: Enqueued, prefix: str = "") -> tuple[dict[str, Any], str]:
+    """The 202 body and the Location of the new (or, for a repeated idempotency key, existing) job."""
+    location = f"{prefix}/jobs/{sent.job_id}"
+    body = {
+        "job_id": str(sent.job_id),
+        "queue": sent.queue,
+        "msg_id": sent.msg_id,
+        "created": sent.created,
+        "status_url": location,
+        "events_url": f"{location}/events",
+    }
+    return body, location
