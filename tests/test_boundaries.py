@@ -14,6 +14,7 @@ ALLOWED = {
     "queues": {"db"},
     "worker": {"db", "queues"},
     "handlers": {"db", "queues", "worker"},
+    "web": {"db", "queues"},  # the web process never imports the worker; `dev` runs it as `python -m web`
 }
 
 
