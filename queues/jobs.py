@@ -1,7 +1,8 @@
 """The read side of job rows: what `GET /jobs/{id}`, SSE streams and the CLI show.
 
 The worker writes the rows (queues/pgmq.py); a trigger (migration 0006) notifies
-`JOB_CHANNEL` with the ids of the rows each statement changed, so listeners re-read them.
+`JOB_CHANNEL` with the ids of the changed rows that a listener has registered in
+`pgmq_worker.job_watchers` (`watch`), so listeners re-read them and nobody pays for the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ COLUMNS = (
     "created_at, started_at, updated_at, finished_at"
 )
 GET_JOB = f"SELECT {COLUMNS} FROM pgmq_worker.jobs WHERE id = %s"
+WATCH = (
+    "INSERT INTO pgmq_worker.job_watchers (job_id, listener, expires_at)"
+    " VALUES (%s, %s, now() + make_interval(secs => %s))"
+    " ON CONFLICT (job_id, listener) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+UNWATCH = "DELETE FROM pgmq_worker.job_watchers WHERE job_id = %s AND listener = %s"
+RENEW_WATCHES = (
+    "UPDATE pgmq_worker.job_watchers SET expires_at = now() + make_interval(secs => %s) WHERE listener = %s"
+)
+SWEEP_WATCHES = "DELETE FROM pgmq_worker.job_watchers WHERE expires_at < now()"
+UNWATCH_ALL = "DELETE FROM pgmq_worker.job_watchers WHERE listener = %s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +105,24 @@ async def aget_job(conn: psycopg.AsyncConnection[Any], job_id: UUID) -> Job | No
     async with conn.cursor(row_factory=class_row(Job)) as cur:
         await cur.execute(GET_JOB, (job_id,))
         return await cur.fetchone()
+
+
+async def watch(conn: psycopg.AsyncConnection[Any], job_id: UUID, listener: str, ttl_s: float) -> None:
+    """Ask for notifications of this job's changes (until unwatched or `ttl_s` without renewal)."""
+    await conn.execute(WATCH, (job_id, listener, ttl_s))
+
+
+async def unwatch(conn: psycopg.AsyncConnection[Any], job_id: UUID, listener: str) -> None:
+    """Stop notifications of this job for this listener."""
+    await conn.execute(UNWATCH, (job_id, listener))
+
+
+async def renew_watches(conn: psycopg.AsyncConnection[Any], listener: str, ttl_s: float) -> None:
+    """Keep this listener's watches alive; drop everyone's expired ones (crashed processes)."""
+    await conn.execute(RENEW_WATCHES, (ttl_s, listener))
+    await conn.execute(SWEEP_WATCHES)
+
+
+async def unwatch_all(conn: psycopg.AsyncConnection[Any], listener: str) -> None:
+    """Drop every watch of this listener (on shutdown)."""
+    await conn.execute(UNWATCH_ALL, (listener,))

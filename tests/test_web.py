@@ -387,16 +387,51 @@ def test_sse_keeps_idle_streams_alive_with_comments(target: Target) -> None:
 # ---------------------------------------------------------------- the notification trigger
 
 
-def test_job_changes_notify_their_ids_in_chunks_under_the_payload_limit(
+def test_watched_job_changes_notify_their_ids_in_chunks_under_the_payload_limit(
     db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    """One statement changing 450 rows notifies every id once, in payloads under 8000 bytes."""
+    """One statement changing 450 watched rows notifies each id once, in payloads under 8000 bytes;
+    changes to jobs nobody watches send nothing."""
     pgmq.ensure_queue(conn, "text_stats")
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {JOB_CHANNEL}")
+        unwatched = enqueue_batch(conn, "text_stats", [{"text": f"u{i}"} for i in range(10)])
+        assert list(listener.notifies(timeout=0.5)) == []
         sent = enqueue_batch(conn, "text_stats", [{"text": f"t{i}"} for i in range(450)])
+        watched = [str(s.job_id) for s in sent]
+        conn.execute(
+            "INSERT INTO pgmq_worker.job_watchers (job_id, listener, expires_at)"
+            " SELECT unnest(%s::uuid[]), 'test', now() + interval '1 minute'",
+            (watched,),
+        )
+        everything = [str(s.job_id) for s in unwatched] + watched
+        conn.execute("UPDATE pgmq_worker.jobs SET progress = 1 WHERE id = ANY(%s::uuid[])", (everything,))
         notes = list(listener.notifies(timeout=2.0))
     assert all(len(n.payload.encode()) < 8000 for n in notes)
     assert 2 <= len(notes) <= 4
-    ids = [i for n in notes for i in n.payload.split(",")]
-    assert sorted(ids) == sorted(str(s.job_id) for s in sent)
+    assert sorted(i for n in notes for i in n.payload.split(",")) == sorted(watched)
+
+
+def test_streams_register_and_drop_their_watches(target: Target, conn: psycopg.Connection[Any]) -> None:
+    """An open stream has its job in job_watchers; once it ends the row is gone again."""
+    with serve(app_on(target)) as base:
+        body = httpx.post(f"{base}/jobs/text_stats", json={"text": "watch me"}).json()
+        seen: list[int] = []
+        with httpx.stream("GET", f"{base}{body['events_url']}", timeout=10) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(job_watchers(conn, body["job_id"]))
+                    break
+        deadline = time.monotonic() + 5
+        while job_watchers(conn, body["job_id"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == [1]
+        assert job_watchers(conn, body["job_id"]) == 0
+
+
+def job_watchers(conn: psycopg.Connection[Any], job_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pgmq_worker.job_watchers WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -47,7 +47,7 @@ class Jobs:
         self.pool: AsyncConnectionPool = async_pool(
             target, min_size=min(1, db.pool_max_size), max_size=db.pool_max_size, check=True
         )
-        self.events = JobEvents(target, reconnect_max=db.connect_timeout.total_seconds())
+        self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout.total_seconds())
 
     async def open(self) -> None:
         """Create the catalog's queues (as the worker would), open the pool, start listening."""
@@ -182,7 +182,7 @@ async def _stream(jobs: Jobs, job_id: UUID) -> AsyncIterator[str]:
     """One `data:` event per distinct state of the job, comments to keep the connection alive."""
     keepalive = jobs.settings.sse_keepalive.total_seconds()
     poll = jobs.settings.sse_poll_interval.total_seconds()
-    with jobs.events.subscribe(str(job_id)) as changed:
+    async with jobs.events.subscribe(job_id) as changed:
         job = await jobs.load(job_id)  # after subscribing: no change can slip between the two
         last: dict[str, Any] | None = None
         sent_at = time.monotonic()
