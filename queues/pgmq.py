@@ -10,6 +10,7 @@ read bumps it, so (msg_id, read_ct) names one delivery.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,20 @@ SETTLE = sql.SQL(
     # By key, not by a join to `settled`: a generic plan for the join scanned the whole table.
     " WHERE j.queue = %(queue)s AND j.msg_id = %(msg_id)s AND EXISTS (SELECT FROM settled))"
     " {then}SELECT msg_id FROM settled{also}"
+)
+# Many successful deliveries of one queue at once: delete those still ours, mark their jobs
+# succeeded with each one's result, in one statement (the worker's hot path).
+ACK_MANY = sql.SQL(
+    "WITH held AS ("
+    " SELECT * FROM unnest(%(ids)s::bigint[], %(cts)s::integer[], %(results)s::jsonb[])"
+    " AS h(msg_id, read_ct, result)),"
+    # `= ANY(ids)` keeps the plan on the primary key whatever the queue table's statistics say.
+    " settled AS (DELETE FROM pgmq.{q} AS m USING held WHERE m.msg_id = ANY(%(ids)s::bigint[])"
+    " AND m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id),"
+    " job AS (UPDATE pgmq_worker.jobs AS j SET status = 'succeeded', result = held.result, error = NULL,"
+    " progress = 100, finished_at = now(), updated_at = now()"
+    " FROM settled JOIN held USING (msg_id) WHERE j.queue = %(queue)s AND j.msg_id = settled.msg_id)"
+    " SELECT msg_id FROM settled"
 )
 # Dead-lettering deletes like an ack and sends the record to `<queue>_dlq` in the same statement.
 DEAD_LETTER_SEND = sql.SQL(
@@ -314,6 +329,25 @@ async def ack(conn: psycopg.AsyncConnection[Any], message: Message, result: Any,
     """Delete (or archive) the delivery if still ours, job `succeeded` with its result."""
     guarded = ACK_ARCHIVE if archive else ACK_DELETE
     return await _settle(conn, guarded, message, "succeeded", result=result)
+
+
+@functools.lru_cache(maxsize=256)
+def _ack_many_statement(queue: str) -> sql.Composed:
+    return ACK_MANY.format(q=_q(queue))
+
+
+async def ack_many(
+    conn: psycopg.AsyncConnection[Any], queue: str, done: Sequence[tuple[int, int, Any]]
+) -> set[int]:
+    """Delete the deliveries (msg_id, read_ct, result) still ours, jobs `succeeded`; returns those acked."""
+    params = {
+        "queue": queue,
+        "ids": [d[0] for d in done],
+        "cts": [d[1] for d in done],
+        "results": [_json(d[2]) for d in done],
+    }
+    cur = await conn.execute(_ack_many_statement(queue), params)
+    return {int(r[0]) for r in await cur.fetchall()}
 
 
 async def retry_later(

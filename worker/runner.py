@@ -21,6 +21,7 @@ from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.pgmq import Message
+from worker.acks import Acks
 from worker.context import Context
 from worker.errors import PoolerMisconfigured, UnknownQueue
 from worker.execute import execute
@@ -232,8 +233,11 @@ class Worker:
             return
         for attempt in range(1, SETTLE_TRIES + 1):
             try:
-                async with self.pool.connection(timeout=5) as conn:
-                    ours = await self._record(conn, task, message, outcome)
+                if isinstance(outcome, Succeeded) and not task.archive:
+                    ours = await self.acks.ack(message, outcome.result)  # batched with others
+                else:
+                    async with self.pool.connection(timeout=5) as conn:
+                        ours = await self._record(conn, task, message, outcome)
             except DB_ERRORS as exc:
                 log.warning("job.settle_failed", error=_one_line(exc), tries=attempt)
                 await self._purge_broken_connections()
@@ -312,6 +316,9 @@ class Worker:
         async with AsyncExitStack() as stack:
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
+            self.acks = Acks(self.pool)
+            self.acks.start()
+            stack.push_async_callback(self.acks.close)  # after the drain, before the pool closes
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self._install_signal_handlers()
             stack.callback(self._remove_signal_handlers)
