@@ -75,6 +75,8 @@ async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> A
         loop = asyncio.get_running_loop()
         run = functools.partial(contextvars.copy_context().run, task.fn, payload, ctx)
         call = loop.run_in_executor(executor, run)
+    if task.timeout is None:
+        return await call  # no timeout context to set up and tear down per message
     limit = asyncio.timeout(task.timeout)
     try:
         async with limit:

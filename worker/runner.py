@@ -172,19 +172,20 @@ class Worker:
 
     async def _run_one(self, message: Message) -> None:
         task = self.registry.get(message.queue)
-        with structlog.contextvars.bound_contextvars(
+        # This task runs in its own copy of the context: no need to unbind when it ends.
+        structlog.contextvars.bind_contextvars(
             queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct
-        ):
-            this = asyncio.current_task()
-            assert this is not None  # noqa: S101  always inside a task
-            lease = self.leases.hold(message, task.read_vt, this.cancel)
-            started = time.perf_counter()
-            try:
-                outcome = await self._execute(task, message, lease)
-            finally:
-                self.leases.drop(lease)  # before settling: a renewal racing the ack is not a loss
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            await asyncio.shield(self._settle(task, message, outcome, duration_ms))
+        )
+        this = asyncio.current_task()
+        assert this is not None  # noqa: S101  always inside a task
+        lease = self.leases.hold(message, task.read_vt, this.cancel)
+        started = time.perf_counter()
+        try:
+            outcome = await self._execute(task, message, lease)
+        finally:
+            self.leases.drop(lease)  # before settling: a renewal racing the ack is not a loss
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        await asyncio.shield(self._settle(task, message, outcome, duration_ms))
 
     async def _execute(self, task: Task, message: Message, lease: Lease) -> Outcome:
         if message.read_ct > task.max_attempts:
