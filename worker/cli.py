@@ -38,6 +38,7 @@ from worker.errors import WorkerError
 from worker.registry import Registry, Task, registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
+from worker.supervisor import Supervisor, child_argv, child_env
 
 T = TypeVar("T")
 
@@ -93,12 +94,20 @@ def main() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once.")
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty and nothing is in flight.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), help="Seconds between polls.")
-def run(
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine (a supervisor restarts any that dies).",
+)
+def run(  # noqa: PLR0917  (click passes every option)
     imports: tuple[str, ...],
     queues: tuple[str, ...],
     concurrency: int | None,
     burst: bool,
     poll_interval: float | None,
+    processes: int,
 ) -> None:
     """Run a worker for the registered handlers' queues."""
     settings = _settings(
@@ -118,6 +127,13 @@ def run(
             registry.get(q)
         target = _target(db_settings)
         prepare_schema(target)
+        if processes > 1:
+            args = [*_repeat("--import", imports), *_repeat("--queue", queues)]
+            args += ["--concurrency", str(settings.concurrency)]
+            args += ["--poll-interval", str(settings.poll_interval.total_seconds())]
+            args += ["--burst"] if burst else []
+            supervisor = Supervisor(child_argv(args), processes, env=child_env(target.url), burst=burst)
+            sys.exit(supervisor.run())
         worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)
         asyncio.run(worker.run())
     if worker.executor.busy:
@@ -179,6 +195,10 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
                 raise UnknownQueue(f"no queue named {queue!r} and no handler registered for it")
             sent = enqueue(conn, ref, body, delay=delay)
     click.echo(json.dumps({"queue": sent.queue, "msg_id": sent.msg_id, "job_id": str(sent.job_id)}))
+
+
+def _repeat(flag: str, values: tuple[str, ...]) -> list[str]:
+    return [part for value in values for part in (flag, value)]
 
 
 def _known(reg: Registry, queue: str) -> Task | None:
