@@ -104,20 +104,24 @@ def enqueue(
     """
     queue, body = prepare(ref, payload)
     delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
-    if not pgmq.queue_exists(conn, queue):
-        raise _unknown(queue)
-    if key is not None and (found := pgmq.active_job(conn, queue, key)) is not None:
+    if key is None:  # one statement, one round trip
+        sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=None)
+        if sent is None:
+            raise _unknown(queue)
+        return Enqueued(queue, sent[1], sent[0])
+    if (found := pgmq.active_job(conn, queue, key)) is not None:
         return Enqueued(queue, found[1], found[0], created=False)
     try:
-        with conn.transaction():  # a savepoint inside the caller's transaction
-            job_id, msg_id = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key)
+        with conn.transaction():  # a savepoint: a lost race must not abort the caller's transaction
+            sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key)
     except psycopg.errors.UniqueViolation:
         # A concurrent enqueue with the same key won; ours (message included) was rolled back.
-        found = pgmq.active_job(conn, queue, key) if key is not None else None
-        if found is None:
+        if (found := pgmq.active_job(conn, queue, key)) is None:
             raise
         return Enqueued(queue, found[1], found[0], created=False)
-    return Enqueued(queue, msg_id, job_id)
+    if sent is None:
+        raise _unknown(queue)
+    return Enqueued(queue, sent[1], sent[0])
 
 
 def enqueue_batch(
@@ -134,9 +138,9 @@ def enqueue_batch(
     if not prepared:
         return []
     queue = prepared[0][0]
-    if not pgmq.queue_exists(conn, queue):
-        raise _unknown(queue)
     sent = pgmq.send_job_batch(conn, queue, [body for _, body in prepared], delay_s, who)
+    if not sent:
+        raise _unknown(queue)
     return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]
 
 
@@ -152,17 +156,20 @@ async def aenqueue(
     """The async twin of enqueue, for FastAPI."""
     queue, body = prepare(ref, payload)
     delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
-    cur = await conn.execute(pgmq.QUEUE_EXISTS, (queue,))
-    if await cur.fetchone() is None:
-        raise _unknown(queue)
-    if key is not None and (found := await pgmq.aactive_job(conn, queue, key)) is not None:
+    if key is None:
+        sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=None)
+        if sent is None:
+            raise _unknown(queue)
+        return Enqueued(queue, sent[1], sent[0])
+    if (found := await pgmq.aactive_job(conn, queue, key)) is not None:
         return Enqueued(queue, found[1], found[0], created=False)
     try:
         async with conn.transaction():
-            job_id, msg_id = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key)
+            sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key)
     except psycopg.errors.UniqueViolation:
-        found = await pgmq.aactive_job(conn, queue, key) if key is not None else None
-        if found is None:
+        if (found := await pgmq.aactive_job(conn, queue, key)) is None:
             raise
         return Enqueued(queue, found[1], found[0], created=False)
-    return Enqueued(queue, msg_id, job_id)
+    if sent is None:
+        raise _unknown(queue)
+    return Enqueued(queue, sent[1], sent[0])

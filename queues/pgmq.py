@@ -48,15 +48,23 @@ SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
 # Enqueue: the message and its job row in one statement, so neither exists without the other.
+# pgmq.send runs once per matching pgmq.meta row (it takes the name from it): a queue that does
+# not exist returns no row instead of raising, which would abort the caller's transaction.
 SEND_JOB = """
-WITH sent AS (SELECT s.msg_id FROM pgmq.send(%(queue)s, %(body)s, %(delay)s::integer) AS s(msg_id))
+WITH sent AS (
+    SELECT s.msg_id FROM pgmq.meta AS q,
+        LATERAL pgmq.send(q.queue_name, %(body)s, %(delay)s::integer) AS s(msg_id)
+    WHERE q.queue_name = %(queue)s
+)
 INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key)
 SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s FROM sent
 RETURNING id, msg_id
 """
 SEND_JOB_BATCH = """
 WITH sent AS (
-    SELECT s.msg_id FROM pgmq.send_batch(%(queue)s, %(bodies)s::jsonb[], %(delay)s::integer) AS s(msg_id)
+    SELECT s.msg_id FROM pgmq.meta AS q,
+        LATERAL pgmq.send_batch(q.queue_name, %(bodies)s::jsonb[], %(delay)s::integer) AS s(msg_id)
+    WHERE q.queue_name = %(queue)s
 )
 INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner)
 SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s FROM sent
@@ -251,13 +259,12 @@ def send_batch(
 
 def send_job(
     conn: psycopg.Connection[Any], queue: str, body: Any, delay_s: int, *, owner: UUID | None, key: str | None
-) -> tuple[UUID, int]:
-    """pgmq.send plus the job row (status queued); returns (job id, message id)."""
+) -> tuple[UUID, int] | None:
+    """pgmq.send plus the job row (status queued): (job id, message id); None if no such queue."""
     row = conn.execute(
         SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
     ).fetchone()
-    assert row is not None  # noqa: S101  the insert returns the one row it made
-    return row[0], int(row[1])
+    return None if row is None else (row[0], int(row[1]))
 
 
 async def asend_job(
@@ -268,14 +275,13 @@ async def asend_job(
     *,
     owner: UUID | None,
     key: str | None,
-) -> tuple[UUID, int]:
+) -> tuple[UUID, int] | None:
     """send_job on an async connection."""
     cur = await conn.execute(
         SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
     )
     row = await cur.fetchone()
-    assert row is not None  # noqa: S101
-    return row[0], int(row[1])
+    return None if row is None else (row[0], int(row[1]))
 
 
 def send_job_batch(
