@@ -76,3 +76,29 @@ def crash(payload: dict[str, Any], ctx: Context) -> None:
     """Mark the attempt, then kill the whole worker process as a segfault or OOM kill would."""
     mark(payload["marker"], "start", payload["key"], ctx.attempt)
     os._exit(CRASH_EXIT_CODE)
+
+
+STEPPED: Final = "acc_stepped"
+
+
+@handler(
+    STEPPED,
+    visibility_timeout=VISIBILITY_TIMEOUT_S,
+    max_attempts=5,
+    backoff=0.1,
+    steps=("fetch", "parse", "enrich", "store"),
+)
+async def stepped(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Four resumable steps; each marks its runs. `enrich` sleeps `sleeps[attempt - 1]` (kill it there)."""
+
+    async def run(name: str, value: int) -> int:
+        mark(payload["marker"], name, payload["key"], ctx.attempt)
+        if name == "enrich":
+            await asyncio.sleep(pause_for(payload, ctx.attempt))
+        return value + 1
+
+    a = await ctx.step("fetch", run, "fetch", 0)
+    b = await ctx.step("parse", run, "parse", a)
+    c = await ctx.step("enrich", run, "enrich", b)
+    d = await ctx.step("store", run, "store", c)
+    return {"value": d}

@@ -30,9 +30,10 @@ from tests.acceptance_handlers import (
     JOBS,
     ORDERS,
     ORDERS_MAX_ATTEMPTS,
+    STEPPED,
     SYNC_SLOW,
 )
-from tests.helpers import dead, rows
+from tests.helpers import dead, job, rows
 
 pytestmark = pytest.mark.slow
 
@@ -583,3 +584,33 @@ def test_an_undeclared_transaction_pooler_is_a_one_line_error_not_a_crash_loop(
     finished = {key for event, key, _ in marks(marker) if event == "done"}
     assert len(rows(conn, JOBS)) + len(finished) >= 40  # nothing lost: unfinished ones remain
     assert dead(conn, JOBS) == []
+
+
+def test_sigkill_during_step_3_resumes_at_step_3(
+    route: Route, workers: Workers, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A worker killed inside step 3: the next worker runs steps 3 and 4 only; 1 and 2 ran once."""
+    marker = tmp_path / "marks"
+    with route.connect() as producer:
+        pgmq.ensure_queue(producer, STEPPED)
+        msg_id = pgmq.send(producer, STEPPED, {"key": "k", "marker": str(marker), "sleeps": [60, 0]})
+    first = workers.start(STEPPED)
+    wait_for("step 3 to start", lambda: ("enrich", "k", 1) in marks(marker), 20, keep_alive=(first,))
+    # Progress writes are coalesced (PGMQ_WORKER_PROGRESS_INTERVAL): the row shows step 3 shortly.
+    progress = lambda: (job(conn, STEPPED, msg_id)["step"], job(conn, STEPPED, msg_id)["progress"])  # noqa: E731
+    wait_for("the row to show step 3 of 4", lambda: progress() == ("enrich", 50), 5, keep_alive=(first,))
+    first.signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+
+    second = workers.start(STEPPED)
+    wait_for("the queue to drain", lambda: not rows(conn, STEPPED), 30, keep_alive=(second,))
+    assert marks(marker) == [
+        ("fetch", "k", 1),
+        ("parse", "k", 1),
+        ("enrich", "k", 1),
+        ("enrich", "k", 2),
+        ("store", "k", 2),
+    ]
+    row = job(conn, STEPPED, msg_id)
+    assert (row["status"], row["result"], row["progress"]) == ("succeeded", {"value": 4}, 100)
+    assert second.stop() == 0

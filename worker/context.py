@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import structlog
 
 from worker.progress import ProgressReporter, check_report
+from worker.steps import Steps, as_json
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +36,7 @@ class Context:
     executor: Executor | None = field(default=None, repr=False)
     reporter: ProgressReporter | None = field(default=None, repr=False)
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    steps: Steps | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -70,3 +73,28 @@ class Context:
         if self.reporter is None or self.loop is None:
             return
         asyncio.run_coroutine_threadsafe(self.reporter.report(report), self.loop).result()
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109  (the step's own limit, enforced inside)
+        max_attempts: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run `fn(*args, **kwargs)` as the named step of this job, at most once to completion.
+
+        A step that finished in an earlier delivery returns its stored output without running.
+        `fn` may be async or plain (a plain one runs in the handler thread pool). `timeout`:
+        seconds for this step (past it the attempt fails and is retried); `max_attempts`: how
+        many times this step may start before the job is dead-lettered. The output must be a
+        JSON value (or a pydantic model, stored as its JSON); it comes back as JSON gives it.
+        Progress and the step name are reported automatically (percentages when the handler
+        declares `steps=[...]`).
+        """
+        if self.steps is None:  # no job row (a direct call in a test): run it, no persistence
+            result = fn(*args, **kwargs)
+            return as_json(await result if inspect.isawaitable(result) else result, name)
+        return await self.steps.run(name, fn, args, kwargs, limit_s=timeout, max_attempts=max_attempts)

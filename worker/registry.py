@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ class Task:
     backoff: Backoff
     archive: bool
     name: str = field(default="")
+    steps: tuple[str, ...] = ()  # declared step names, in order: progress percentages
 
     @property
     def read_vt(self) -> int:
@@ -99,6 +100,7 @@ def handler(
     timeout: float | timedelta | None = None,
     backoff: Backoff | float | timedelta | None = None,
     archive: bool = False,
+    steps: Sequence[str] = (),
     registry: Registry = registry,
 ) -> Callable[[F], F]:
     """Register `def f(payload, ctx)` or `async def f(payload, ctx)` as the handler of a queue.
@@ -108,6 +110,8 @@ def handler(
     timeout: wall-clock limit for one attempt; past it the attempt fails and is retried.
     backoff: a Backoff, or the base delay of the default exponential backoff.
     archive: on success, move the message to pgmq's archive table instead of deleting it.
+    steps: the names of the handler's `ctx.step(...)` calls, in order, so progress is reported
+        as the share of steps done (optional: without it only the step name is reported).
     """
     name = queue_of(queue)
     if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -115,6 +119,9 @@ def handler(
     vt = seconds(visibility_timeout, "visibility_timeout")
     limit = None if timeout is None else seconds(timeout, "timeout")
     policy = Backoff.of(backoff)
+    declared = tuple(steps)
+    if len(set(declared)) != len(declared) or not all(isinstance(s, str) and s for s in declared):
+        raise HandlerRegistrationError(f"steps must be distinct non-empty names, got {steps!r}")
 
     def register(fn: F) -> F:
         if not callable(fn):
@@ -137,6 +144,7 @@ def handler(
                 backoff=policy,
                 archive=archive,
                 name=f"{fn.__module__}.{fn.__qualname__}",
+                steps=declared,
             )
         )
         if registry is default_registry:  # a web process that imports this module accepts its payloads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,6 +39,7 @@ from worker.outcome import (
 from worker.progress import ProgressReporter
 from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
+from worker.steps import Steps, run_in_thread
 from worker.threads import HandlerThreads
 from worker.wakeup import Wakeup
 
@@ -215,6 +217,15 @@ class Worker:
             executor=self.executor,
             reporter=reporter,
             loop=asyncio.get_running_loop(),
+            steps=None
+            if message.job_id is None
+            else Steps(
+                self.pool,
+                message.job_id,
+                declared=task.steps,
+                reporter=reporter,
+                to_thread=functools.partial(run_in_thread, self.executor),
+            ),
         )
         self._log.info("job.started")
         try:

@@ -1,0 +1,148 @@
+"""Resumable steps: `await ctx.step("ocr", ocr_page, path)` runs once per job, whatever happens.
+
+Each finished step's output is written to `pgmq_worker.job_steps` in its own transaction. When
+the message is delivered again (a retry, a crashed worker, a redeploy), a finished step returns
+its stored output without running, so the handler resumes at the first unfinished step with the
+earlier outputs in hand. A step that is interrupted runs again (at least once, like the job).
+Outputs are JSON values and come back as JSON gives them (tuples as lists, models as dicts), the
+same on the first run as on a resumed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from queues.jobs import fail_step, finish_step, load_steps, start_step
+from worker.errors import Permanent
+from worker.outcome import ErrorInfo
+from worker.progress import ProgressReporter, check_report
+
+
+class StepTimeout(TimeoutError):
+    """A step ran past its own timeout (a failed attempt of the job, retried like any other)."""
+
+
+def as_json(output: Any, step: str) -> Any:
+    """The output as it will come back from the database; Permanent if it is not JSON."""
+    if isinstance(output, BaseModel):
+        output = output.model_dump(mode="json")
+    try:
+        return json.loads(json.dumps(output))
+    except (TypeError, ValueError) as exc:
+        raise Permanent(f"step {step!r} returned a value that is not JSON: {exc}") from exc
+
+
+class Steps:
+    """The steps of one delivery of one job: what finished before, and running the rest."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        job_id: UUID,
+        *,
+        declared: Sequence[str] = (),
+        reporter: ProgressReporter | None = None,
+        to_thread: Callable[..., Any] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.job_id = job_id
+        self.declared = tuple(declared)
+        self.reporter = reporter
+        self._to_thread = to_thread
+        self._known: dict[str, tuple[str, int, Any]] | None = None
+        self.ran: list[str] = []  # steps this delivery ran (not resumed), in order
+        self._percent = 0
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        limit_s: float | None,
+        max_attempts: int | None,
+    ) -> Any:
+        """The step's stored output if it finished before; else run it, store and return its output."""
+        if not name or len(name) > 200:
+            raise ValueError("a step name is 1-200 characters")
+        known = await self._load()
+        status, attempts, output = known.get(name, ("new", 0, None))
+        if status == "done":
+            await self._report(name, finished=True)
+            return output
+        if max_attempts is not None and attempts >= max_attempts:
+            raise Permanent(f"step {name!r} failed {attempts} times (max_attempts={max_attempts})")
+        async with self.pool.connection() as conn:
+            attempt = await start_step(conn, self.job_id, name)
+        if attempt is None:  # another delivery finished it a moment ago
+            self._known = None
+            return (await self._load())[name][2]
+        await self._report(name, finished=False)
+        try:
+            output = as_json(await self._call(fn, args, kwargs, limit_s, name), name)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                async with self.pool.connection() as conn:
+                    await fail_step(conn, self.job_id, name, ErrorInfo.of(exc).as_dict())
+            raise
+        async with self.pool.connection() as conn:
+            await finish_step(conn, self.job_id, name, output)
+        known[name] = ("done", attempt, output)
+        self.ran.append(name)
+        await self._report(name, finished=True)
+        return output
+
+    async def _load(self) -> dict[str, tuple[str, int, Any]]:
+        if self._known is None:
+            async with self.pool.connection() as conn:
+                self._known = await load_steps(conn, self.job_id)
+        return self._known
+
+    async def _call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit_s: float | None,
+        name: str,
+    ) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            call = fn(*args, **kwargs)
+        elif self._to_thread is not None:
+            call = self._to_thread(fn, *args, **kwargs)
+        else:
+            return fn(*args, **kwargs)
+        if limit_s is None:
+            return await call
+        try:
+            async with asyncio.timeout(limit_s):
+                return await call
+        except TimeoutError as exc:
+            raise StepTimeout(f"step {name!r} ran past its timeout of {limit_s:g}s") from exc
+
+    async def _report(self, name: str, *, finished: bool) -> None:
+        if name in self.declared:
+            index = self.declared.index(name) + (1 if finished else 0)
+            self._percent = max(self._percent, round(100 * index / len(self.declared)))
+        if self.reporter is not None:
+            await self.reporter.report(check_report(self._percent, name, None))
+
+
+async def run_in_thread(
+    executor: Executor | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    """Run a plain step function in the handler thread pool, keeping the log context."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
