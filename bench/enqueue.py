@@ -14,9 +14,10 @@ raw pgmq ones included, pays for that trigger's NOTIFY. A reference row sends in
 without the trigger, to show what it costs.
 
 - single messages, at each --clients (default 1 and 8): raw `pgmq.send` against our
-  `enqueue(conn, "text_stats", {"text": ...})` (the message and its job row in one statement). Each client is its own process with its own autocommit
-  connection and sends its share of --messages one call at a time; the rate is all messages over
-  the wall time from a common start barrier to the last client's finish. p50/p99 are per call.
+  `enqueue(conn, "text_stats", {"text": ...})` (the message and its job row in one statement).
+  Each client is its own process with its own autocommit connection and sends its share of
+  --messages one call at a time; the rate is all messages over the wall time from a common
+  start barrier to the last client's finish. p50/p99 are per call.
 - batches, one client: raw `pgmq.send_batch` against our `enqueue_batch`, --batch-size messages
   a call, --batch-messages in all; p50/p99 are per batch call.
 - HTTP: `POST /jobs/text_stats` against a real `python -m web` subprocess (uvicorn, its access
