@@ -8,33 +8,41 @@ In your own Flask view, enqueueing in your own transaction is three lines::
         conn.execute("INSERT INTO uploads (id, path) VALUES (%s, %s)", (upload_id, path))
         job = enqueue(conn, "text_stats", {"text": text})  # commits or rolls back with the insert
 
-To expose `POST /jobs/<queue>` and `GET /jobs/<id>` exactly as the FastAPI web process does
-(same checks, same JSON, same errors), register the blueprint::
+To serve `POST /jobs/<queue>` and `GET /jobs/<job_id>` as the FastAPI web process does (the same
+checks, JSON bodies, status codes and headers: both go through web/submit.py and web/errors.py)::
 
-    app.register_blueprint(jobs_blueprint(pool))
+    app.register_blueprint(jobs_blueprint(pool, auth=Auth(jwt_secret)))
 
-Run the example app: `DATABASE_URL=... flask --app web.flask_example run` (needs `pip install
-'pgmq-worker[flask]'`; the database must have been migrated with `pgmq-worker migrate`).
+Run the example app with `flask --app web.flask_example run` (`pip install 'pgmq-worker[flask]'`).
+DATABASE_URL picks the database (migrate it first: `pgmq-worker migrate`); unset, the embedded
+PostgreSQL starts and migrates itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from psycopg_pool import ConnectionPool
 
 from db.connect import resolve, sync_pool
+from db.logs import get_logger
+from db.schema import prepare_schema
 from db.settings import DatabaseSettings
+from queues import pgmq
 from queues.catalog import Catalog, import_modules
 from queues.catalog import catalog as default_catalog
-from queues.enqueue import enqueue
+from queues.enqueue import MAX_PAYLOAD_BYTES, enqueue
 from queues.errors import QueueError
 from queues.jobs import get_job, parse_job_id
 from web.auth import Auth
 from web.errors import ApiError, from_queue_error, job_not_found
 from web.settings import WebSettings
 from web.submit import accepted, check
+
+log = get_logger()
+READ_CHUNK = 64 * 1024
+POOL_EXTENSION = "pgmq_worker_pool"  # app.extensions key of create_app's pool (close it on shutdown)
 
 
 def jobs_blueprint(
@@ -44,7 +52,7 @@ def jobs_blueprint(
     auth: Auth | None = None,
     url_prefix: str = "",
 ) -> Blueprint:
-    """`POST /jobs/<queue>` and `GET /jobs/<job_id>` on a psycopg pool (autocommit connections)."""
+    """`POST /jobs/<queue>` and `GET /jobs/<job_id>` on an autocommit psycopg pool (`sync_pool`)."""
     access = auth or Auth(None)
     bp = Blueprint("pgmq_worker_jobs", __name__, url_prefix=url_prefix or None)
 
@@ -54,25 +62,33 @@ def jobs_blueprint(
 
     @bp.post("/jobs/<queue>")
     def submit(queue: str) -> tuple[Response, int, dict[str, str]]:
+        """Enqueue the JSON body as a job on `queue`: 202 with the job id and its Location."""
         owner = access.owner(request.headers.get("Authorization"))
         key = request.headers.get("Idempotency-Key")
-        sub = check(catalog, queue, request.get_data(), delay=request.args.get("delay"), idempotency_key=key)
-        # Keys are per caller, as in the FastAPI app: another user's key never returns their job.
+        sub = check(
+            catalog, queue, _body(MAX_PAYLOAD_BYTES), delay=request.args.get("delay"), idempotency_key=key
+        )
+        # Keys are per caller, as in web/app.py: another user's key must never hand back their job.
         scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
         try:
             with pool.connection() as conn:
                 sent = enqueue(conn, sub.ref, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped)
         except QueueError as exc:
             raise from_queue_error(exc) from exc
-        body, location = accepted(sent, url_prefix)
+        # url_for knows every prefix (the factory's, register_blueprint's, the WSGI mount's).
+        prefix = url_for(".show", job_id=str(sent.job_id)).removesuffix(f"/jobs/{sent.job_id}")
+        body, location = accepted(sent, prefix, events=False)  # no event stream here
         return jsonify(body), 202, {"Location": location}
 
     @bp.get("/jobs/<job_id>")
     def show(job_id: str) -> Response:
+        """The job's status, progress, step, result or error; 404 for another owner's job."""
         owner = access.owner(request.headers.get("Authorization"))
         jid = parse_job_id(job_id)
-        with pool.connection() as conn:
-            job = get_job(conn, jid) if jid is not None else None
+        job = None
+        if jid is not None:
+            with pool.connection() as conn:
+                job = get_job(conn, jid)
         if job is None or (access.enabled and job.owner != owner):
             raise job_not_found(job_id)
         return jsonify(job.as_json())
@@ -80,20 +96,39 @@ def jobs_blueprint(
     return bp
 
 
+def _body(limit: int) -> bytes:
+    """The request body, but no more than `limit` + 1 bytes of it: check() answers 413 past `limit`."""
+    data = bytearray()
+    while len(data) <= limit and (chunk := request.stream.read(min(READ_CHUNK, limit + 1 - len(data)))):
+        data += chunk
+    return bytes(data)
+
+
 def create_app(database_url: str | None = None, *, modules: tuple[str, ...] = ()) -> Flask:
-    """A Flask app with the jobs blueprint, on DATABASE_URL (or `database_url`)."""
+    """The example app: the jobs blueprint and /healthz on DATABASE_URL (or `database_url`).
+
+    `modules` are the handler modules that declare the queues (default: the `handlers` package).
+    """
     settings = WebSettings()
-    db_settings = DatabaseSettings() if database_url is None else DatabaseSettings(database_url=database_url)
-    import_modules(modules)  # the handler modules declare the queues and their payload models
-    pool = sync_pool(resolve(db_settings), min_size=1, max_size=db_settings.pool_max_size)
+    db = DatabaseSettings() if database_url is None else DatabaseSettings(database_url=database_url)
+    import_modules(modules)
+    target = resolve(db)
+    prepare_schema(target)  # the embedded database migrates itself; others must be migrated
+    pool = sync_pool(target, min_size=min(1, db.pool_max_size), max_size=db.pool_max_size)
     pool.open()
+    with pool.connection() as conn:
+        for spec in default_catalog:  # create the declared queues, as the FastAPI app does
+            pgmq.ensure_queue(conn, spec.queue)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    auth = Auth(secret, settings.jwt_audience)
+
     app = Flask(__name__)
-    app.register_blueprint(jobs_blueprint(pool, auth=Auth(secret, settings.jwt_audience)))
-    app.extensions["pgmq_worker_pool"] = pool
+    app.extensions[POOL_EXTENSION] = pool
+    app.register_blueprint(jobs_blueprint(pool, auth=auth))
 
     @app.get("/healthz")
     def healthz() -> tuple[dict[str, Any], int]:
+        """200 when the database answers, else 503."""
         try:
             with pool.connection(timeout=3) as conn:
                 conn.execute("SELECT 1")
@@ -101,4 +136,5 @@ def create_app(database_url: str | None = None, *, modules: tuple[str, ...] = ()
             return {"status": "unavailable", "error": str(exc).strip()[:200]}, 503
         return {"status": "ok"}, 200
 
+    log.info("web.started", framework="flask", database=target.describe(), auth=auth.enabled)
     return app

@@ -69,8 +69,11 @@ def _delay(value: str | None) -> float:
     return seconds
 
 
-def accepted(sent: Enqueued, prefix: str = "") -> tuple[dict[str, Any], str]:
-    """The 202 body and the Location of the new (or, for a repeated idempotency key, existing) job."""
+def accepted(sent: Enqueued, prefix: str = "", *, events: bool = True) -> tuple[dict[str, Any], str]:
+    """The 202 body and the Location of the new (or, for a repeated idempotency key, existing) job.
+
+    `events`: the app serves `GET /jobs/{id}/events` (the Flask blueprint does not).
+    """
     location = f"{prefix}/jobs/{sent.job_id}"
     body = {
         "job_id": str(sent.job_id),
@@ -78,6 +81,7 @@ def accepted(sent: Enqueued, prefix: str = "") -> tuple[dict[str, Any], str]:
         "msg_id": sent.msg_id,
         "created": sent.created,
         "status_url": location,
-        "events_url": f"{location}/events",
     }
+    if events:
+        body["events_url"] = f"{location}/events"
     return body, location
