@@ -3,8 +3,9 @@
 `pgmq-worker run --import bench.noop_handlers` loads this module in the worker process. The
 benchmark talks to it through two environment variables, both optional:
 
-- BENCH_TIMES_FILE: at exit, write {"count", "first", "last"} (time.time() of the first and the
-  last handler start) as JSON, so the benchmark can split start-up from work.
+- BENCH_TIMES_FILE: at exit, append a JSON line {"count", "first", "last"} (time.time() of the
+  first and the last handler start; one line per worker process), so the benchmark can split
+  start-up from work.
 - BENCH_LATENCY_FILE: append "msg_id seconds" per message, the seconds from the message's
   enqueued_at (the database server's clock: compare on one machine only) to the handler's start.
 """
@@ -54,7 +55,9 @@ class _Recorder:
         """Write the summary file (at interpreter exit)."""
         if self._times_file:
             summary = {"count": self.count, "first": self.first, "last": self.last}
-            Path(self._times_file).write_text(json.dumps(summary), encoding="utf-8")
+            # Appended: with `run --processes N` every worker process adds its own line.
+            with Path(self._times_file).open("a", encoding="utf-8") as out:
+                out.write(json.dumps(summary) + "\n")
 
 
 _recorder = _Recorder(os.environ.get("BENCH_TIMES_FILE"), os.environ.get("BENCH_LATENCY_FILE"))

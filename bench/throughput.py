@@ -1,6 +1,7 @@
 """Throughput and pickup latency of a real `pgmq-worker run` subprocess, printed, never asserted.
 
     python bench/throughput.py --messages 10000 --concurrency 10 --concurrency 50
+    python bench/throughput.py --messages 50000 --concurrency 50 --processes 1 --processes 2
     python bench/throughput.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/throughput.py --pickup-latency
 
@@ -111,6 +112,7 @@ class ThroughputRow:
 
     messages: int
     concurrency: int
+    processes: int
     send_s: float
     wall_s: float
     cpu_s: float
@@ -210,11 +212,12 @@ def queue_failures(conn: psycopg.Connection[Any], queue: str) -> list[str]:
 # -- the worker subprocess ----------------------------------------------------------------------
 
 
-def worker_command(queue: str, concurrency: int, *, burst: bool) -> list[str]:
+def worker_command(queue: str, concurrency: int, *, burst: bool, processes: int = 1) -> list[str]:
     """`pgmq-worker run` for the bench handlers: the console script beside this interpreter."""
     beside = Path(sys.executable).with_name("pgmq-worker")
     exe = str(beside) if beside.exists() else (shutil.which("pgmq-worker") or "pgmq-worker")
     command = [exe, "run", "--import", HANDLER_MODULE, "--queue", queue, "--concurrency", str(concurrency)]
+    command += ["--processes", str(processes)] if processes > 1 else []
     return [*command, "--burst"] if burst else command
 
 
@@ -276,6 +279,7 @@ def throughput_run(
     *,
     settings: Mapping[str, str],
     notify_trigger: str,
+    processes: int = 1,
 ) -> ThroughputRow:
     """Send N messages in one send_batch, then time a burst worker from spawn to exit."""
     failures: list[str] = []
@@ -296,7 +300,8 @@ def throughput_run(
         cpu_before = _children_cpu_s()
         spawn_at = time.time()
         started = time.perf_counter()
-        with spawned(worker_command(queue, concurrency, burst=True), env, log_path) as proc:
+        command = worker_command(queue, concurrency, burst=True, processes=processes)
+        with spawned(command, env, log_path) as proc:
             try:
                 code: int | None = proc.wait(timeout=WORKER_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -307,10 +312,15 @@ def throughput_run(
         if code != 0:
             why = f"did not exit within {WORKER_TIMEOUT_S:g}s" if code is None else f"exited {code}"
             failures.append(f"worker {why}\n{log_tail(log_path)}")
-        times = json.loads(times_file.read_text()) if times_file.exists() else {}
+        # One line per worker process (bench/noop_handlers.py appends at exit).
+        parts = (
+            [json.loads(line) for line in times_file.read_text().splitlines()] if times_file.exists() else []
+        )
 
-    first, last = times.get("first"), times.get("last")
-    handled = times.get("count")
+    firsts = [p["first"] for p in parts if p.get("first") is not None]
+    lasts = [p["last"] for p in parts if p.get("last") is not None]
+    first, last = (min(firsts) if firsts else None), (max(lasts) if lasts else None)
+    handled = sum(p["count"] for p in parts) if parts else None
     if handled is not None and handled < messages:
         failures.append(f"handlers started {handled} times for {messages} messages")
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -320,6 +330,7 @@ def throughput_run(
     return ThroughputRow(
         messages=messages,
         concurrency=concurrency,
+        processes=processes,
         send_s=send_s,
         wall_s=wall_s,
         cpu_s=cpu_s,
@@ -339,6 +350,7 @@ def _children_cpu_s() -> float:
 
 THROUGHPUT_COLUMNS = (
     "messages",
+    "procs",
     "concurrency",
     "send_batch_s",
     "worker_wall_s",
@@ -382,6 +394,7 @@ def _throughput_cells(r: ThroughputRow) -> list[str]:
     reads = r.db.reads if r.db and r.db.reads else None
     return [
         str(r.messages),
+        str(r.processes),
         str(r.concurrency),
         f"{r.send_s:.3f}",
         f"{r.wall_s:.3f}",
@@ -513,6 +526,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         help="worker --concurrency; repeat to sweep (default 10)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        action="append",
+        help="worker --processes (a supervisor with N workers); repeat to sweep (default 1)",
+    )
     parser.add_argument("--queue-kind", choices=sorted(QUEUES), default="async", help="async or def handler")
     parser.add_argument(
         "--database-url",
@@ -546,6 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--worker-env takes NAME=VALUE")
     args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.concurrency = args.concurrency or [10]
+    args.processes = args.processes or [1]
     kind = args.notify_trigger
     if kind not in ("none", "worker") and not (kind.startswith("pgmq:") and kind[5:].isdigit()):
         parser.error("--notify-trigger takes none, worker or pgmq:MS")
@@ -608,7 +628,9 @@ def main(argv: list[str] | None = None) -> int:
                     c,
                     settings=args.worker_env,
                     notify_trigger=args.notify_trigger,
+                    processes=n,
                 )
+                for n in args.processes
                 for c in args.concurrency
             ]
             print_throughput(rows, args.notify_trigger)
