@@ -1,12 +1,13 @@
-"""The dev page in a real browser: headless Chromium (Debian's), driven by Playwright.
+"""The dev page in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-`pgmq-worker dev` runs as a subprocess on the test's database; the browser opens the page it
-prints, submits a job and watches the progress bar and step label move to the result. Without
-Chromium the tests are skipped, unless PGMQ_WORKER_REQUIRE_CHROMIUM=1 (CI), which fails them.
+`pgmq-worker dev` runs as a subprocess on the test's database; the browser opens the URL it prints,
+submits a job and watches the bar and the step label move to the result. Without Chromium the module
+is skipped, unless PGMQ_WORKER_REQUIRE_CHROMIUM=1 (CI), which turns the skip into a failure.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,110 +25,200 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from handlers.text import WORD
+REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_CHROMIUM"
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_binary() -> str | None:
+    """The chromium executable, on PATH or where Debian installs it."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return DEBIAN_CHROMIUM if os.access(DEBIAN_CHROMIUM, os.X_OK) else None
+
+
+CHROMIUM = chromium_binary()
+if CHROMIUM is None:
+    _REASON = "chromium is not installed (Debian: apt-get install chromium)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{_REASON}, and {REQUIRE_ENV}=1 requires it", pytrace=False)
+    pytest.skip(_REASON, allow_module_level=True)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_CHROMIUM"
+
 STEPS = {"normalise", "sentences", "words", "readability", "keywords", "summary"}
+FINISHED = {"succeeded", "dead", "cancelled"}  # the page's own set: the stream ends there
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+JOB_TIMEOUT_S = 30.0
+# One round trip per poll: what the bar, the step label and the status say at the same instant.
+SNAPSHOT_JS = """() => ({
+    status: document.querySelector('[data-testid=status]').textContent,
+    now: document.querySelector('[data-testid=progress]').getAttribute('aria-valuenow'),
+    step: document.querySelector('[data-testid=step]').textContent,
+})"""
 
 
-def chromium_path() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but no chromium on PATH (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium)")
-    return found
+@dataclass(frozen=True, slots=True)
+class Dev:
+    """A running `pgmq-worker dev`: the URL it printed and where its stderr goes."""
+
+    url: str
+    stderr_path: Path
+
+    def log(self, tail: int = 3000) -> str:
+        """The end of what the dev process has written to stderr (JSON log lines)."""
+        return self.stderr_path.read_text(errors="replace")[-tail:]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    path = chromium_path()
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=path,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-        )
-        yield b
-        b.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def _wait_for_url(proc: subprocess.Popen[bytes], stdout_path: Path, stderr_path: Path) -> str:
+    """The URL from the `pgmq-worker dev: open http://...` line, once dev has printed it."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        match = re.search(r"open (http://\S+)", stdout_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            pytest.fail(
+                f"pgmq-worker dev exited with status {proc.returncode} before printing its URL:\n"
+                f"{stderr_path.read_text(errors='replace')[-3000:]}"
+            )
+        time.sleep(0.1)
+    pytest.fail(
+        f"pgmq-worker dev printed no URL within {READY_TIMEOUT_S:.0f} s:\n"
+        f"{stderr_path.read_text(errors='replace')[-3000:]}"
+    )
+
+
 @pytest.fixture
-def dev_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """`pgmq-worker dev` on the test database; its printed URL; stopped with SIGINT (Ctrl-C) after."""
-    port = free_port()
+def dev(db_url: str, tmp_path: Path) -> Iterator[Dev]:
+    """`pgmq-worker dev` on the test's database; stopped with SIGINT (Ctrl-C), which must exit 0."""
+    # Only the settings this test chooses: a developer's PGMQ_WORKER_* must not change what runs.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_")}
-    env.update({"DATABASE_URL": db_url, "PGMQ_WORKER_LOG_FORMAT": "json", "PGMQ_WORKER_POLL_INTERVAL": "0.2"})
-    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        command = [sys.executable, "-m", "worker.cli", "dev", "--port", str(port)]
-        proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+    env.update(DATABASE_URL=db_url, PGMQ_WORKER_LOG_FORMAT="json", PGMQ_WORKER_POLL_INTERVAL="0.2")
+    argv = [sys.executable, "-m", "worker.cli", "dev", "--port", str(_free_port())]
+    stdout_path, stderr_path = tmp_path / "dev.stdout", tmp_path / "dev.stderr"
+    # Files, not pipes: nothing has to drain them while the test waits on the browser.
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
     try:
-        deadline = time.monotonic() + 60
-        while (match := re.search(r"open (http://\S+)", out.read_text())) is None:
-            assert proc.poll() is None, err.read_text()[-2000:]
-            assert time.monotonic() < deadline, "dev did not print its URL"
-            time.sleep(0.1)
-        yield match.group(1)
+        yield Dev(_wait_for_url(proc, stdout_path, stderr_path), stderr_path)
     finally:
-        proc.send_signal(signal.SIGINT)
-        status = proc.wait(30)
-    assert status == 0, err.read_text()[-2000:]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            status = proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"pgmq-worker dev still ran {STOP_TIMEOUT_S:.0f} s after SIGINT; killed it")
+    assert status == 0, f"pgmq-worker dev exited with {status} on SIGINT:\n{stderr_path.read_text()[-3000:]}"
 
 
-def open_page(browser: Browser, url: str, console: list[str]) -> Page:
-    page = browser.new_page()
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-    page.goto(url)
-    page.wait_for_selector("[data-testid=queue] option[value=text_report]", state="attached")
-    return page
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for the whole module."""
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
 
 
-def test_a_job_submitted_on_the_page_moves_to_its_result(browser: Browser, dev_url: str) -> None:
-    """The bar and the step label move through the steps live, to 100% and the result."""
+@pytest.fixture
+def page(browser: Browser, dev: Dev) -> Iterator[tuple[Page, list[str]]]:
+    """The dev page in a fresh browser context, its queues loaded; and the console it logs."""
     console: list[str] = []
-    page = open_page(browser, dev_url, console)
-    text = "The worker reads a queue. It runs each step! Does the page follow? It does."
-    page.select_option("[data-testid=queue]", "text_report")
-    page.fill("[data-testid=payload]", f'{{"text": "{text}", "pace": 0.4}}')
-    page.click("[data-testid=submit]")
+    context = browser.new_context()
+    try:
+        tab = context.new_page()
+        tab.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
+        tab.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        tab.goto(dev.url)
+        tab.wait_for_selector("[data-testid=queue] option[value=text_report]", state="attached")
+        yield tab, console
+    finally:
+        context.close()
 
-    values: set[int] = set()
-    steps: set[str] = set()
-    deadline = time.monotonic() + 30
-    while page.inner_text("[data-testid=status]") != "succeeded":
-        assert time.monotonic() < deadline, f"no success; console: {console}"
-        now = page.get_attribute("[data-testid=progress]", "aria-valuenow")
-        values.add(int(now or 0))
-        steps.add(page.inner_text("[data-testid=step]"))
-        page.wait_for_timeout(50)
-    assert len({v for v in values if 0 < v < 100}) >= 2, (values, console)
-    assert len(steps & STEPS) >= 3, steps
-    assert page.inner_text("[data-testid=pct]") == "100%"
-    outcome = page.inner_text("[data-testid=outcome]")
-    assert f'"words": {len(WORD.findall(text))}' in outcome, outcome
-    assert not [c for c in console if c.startswith(("error", "pageerror"))], console
+
+def words_in(text: str) -> int:
+    """Words in plain English prose without digits or hyphens: tokens that hold a letter."""
+    return sum(1 for token in text.split() if any(c.isalpha() for c in token))
+
+
+def test_a_job_on_the_page_moves_through_its_steps_to_the_result(
+    page: tuple[Page, list[str]], dev: Dev, conn: psycopg.Connection[Any]
+) -> None:
+    """A text_report job: the bar and step label move live, then succeeded, 100% and the word count."""
+    tab, console = page
+    text = "The worker reads a queue. It runs each step in turn! Does the page follow? It does, live."
+    tab.select_option("[data-testid=queue]", "text_report")
+    tab.fill("[data-testid=payload]", json.dumps({"text": text, "pace": 0.4}))
+    tab.click("[data-testid=submit]")
+
+    seen: list[dict[str, str | None]] = []
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        snapshot = tab.evaluate(SNAPSHOT_JS)
+        seen.append(snapshot)
+        if snapshot["status"] in FINISHED:
+            break
+        assert time.monotonic() < deadline, (
+            f"no finished status within {JOB_TIMEOUT_S:.0f} s; last {seen[-3:]}"
+            f"\nconsole: {console}\n{dev.log()}"
+        )
+        tab.wait_for_timeout(50)
+
+    where = f"\nconsole: {console}\nsnapshots: {seen}"
+    outcome = tab.inner_text("[data-testid=outcome]")
+    assert snapshot["status"] == "succeeded", f"status {snapshot['status']}, outcome {outcome}{where}"
+    between = {int(s["now"]) for s in seen if s["now"] is not None and 0 < int(s["now"]) < 100}
+    assert len(between) >= 2, f"aria-valuenow between 0 and 100: {sorted(between)}{where}"
+    steps = {s["step"] for s in seen} & STEPS
+    assert len(steps) >= 3, f"step names shown: {steps}{where}"
+    assert tab.get_attribute("[data-testid=progress]", "aria-valuenow") == "100"
+    assert tab.inner_text("[data-testid=pct]") == "100%"
+    assert json.loads(outcome)["words"] == words_in(text) == 18, outcome
+
+    job_id = tab.inner_text("[data-testid=job-id]")
+    row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None and row[0] == "succeeded" and row[1] == json.loads(outcome), row
+    assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console
 
 
 def test_an_invalid_payload_shows_the_servers_error_and_makes_no_job(
-    browser: Browser, dev_url: str, conn: psycopg.Connection[Any]
+    page: tuple[Page, list[str]], conn: psycopg.Connection[Any]
 ) -> None:
-    """An empty text fails the contract: the page shows the message, and no job exists."""
-    console: list[str] = []
-    page = open_page(browser, dev_url, console)
-    page.select_option("[data-testid=queue]", "text_report")
-    page.fill("[data-testid=payload]", '{"text": ""}')
-    page.click("[data-testid=submit]")
-    page.wait_for_function("document.querySelector('[data-testid=form-error]').textContent.length > 0")
-    assert "text" in page.inner_text("[data-testid=form-error]")
-    assert page.is_hidden("[data-testid=job]")
-    row = conn.execute("SELECT count(*) FROM pgmq_worker.jobs").fetchone()
-    assert row is not None and row[0] == 0
+    """An empty text breaks text_report's contract: the server's 422 message shows, and no job exists."""
+    tab, console = page
+    tab.select_option("[data-testid=queue]", "text_report")
+    tab.fill("[data-testid=payload]", json.dumps({"text": ""}))
+    with tab.expect_response(lambda r: r.request.method == "POST" and "/jobs/" in r.url) as answer:
+        tab.click("[data-testid=submit]")
+    response = answer.value
+    assert response.status == 422, (response.status, response.text())
+    message = response.json()["error"]["message"]
+    assert "text" in message, message
+
+    form_error = tab.locator("[data-testid=form-error]")
+    form_error.wait_for(state="visible", timeout=5000)
+    assert form_error.inner_text() == message, f"console: {console}"
+    assert tab.locator("[data-testid=job]").is_hidden()
+    jobs = conn.execute("SELECT count(*) FROM pgmq_worker.jobs").fetchone()
+    messages = conn.execute("SELECT count(*) FROM pgmq.q_text_report").fetchone()
+    assert jobs == (0,) and messages == (0,), (jobs, messages)
+    assert not [c for c in console if c.startswith("pageerror")], console
