@@ -60,7 +60,7 @@ async def text_report(payload: ReportRequested, ctx: Context) -> dict[str, objec
 
     async def step(done: int, name: str, **detail: object) -> None:
         await ctx.progress(done, step=name, detail=detail or None)
-        if payload.pace:
+        if payload.pace and done < 100:  # no pause after the last step: the result is ready
             await asyncio.sleep(payload.pace)
 
     text = " ".join(unicodedata.normalize("NFC", payload.text).split())
