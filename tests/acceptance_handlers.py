@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 from pydantic import BaseModel, ConfigDict
 
-from worker import Context, handler
+from worker import Context, Limit, handler
 
 JOBS: Final = "acc_jobs"
 ORDERS: Final = "acc_orders"
@@ -102,3 +103,15 @@ async def stepped(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     c = await ctx.step("enrich", run, "enrich", b)
     d = await ctx.step("store", run, "store", c)
     return {"value": d}
+
+
+LIMITED: Final = "acc_limited"
+API_LIMIT: Final = Limit("acc_api", concurrency=3, per_minute=300)  # 3 at once, 5 a second
+
+
+@handler(LIMITED, visibility_timeout=30, max_attempts=3, backoff=0.1)
+async def limited(payload: dict[str, Any], ctx: Context) -> int:
+    """Call the test's local HTTP server (payload `url`) under the shared `acc_api` limit."""
+    async with ctx.limit(API_LIMIT), httpx.AsyncClient() as client:
+        response = await client.get(payload["url"], timeout=10)
+    return response.status_code

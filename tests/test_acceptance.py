@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +26,12 @@ import pytest
 
 from queues import pgmq
 from tests.acceptance_handlers import (
+    API_LIMIT,
     CRASH,
     CRASH_EXIT_CODE,
     CRASH_MAX_ATTEMPTS,
     JOBS,
+    LIMITED,
     ORDERS,
     ORDERS_MAX_ATTEMPTS,
     STEPPED,
@@ -614,3 +618,56 @@ def test_sigkill_during_step_3_resumes_at_step_3(
     row = job(conn, STEPPED, msg_id)
     assert (row["status"], row["result"], row["progress"]) == ("succeeded", {"value": 4}, 100)
     assert second.stop() == 0
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """A stand-in API: each GET takes 50 ms; start and end times go to the server's list."""
+
+    def do_GET(self) -> None:
+        start = time.monotonic()
+        time.sleep(0.05)
+        self.send_response(200)
+        self.end_headers()
+        self.server.calls.append((start, time.monotonic()))  # type: ignore[attr-defined]
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, list[tuple[float, float]]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.calls = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", server.calls  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_limit_holds_across_two_worker_processes(
+    route: Route, workers: Workers, conn: psycopg.Connection[Any], api: tuple[str, list[tuple[float, float]]]
+) -> None:
+    """Two workers, 10 handlers each, 30 calls under Limit(concurrency=3, per_minute=300): the local
+    HTTP server (a stand-in for an external API) sees at most 3 at once and about 5 a second."""
+    url, calls = api
+    with route.connect() as producer:
+        pgmq.ensure_queue(producer, LIMITED)
+        pgmq.send_batch(producer, LIMITED, [{"url": url} for _ in range(30)])
+    first = workers.start(LIMITED, concurrency=10)
+    second = workers.start(LIMITED, concurrency=10)
+    wait_for("the queue to drain", lambda: not rows(conn, LIMITED), 60, keep_alive=(first, second))
+    assert len(calls) == 30
+    starts = sorted(s for s, _ in calls)
+    peak = max(sum(1 for s, e in calls if s <= t < e) for t in starts)
+    assert peak <= API_LIMIT.concurrency  # type: ignore[operator]
+    # The bucket holds one second's share (5): after that first burst, calls come 5 a second.
+    paced = starts[5:]
+    rate = (len(paced) - 1) / (paced[-1] - paced[0])
+    assert 4.0 <= rate <= 5.0 * 1.15, f"{rate:.2f} calls/s after the burst"
+    for i, t in enumerate(starts):  # any window: at most the burst + 5 a second (+2 for HTTP jitter)
+        for j in range(i + 1, len(starts)):
+            assert j - i + 1 <= 5 + 5 * (starts[j] - t) + 2, (i, j, starts[j] - t)
+    assert first.stop() == 0 and second.stop() == 0

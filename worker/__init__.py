@@ -3,12 +3,14 @@
 from worker.backoff import Backoff
 from worker.context import Context
 from worker.errors import InvalidPayload, Permanent, Retry, UnknownQueue, WorkerError
+from worker.limits import Limit
 from worker.registry import Registry, Task, handler, registry
 
 __all__ = [
     "Backoff",
     "Context",
     "InvalidPayload",
+    "Limit",
     "Permanent",
     "Registry",
     "Retry",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
+from psycopg_pool import AsyncConnectionPool
 
+from worker.limits import Limit, hold
 from worker.progress import ProgressReporter, check_report
 from worker.steps import Steps, as_json
 
@@ -37,6 +40,7 @@ class Context:
     reporter: ProgressReporter | None = field(default=None, repr=False)
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     steps: Steps | None = field(default=None, repr=False)
+    pool: AsyncConnectionPool | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -98,3 +102,15 @@ class Context:
             result = fn(*args, **kwargs)
             return as_json(await result if inspect.isawaitable(result) else result, name)
         return await self.steps.run(name, fn, args, kwargs, limit_s=timeout, max_attempts=max_attempts)
+
+    @contextlib.asynccontextmanager
+    async def limit(self, limit: Limit) -> AsyncIterator[None]:
+        """Hold a slot of a shared limit for the block (waits for one; see worker.limits).
+
+        Without a database (a direct call in a test) the block runs unlimited.
+        """
+        if self.pool is None:
+            yield
+            return
+        async with hold(self.pool, limit):
+            yield

@@ -217,6 +217,7 @@ class Worker:
             executor=self.executor,
             reporter=reporter,
             loop=asyncio.get_running_loop(),
+            pool=self.pool,
             steps=None
             if message.job_id is None
             else Steps(
