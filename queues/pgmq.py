@@ -42,9 +42,9 @@ WITH m AS (
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
             started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
-    RETURNING j.msg_id, j.id
+    RETURNING j.msg_id, j.id, j.deferrals
 )
-SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id
+SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, job.deferrals
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
 # Enqueue: the message and its job row in one statement, so neither exists without the other.
@@ -107,7 +107,7 @@ SETTLE = sql.SQL(
     "WITH settled AS ({guarded}), job AS ("
     " UPDATE pgmq_worker.jobs AS j SET status = %(status)s,"
     " result = CASE WHEN %(status)s = 'succeeded' THEN %(result)s ELSE j.result END,"
-    " error = %(error)s,"
+    " error = %(error)s, deferrals = j.deferrals + CASE WHEN %(status)s = 'queued' THEN 1 ELSE 0 END,"
     " progress = CASE WHEN %(status)s = 'succeeded' THEN 100 ELSE j.progress END,"
     " finished_at = CASE WHEN %(status)s IN ('succeeded', 'dead') THEN now() END,"
     " updated_at = now()"
@@ -156,6 +156,12 @@ class Message:
     vt: datetime
     body: Any
     job_id: UUID | None = None
+    deferrals: int = 0  # deliveries that ended in a deferral (RateLimited): not attempts
+
+    @property
+    def attempt(self) -> int:
+        """This delivery's attempt number: deliveries so far, less the deferred ones."""
+        return self.read_ct - self.deferrals
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +323,16 @@ async def read(conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: i
         await cur.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty})
         rows = await cur.fetchall()
     return [
-        Message(queue, r["msg_id"], r["read_ct"], r["enqueued_at"], r["vt"], r["message"], r["job_id"])
+        Message(
+            queue,
+            r["msg_id"],
+            r["read_ct"],
+            r["enqueued_at"],
+            r["vt"],
+            r["message"],
+            r["job_id"],
+            r["deferrals"],
+        )
         for r in rows
     ]
 
@@ -361,6 +376,13 @@ async def retry_later(
 ) -> bool:
     """Make the delivery visible again after delay_s, if still ours; job `failed` with the error."""
     return await _settle(conn, RETRY, message, "failed", error=error, delay=delay_s)
+
+
+async def defer(
+    conn: psycopg.AsyncConnection[Any], message: Message, delay_s: float, error: dict[str, Any]
+) -> bool:
+    """Visible again after delay_s, if still ours; job `queued`, one more deferral (not an attempt)."""
+    return await _settle(conn, RETRY, message, "queued", error=error, delay=delay_s)
 
 
 async def dead_letter(conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]) -> bool:

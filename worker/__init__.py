@@ -2,7 +2,7 @@
 
 from worker.backoff import Backoff
 from worker.context import Context
-from worker.errors import InvalidPayload, Permanent, Retry, UnknownQueue, WorkerError
+from worker.errors import InvalidPayload, Permanent, RateLimited, Retry, UnknownQueue, WorkerError
 from worker.limits import Limit
 from worker.registry import Registry, Task, handler, registry
 
@@ -12,6 +12,7 @@ __all__ = [
     "InvalidPayload",
     "Limit",
     "Permanent",
+    "RateLimited",
     "Registry",
     "Retry",
     "Task",

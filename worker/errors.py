@@ -2,6 +2,7 @@
 
 WorkerError
  ├─ Retry(delay, reason)   try again after `delay` (still counts as an attempt)
+ │   └─ RateLimited         the provider said 429: come back later, not counted as an attempt
  ├─ Permanent(reason)      never retry: dead-letter now
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
  └─ PoolerMisconfigured    prepared statements fail: an undeclared transaction pooler
@@ -12,7 +13,10 @@ QueueError (from queues)
 
 from __future__ import annotations
 
-from datetime import timedelta
+import email.utils
+from datetime import UTC, datetime, timedelta
+
+import httpx
 
 from queues.errors import InvalidPayload, UnknownQueue
 
@@ -30,6 +34,45 @@ class Retry(WorkerError):
     def __init__(self, delay: float | timedelta | None = None, reason: str | None = None) -> None:
         self.delay: float | None = delay.total_seconds() if isinstance(delay, timedelta) else delay
         super().__init__(reason)
+
+
+class RateLimited(Retry):
+    """The provider said "too many requests": come back after `delay` seconds.
+
+    Not a failed attempt: the delivery is deferred and does not count toward max_attempts (up to
+    MAX_DEFERRALS deferrals of one job; past that they count like any retry).
+    """
+
+    def __init__(self, delay: float | timedelta | None = None, reason: str | None = None) -> None:
+        super().__init__(DEFAULT_RATE_LIMIT_DELAY_S if delay is None else delay, reason or "rate limited")
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, reason: str | None = None) -> RateLimited:
+        """From an HTTP 429/503 response: its Retry-After (seconds or an HTTP date), if any."""
+        return cls(retry_after(response.headers.get("retry-after")), reason or f"HTTP {response.status_code}")
+
+
+DEFAULT_RATE_LIMIT_DELAY_S = 30.0
+MAX_RATE_LIMIT_DELAY_S = 3600.0
+MAX_DEFERRALS = 50
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header value (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(MAX_RATE_LIMIT_DELAY_S, max(0.0, seconds))
 
 
 class Permanent(WorkerError):
@@ -52,6 +95,7 @@ __all__ = [
     "InvalidPayload",
     "Permanent",
     "PoolerMisconfigured",
+    "RateLimited",
     "Retry",
     "UnknownQueue",
     "WorkerError",

@@ -14,8 +14,8 @@ from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
 from queues.pgmq import Message
 from worker.context import Context
-from worker.errors import Permanent, Retry
-from worker.outcome import DeadLetter, ErrorInfo, Outcome, RetryLater, Succeeded
+from worker.errors import DEFAULT_RATE_LIMIT_DELAY_S, MAX_DEFERRALS, Permanent, RateLimited, Retry
+from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded
 from worker.registry import Task
 
 
@@ -56,14 +56,19 @@ async def execute(task: Task, message: Message, ctx: Context, executor: Executor
     return Succeeded(result)
 
 
-def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | DeadLetter:
-    """A failed attempt: retry after backoff (or the Retry's delay), or dead-letter when spent."""
+def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:
+    """A failed attempt: retry after backoff (or the Retry's delay), or dead-letter when spent.
+
+    RateLimited is no failure: the delivery is deferred, not counted (up to MAX_DEFERRALS).
+    """
     error = ErrorInfo.of(exc)
-    if message.read_ct >= task.max_attempts:
+    if isinstance(exc, RateLimited) and message.deferrals < MAX_DEFERRALS:
+        return Deferred(DEFAULT_RATE_LIMIT_DELAY_S if exc.delay is None else exc.delay, error)
+    if message.attempt >= task.max_attempts:
         return DeadLetter("max_attempts", error)
     if isinstance(exc, Retry) and exc.delay is not None:
         return RetryLater(max(0.0, exc.delay), error)
-    return RetryLater(task.backoff.delay(message.read_ct), error)
+    return RetryLater(task.backoff.delay(message.attempt), error)
 
 
 async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> Any:

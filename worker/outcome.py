@@ -53,6 +53,14 @@ class RetryLater:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferred:
+    """The provider is rate-limiting: visible again after `delay`, not counted as an attempt."""
+
+    delay: float
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """No retry can help, or attempts are spent: move to `<queue>_dlq`."""
 
@@ -67,7 +75,7 @@ class Abandoned:
     why: str  # "shutdown" | "lease_lost"
 
 
-Outcome = Succeeded | RetryLater | DeadLetter | Abandoned
+Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Abandoned
 
 
 def dead_letter_record(message: Message, outcome: DeadLetter, max_attempts: int) -> dict[str, Any]:

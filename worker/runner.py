@@ -30,6 +30,7 @@ from worker.leases import Lease, Leases
 from worker.outcome import (
     Abandoned,
     DeadLetter,
+    Deferred,
     ErrorInfo,
     Outcome,
     RetryLater,
@@ -176,7 +177,7 @@ class Worker:
         task = self.registry.get(message.queue)
         # This task runs in its own copy of the context: no need to unbind when it ends.
         structlog.contextvars.bind_contextvars(
-            queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct
+            queue=message.queue, msg_id=message.msg_id, attempt=message.attempt
         )
         this = asyncio.current_task()
         assert this is not None  # noqa: S101  always inside a task
@@ -190,13 +191,13 @@ class Worker:
         await asyncio.shield(self._settle(task, message, outcome, duration_ms))
 
     async def _execute(self, task: Task, message: Message, lease: Lease) -> Outcome:
-        if message.read_ct > task.max_attempts:
+        if message.attempt > task.max_attempts:
             # Delivered more often than allowed without an outcome: the handler killed its
             # process (os._exit, out of memory) or outlived its lease each time. Stop the loop.
             error = ErrorInfo(
                 type="AttemptsExhausted",
                 message=(
-                    f"delivered {message.read_ct} times (max_attempts={task.max_attempts}) "
+                    f"delivered {message.attempt} times (max_attempts={task.max_attempts}) "
                     "without finishing: the handler may crash the worker or outlive its lease"
                 ),
                 traceback="",
@@ -210,10 +211,10 @@ class Worker:
         ctx = Context(
             queue=message.queue,
             msg_id=message.msg_id,
-            attempt=message.read_ct,
+            attempt=message.attempt,
             max_attempts=task.max_attempts,
             enqueued_at=message.enqueued_at,
-            log=self._log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.read_ct),
+            log=self._log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.attempt),
             executor=self.executor,
             reporter=reporter,
             loop=asyncio.get_running_loop(),
@@ -276,6 +277,8 @@ class Worker:
                 return await pgmq.ack(conn, message, result, archive=task.archive)
             case RetryLater(delay=delay, error=error):
                 return await pgmq.retry_later(conn, message, delay, error.as_dict())
+            case Deferred(delay=delay, error=error):
+                return await pgmq.defer(conn, message, delay, error.as_dict())
             case DeadLetter():
                 record = dead_letter_record(message, outcome, task.max_attempts)
                 return await pgmq.dead_letter(conn, message, record)
@@ -300,6 +303,10 @@ class Worker:
                     error_type=error.type,
                     error=error.message,
                     duration_ms=duration_ms,
+                )
+            case Deferred(delay=delay, error=error):
+                log.info(
+                    "job.deferred", delay_s=round(delay, 3), reason=error.message, duration_ms=duration_ms
                 )
             case DeadLetter(reason=reason, error=error):
                 log.error(
