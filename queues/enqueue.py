@@ -59,7 +59,8 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
     return queue, body
 
 
-def _delay_s(delay: float | timedelta | None) -> int:
+def delay_seconds(delay: float | timedelta | None) -> int:
+    """Whole seconds of delay (pgmq.send takes integers); InvalidPayload if negative."""
     if delay is None:
         return 0
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
@@ -68,7 +69,8 @@ def _delay_s(delay: float | timedelta | None) -> int:
     return round(seconds)  # pgmq.send takes whole seconds on every version we support
 
 
-def _owner(owner: UUID | str | None) -> UUID | None:
+def owner_id(owner: UUID | str | None) -> UUID | None:
+    """The owner as a UUID; InvalidPayload if it is not one."""
     if owner is None or isinstance(owner, UUID):
         return owner
     try:
@@ -103,7 +105,7 @@ def enqueue(
     With an idempotency key, a second enqueue while the first job is unfinished returns that job.
     """
     queue, body = prepare(ref, payload)
-    delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
+    delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
     if key is None:  # one statement, one round trip
         sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=None)
         if sent is None:
@@ -134,7 +136,7 @@ def enqueue_batch(
 ) -> list[Enqueued]:
     """Send many messages (and their job rows) in one statement; all are validated first."""
     prepared = [prepare(ref, p) for p in payloads]
-    delay_s, who = _delay_s(delay), _owner(owner)
+    delay_s, who = delay_seconds(delay), owner_id(owner)
     if not prepared:
         return []
     queue = prepared[0][0]
@@ -155,7 +157,7 @@ async def aenqueue(
 ) -> Enqueued:
     """The async twin of enqueue, for FastAPI."""
     queue, body = prepare(ref, payload)
-    delay_s, who, key = _delay_s(delay), _owner(owner), _key(idempotency_key)
+    delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
     if key is None:
         sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=None)
         if sent is None:

@@ -206,6 +206,12 @@ def queue_exists(conn: psycopg.Connection[Any], queue: str) -> bool:
     return conn.execute(QUEUE_EXISTS, (queue,)).fetchone() is not None
 
 
+async def aqueue_exists(conn: psycopg.AsyncConnection[Any], queue: str) -> bool:
+    """queue_exists on an async connection."""
+    cur = await conn.execute(QUEUE_EXISTS, (queue,))
+    return await cur.fetchone() is not None
+
+
 def list_queues(conn: psycopg.Connection[Any]) -> list[str]:
     """Every pgmq queue name, dead-letter queues included."""
     return [str(r[0]) for r in conn.execute(LIST_QUEUES).fetchall()]

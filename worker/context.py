@@ -10,13 +10,17 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from queues.contract import QueueRef
+from queues.enqueue import delay_seconds, owner_id, prepare
 from worker.limits import Limit, hold
+from worker.outcome import Handoff
 from worker.progress import ProgressReporter, check_report
 from worker.steps import Steps, as_json
 
@@ -41,6 +45,7 @@ class Context:
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     steps: Steps | None = field(default=None, repr=False)
     pool: AsyncConnectionPool | None = field(default=None, repr=False)
+    outbox: list[Handoff] = field(default_factory=list, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -114,3 +119,19 @@ class Context:
             return
         async with hold(self.pool, limit):
             yield
+
+    def enqueue(
+        self,
+        queue: QueueRef,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        owner: UUID | str | None = None,
+    ) -> None:
+        """Hand a message to another queue, sent only if this delivery is acked, in the same transaction.
+
+        The payload is validated now (InvalidPayload); a queue that does not exist fails the attempt
+        when the handler returns. A handler that raises sends nothing.
+        """
+        name, body = prepare(queue, payload)
+        self.outbox.append(Handoff(name, body, delay_seconds(delay), owner_id(owner)))

@@ -6,6 +6,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from queues.pgmq import Message
 
@@ -38,10 +39,21 @@ def _jsonb_safe(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """A message `ctx.enqueue` asked for: sent in the transaction that acks this delivery."""
+
+    queue: str
+    body: dict[str, Any]
+    delay_s: int
+    owner: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
 class Succeeded:
-    """The handler returned: ack."""
+    """The handler returned: ack (and send its handoffs in the same transaction)."""
 
     result: Any
+    then: tuple[Handoff, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,17 +21,19 @@ from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.errors import QueueError
 from queues.pgmq import Message
 from worker.acks import Acks
 from worker.context import Context
 from worker.errors import PoolerMisconfigured, UnknownQueue
-from worker.execute import execute
+from worker.execute import execute, failed
 from worker.leases import Lease, Leases
 from worker.outcome import (
     Abandoned,
     DeadLetter,
     Deferred,
     ErrorInfo,
+    Handoff,
     Outcome,
     RetryLater,
     Succeeded,
@@ -238,7 +240,25 @@ class Worker:
             return Abandoned("lease_lost" if lease.lost else "shutdown")
         if reporter is not None:
             await reporter.close()  # the last report lands before the settle
+        if isinstance(outcome, Succeeded) and ctx.outbox:
+            outcome = await self._with_handoffs(task, message, outcome, ctx.outbox)
         return outcome
+
+    async def _with_handoffs(
+        self, task: Task, message: Message, outcome: Succeeded, outbox: list[Handoff]
+    ) -> Outcome:
+        """Succeeded with its handoffs, or a failed attempt if one goes to a missing queue."""
+        missing: list[str] = []
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                for queue in sorted({h.queue for h in outbox}):
+                    if not await pgmq.aqueue_exists(conn, queue):
+                        missing.append(queue)
+        except DB_ERRORS as exc:  # checked again at the settle, which is one transaction
+            log.warning("job.handoff_check_failed", error=_one_line(exc))
+        if missing:
+            return failed(task, message, UnknownQueue(f"ctx.enqueue: no queue named {missing[0]!r}"))
+        return Succeeded(outcome.result, tuple(outbox))
 
     async def _settle(self, task: Task, message: Message, outcome: Outcome, duration_ms: float) -> None:
         """Record the outcome in pgmq, retrying through connection trouble; guarded by the lease."""
@@ -247,7 +267,7 @@ class Worker:
             return
         for attempt in range(1, SETTLE_TRIES + 1):
             try:
-                if isinstance(outcome, Succeeded) and not task.archive:
+                if isinstance(outcome, Succeeded) and not task.archive and not outcome.then:
                     ours = await self.acks.ack(message, outcome.result)  # batched with others
                 else:
                     async with self.pool.connection(timeout=5) as conn:
@@ -260,7 +280,7 @@ class Worker:
             except PREPARED_STATEMENT_ERRORS as exc:
                 self._fail(exc)
                 return
-            except psycopg.Error as exc:
+            except (psycopg.Error, QueueError) as exc:
                 # Not transient (the queue table was dropped, say): retrying cannot help. The
                 # message is untouched and reappears after its visibility timeout.
                 log.exception("job.settle_failed", error=_one_line(exc), tries=attempt, transient=False)
@@ -273,8 +293,18 @@ class Worker:
         self, conn: psycopg.AsyncConnection[Any], task: Task, message: Message, outcome: Outcome
     ) -> bool:
         match outcome:
-            case Succeeded(result=result):
+            case Succeeded(result=result, then=()):
                 return await pgmq.ack(conn, message, result, archive=task.archive)
+            case Succeeded(result=result, then=handoffs):
+                async with conn.transaction():  # the handoffs exist if and only if the ack happened
+                    ours = await pgmq.ack(conn, message, result, archive=task.archive)
+                    for h in handoffs if ours else ():
+                        if (
+                            await pgmq.asend_job(conn, h.queue, h.body, h.delay_s, owner=h.owner, key=None)
+                            is None
+                        ):
+                            raise UnknownQueue(f"ctx.enqueue: no queue named {h.queue!r}")
+                return ours
             case RetryLater(delay=delay, error=error):
                 return await pgmq.retry_later(conn, message, delay, error.as_dict())
             case Deferred(delay=delay, error=error):
