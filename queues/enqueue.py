@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import psycopg
@@ -79,6 +80,21 @@ def owner_id(owner: UUID | str | None) -> UUID | None:
         raise InvalidPayload(f"owner must be a UUID (a Supabase user id), got {owner!r}") from None
 
 
+MAX_WEBHOOK_URL = 2000
+
+
+def _webhook(url: str | None) -> str | None:
+    """A job's callback URL: http(s) with a host, at most 2000 characters; InvalidPayload if not."""
+    if url is None:
+        return None
+    parsed = urlsplit(url) if isinstance(url, str) else None
+    if parsed is None or parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise InvalidPayload(f"webhook_url must be an http(s) URL with a host, got {url!r}")
+    if len(url) > MAX_WEBHOOK_URL:
+        raise InvalidPayload(f"webhook_url is over {MAX_WEBHOOK_URL} characters")
+    return url
+
+
 def _key(key: str | None) -> str | None:
     if key is None:
         return None
@@ -99,15 +115,18 @@ def enqueue(
     delay: float | timedelta | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Enqueued:
     """Send one message and create its job row on the caller's connection (and transaction).
 
     With an idempotency key, a second enqueue while the first job is unfinished returns that job.
+    With a webhook_url, the worker POSTs the job's status changes there (signed).
     """
     queue, body = prepare(ref, payload)
     delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
+    hook = _webhook(webhook_url)
     if key is None:  # one statement, one round trip
-        sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=None)
+        sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=None, webhook=hook)
         if sent is None:
             raise _unknown(queue)
         return Enqueued(queue, sent[1], sent[0])
@@ -115,7 +134,7 @@ def enqueue(
         return Enqueued(queue, found[1], found[0], created=False)
     try:
         with conn.transaction():  # a savepoint: a lost race must not abort the caller's transaction
-            sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key)
+            sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key, webhook=hook)
     except psycopg.errors.UniqueViolation:
         # A concurrent enqueue with the same key won; ours (message included) was rolled back.
         if (found := pgmq.active_job(conn, queue, key)) is None:
@@ -154,12 +173,14 @@ async def aenqueue(
     delay: float | timedelta | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Enqueued:
     """The async twin of enqueue, for FastAPI."""
     queue, body = prepare(ref, payload)
     delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
+    hook = _webhook(webhook_url)
     if key is None:
-        sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=None)
+        sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=None, webhook=hook)
         if sent is None:
             raise _unknown(queue)
         return Enqueued(queue, sent[1], sent[0])
@@ -167,7 +188,7 @@ async def aenqueue(
         return Enqueued(queue, found[1], found[0], created=False)
     try:
         async with conn.transaction():
-            sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key)
+            sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key, webhook=hook)
     except psycopg.errors.UniqueViolation:
         if (found := await pgmq.aactive_job(conn, queue, key)) is None:
             raise

@@ -42,9 +42,10 @@ WITH m AS (
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
             started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
-    RETURNING j.msg_id, j.id, j.deferrals
+    RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url
 )
-SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, job.deferrals
+SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, job.deferrals,
+    job.webhook_url
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
 # Enqueue: the message and its job row in one statement, so neither exists without the other.
@@ -56,8 +57,8 @@ WITH sent AS (
         LATERAL pgmq.send(q.queue_name, %(body)s, %(delay)s::integer) AS s(msg_id)
     WHERE q.queue_name = %(queue)s
 )
-INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key)
-SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s FROM sent
+INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key, webhook_url)
+SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s, %(webhook)s FROM sent
 RETURNING id, msg_id
 """
 SEND_JOB_BATCH = """
@@ -157,6 +158,7 @@ class Message:
     body: Any
     job_id: UUID | None = None
     deferrals: int = 0  # deliveries that ended in a deferral (RateLimited): not attempts
+    webhook_url: str | None = None  # where the job's status changes are POSTed
 
     @property
     def attempt(self) -> int:
@@ -270,11 +272,26 @@ def send_batch(
 
 
 def send_job(
-    conn: psycopg.Connection[Any], queue: str, body: Any, delay_s: int, *, owner: UUID | None, key: str | None
+    conn: psycopg.Connection[Any],
+    queue: str,
+    body: Any,
+    delay_s: int,
+    *,
+    owner: UUID | None,
+    key: str | None,
+    webhook: str | None = None,
 ) -> tuple[UUID, int] | None:
     """pgmq.send plus the job row (status queued): (job id, message id); None if no such queue."""
     row = conn.execute(
-        SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
+        SEND_JOB,
+        {
+            "queue": queue,
+            "body": _json(body),
+            "delay": delay_s,
+            "owner": owner,
+            "key": key,
+            "webhook": webhook,
+        },
     ).fetchone()
     return None if row is None else (row[0], int(row[1]))
 
@@ -287,10 +304,19 @@ async def asend_job(
     *,
     owner: UUID | None,
     key: str | None,
+    webhook: str | None = None,
 ) -> tuple[UUID, int] | None:
     """send_job on an async connection."""
     cur = await conn.execute(
-        SEND_JOB, {"queue": queue, "body": _json(body), "delay": delay_s, "owner": owner, "key": key}
+        SEND_JOB,
+        {
+            "queue": queue,
+            "body": _json(body),
+            "delay": delay_s,
+            "owner": owner,
+            "key": key,
+            "webhook": webhook,
+        },
     )
     row = await cur.fetchone()
     return None if row is None else (row[0], int(row[1]))
@@ -338,6 +364,7 @@ async def read(conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: i
             r["message"],
             r["job_id"],
             r["deferrals"],
+            r["webhook_url"],
         )
         for r in rows
     ]

@@ -23,6 +23,7 @@ from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.errors import QueueError
 from queues.pgmq import Message
+from worker import webhooks
 from worker.acks import Acks
 from worker.context import Context
 from worker.errors import PoolerMisconfigured, UnknownQueue
@@ -45,6 +46,7 @@ from worker.settings import WorkerSettings
 from worker.steps import Steps, run_in_thread
 from worker.threads import HandlerThreads
 from worker.wakeup import Wakeup
+from worker.webhooks import Webhooks
 
 log = get_logger()
 
@@ -232,6 +234,7 @@ class Worker:
             ),
         )
         self._log.info("job.started")
+        self.webhooks.send(webhooks.started(message))
         try:
             outcome = await execute(task, message, ctx, self.executor)
         except asyncio.CancelledError:
@@ -286,6 +289,8 @@ class Worker:
                 log.exception("job.settle_failed", error=_one_line(exc), tries=attempt, transient=False)
                 return
             self._log_outcome(self._log, outcome, ours, duration_ms)
+            if ours:
+                self.webhooks.send(webhooks.settled(message, outcome))
             return
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
 
@@ -372,6 +377,14 @@ class Worker:
             self.acks = Acks(self.pool)
             self.acks.start()
             stack.push_async_callback(self.acks.close)  # after the drain, before the pool closes
+            secret = self.settings.webhook_secret
+            self.webhooks = Webhooks(
+                secret.get_secret_value() if secret else None,
+                allow_private=self.settings.webhook_allow_private,
+                timeout_s=self.settings.webhook_timeout.total_seconds(),
+                max_tries=self.settings.webhook_max_tries,
+            )
+            stack.push_async_callback(self.webhooks.close)
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self._install_signal_handlers()
             stack.callback(self._remove_signal_handlers)

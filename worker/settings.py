@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.settings import Duration
@@ -24,5 +24,11 @@ class WorkerSettings(BaseSettings):
     progress_interval: Duration = timedelta(milliseconds=500)
     heartbeat_interval: Duration = timedelta(seconds=1)
     reconnect_max: Duration = timedelta(seconds=30)
+    # Job webhooks (enqueue(..., webhook_url=...)): the signing secret (Standard Webhooks), and
+    # whether URLs may resolve to private, loopback or link-local addresses (never in production).
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
+    webhook_timeout: Duration = timedelta(seconds=10)
+    webhook_max_tries: int = Field(default=5, ge=1, le=20)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
