@@ -42,10 +42,10 @@ WITH m AS (
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
             started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
-    RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url
+    RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts
 )
 SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, job.deferrals,
-    job.webhook_url
+    job.webhook_url, job.timeout_s, job.max_attempts
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
 # Enqueue: the message and its job row in one statement, so neither exists without the other.
@@ -108,7 +108,7 @@ SETTLE = sql.SQL(
     "WITH settled AS ({guarded}), job AS ("
     " UPDATE pgmq_worker.jobs AS j SET status = %(status)s,"
     " result = CASE WHEN %(status)s = 'succeeded' THEN %(result)s ELSE j.result END,"
-    " error = %(error)s, deferrals = j.deferrals + CASE WHEN %(status)s = 'queued' THEN 1 ELSE 0 END,"
+    " error = %(error)s, deferrals = j.deferrals + CASE WHEN %(deferral)s THEN 1 ELSE 0 END,"
     " progress = CASE WHEN %(status)s = 'succeeded' THEN 100 ELSE j.progress END,"
     " finished_at = CASE WHEN %(status)s IN ('succeeded', 'dead') THEN now() END,"
     " updated_at = now()"
@@ -159,6 +159,8 @@ class Message:
     job_id: UUID | None = None
     deferrals: int = 0  # deliveries that ended in a deferral (RateLimited): not attempts
     webhook_url: str | None = None  # where the job's status changes are POSTed
+    timeout_s: float | None = None  # this job's own timeout (a fan-out child's), else the handler's
+    max_attempts: int | None = None  # this job's own attempts (a fan-out child's), else the handler's
 
     @property
     def attempt(self) -> int:
@@ -365,6 +367,8 @@ async def read(conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: i
             r["job_id"],
             r["deferrals"],
             r["webhook_url"],
+            r["timeout_s"],
+            r["max_attempts"],
         )
         for r in rows
     ]
@@ -415,7 +419,15 @@ async def defer(
     conn: psycopg.AsyncConnection[Any], message: Message, delay_s: float, error: dict[str, Any]
 ) -> bool:
     """Visible again after delay_s, if still ours; job `queued`, one more deferral (not an attempt)."""
-    return await _settle(conn, RETRY, message, "queued", error=error, delay=delay_s)
+    return await _settle(conn, RETRY, message, "queued", error=error, delay=delay_s, deferral=True)
+
+
+async def park(conn: psycopg.AsyncConnection[Any], message: Message, delay_s: float) -> bool:
+    """Hide the delivery for delay_s, if still ours, job still `running`: a parent waiting for children.
+
+    Counted as a deferral: waking up is not another attempt.
+    """
+    return await _settle(conn, RETRY, message, "running", delay=delay_s, deferral=True)
 
 
 async def dead_letter(conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]) -> bool:
@@ -439,6 +451,7 @@ async def _settle(
     *,
     result: Any = None,
     error: dict[str, Any] | None = None,
+    deferral: bool = False,
     **params: Any,
 ) -> bool:
     dead = status == "dead"
@@ -456,6 +469,7 @@ async def _settle(
             "status": status,
             "result": _json(result),
             "error": None if error is None else _json(error),
+            "deferral": deferral,
             **params,
         },
     )

@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +19,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from queues.contract import QueueRef
 from queues.enqueue import delay_seconds, owner_id, prepare
+from queues.errors import UnknownQueue
+from queues.pgmq import aqueue_exists
+from worker.errors import WorkerError
+from worker.fanout import DEFAULT_DEADLINE, FanIn
+from worker.fanout import policy as fan_out_policy
 from worker.limits import Limit, hold
 from worker.outcome import Handoff
 from worker.progress import ProgressReporter, check_report
@@ -119,6 +124,53 @@ class Context:
             return
         async with hold(self.pool, limit):
             yield
+
+    async def fan_out(
+        self,
+        name: str,
+        queue: QueueRef,
+        payloads: Sequence[Any],
+        *,
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109  (each child's, not this call's)
+        max_attempts: int | None = None,
+        max_running: int | None = None,
+        deadline: float | timedelta = DEFAULT_DEADLINE,
+        min_succeeded: int | float | None = None,
+    ) -> FanIn:
+        """Run one child job per payload on `queue` and return how each ended (see worker.fanout).
+
+        The first time, the children are sent and this delivery ends (the parent waits, costing
+        nothing, until the last child or the `deadline` wakes it); the handler then runs again
+        and, with the earlier steps resumed, gets the `FanIn`. `timeout`/`max_attempts`: each
+        child's, overriding its handler's; `max_running`: children running at once;
+        `deadline`: after it, unfinished children are cancelled; `min_succeeded`: a count or a
+        share (0.0-1.0) that must succeed (default all), else FanOutFailed dead-letters the job.
+        """
+        rules = fan_out_policy(
+            len(payloads),
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_running=max_running,
+            deadline=deadline,
+            min_succeeded=min_succeeded,
+        )
+        prepared = [prepare(queue, p) for p in payloads]  # InvalidPayload before anything is sent
+        if self.steps is None or self.pool is None:
+            raise WorkerError("ctx.fan_out needs a job row: it runs only in a worker's delivery")
+        child_queue = prepared[0][0]
+        async with self.pool.connection() as conn:
+            if not await aqueue_exists(conn, child_queue):
+                raise UnknownQueue(f"ctx.fan_out: no queue named {child_queue!r}")
+        result = await self.steps.fan_out(
+            name,
+            parent_queue=self.queue,
+            parent_msg_id=self.msg_id,
+            child_queue=child_queue,
+            bodies=[body for _, body in prepared],
+            policy=rules,
+        )
+        result.check(min_succeeded)
+        return result
 
     def enqueue(
         self,

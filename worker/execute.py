@@ -15,7 +15,8 @@ from queues.errors import InvalidPayload
 from queues.pgmq import Message
 from worker.context import Context
 from worker.errors import DEFAULT_RATE_LIMIT_DELAY_S, MAX_DEFERRALS, Permanent, RateLimited, Retry
-from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded
+from worker.fanout import WaitForChildren
+from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded, Waiting
 from worker.registry import Task
 
 
@@ -47,6 +48,8 @@ async def execute(task: Task, message: Message, ctx: Context, executor: Executor
         result = await _call(task, payload, ctx, executor)
     except asyncio.CancelledError:
         raise  # the runner decides: shutdown or lease lost
+    except WaitForChildren as wait:
+        return Waiting(wait.job_id, wait.name)
     except Permanent as exc:
         return DeadLetter("permanent", ErrorInfo.of(exc))
     except InvalidPayload as exc:

@@ -81,13 +81,21 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """A parent started or checked on its fan-out: hide it until its children wake it."""
+
+    job_id: UUID
+    fan_out: str
+
+
+@dataclass(frozen=True, slots=True)
 class Abandoned:
     """The worker stopped or lost the lease mid-attempt: no settle, or a release on shutdown."""
 
     why: str  # "shutdown" | "lease_lost"
 
 
-Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Abandoned
+Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Waiting | Abandoned
 
 
 def dead_letter_record(message: Message, outcome: DeadLetter, max_attempts: int) -> dict[str, Any]:

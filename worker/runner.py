@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import signal
 import time
@@ -20,7 +21,7 @@ from db.listen import reconnect_delay, sleep_or_stop
 from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
-from queues import pgmq
+from queues import fanout, pgmq
 from queues.errors import QueueError
 from queues.pgmq import Message
 from worker import webhooks
@@ -38,6 +39,7 @@ from worker.outcome import (
     Outcome,
     RetryLater,
     Succeeded,
+    Waiting,
     dead_letter_record,
 )
 from worker.progress import ProgressReporter
@@ -179,6 +181,12 @@ class Worker:
 
     async def _run_one(self, message: Message) -> None:
         task = self.registry.get(message.queue)
+        if message.timeout_s is not None or message.max_attempts is not None:
+            task = dataclasses.replace(  # a fan-out child's own policy
+                task,
+                timeout=message.timeout_s if message.timeout_s is not None else task.timeout,
+                max_attempts=message.max_attempts or task.max_attempts,
+            )
         # This task runs in its own copy of the context: no need to unbind when it ends.
         structlog.contextvars.bind_contextvars(
             queue=message.queue, msg_id=message.msg_id, attempt=message.attempt
@@ -294,7 +302,7 @@ class Worker:
             return
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
 
-    async def _record(
+    async def _record(  # noqa: PLR0911  (one return per kind of outcome)
         self, conn: psycopg.AsyncConnection[Any], task: Task, message: Message, outcome: Outcome
     ) -> bool:
         match outcome:
@@ -314,6 +322,15 @@ class Worker:
                 return await pgmq.retry_later(conn, message, delay, error.as_dict())
             case Deferred(delay=delay, error=error):
                 return await pgmq.defer(conn, message, delay, error.as_dict())
+            case Waiting(job_id=job_id, fan_out=name):
+                # The fan-out row is locked first, as the settle of its last child locks it: the
+                # parent sleeps until the deadline only if that child has not ended meanwhile.
+                async with conn.transaction():
+                    state = await fanout.lock(conn, job_id, name)
+                    wake_in = 0.0
+                    if state is not None and state.status == "open" and not state.complete:
+                        wake_in = state.remaining_s + 1
+                    return await pgmq.park(conn, message, wake_in)
             case DeadLetter():
                 record = dead_letter_record(message, outcome, task.max_attempts)
                 return await pgmq.dead_letter(conn, message, record)
@@ -351,6 +368,8 @@ class Worker:
                     error=error.message,
                     duration_ms=duration_ms,
                 )
+            case Waiting(fan_out=name):
+                log.info("job.waiting", fan_out=name, duration_ms=duration_ms)
             case Abandoned():
                 log.info("job.released", duration_ms=duration_ms)
 

@@ -23,8 +23,10 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from queues import fanout
 from queues.jobs import fail_step, finish_step, load_steps, start_step
 from worker.errors import Permanent
+from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
 from worker.progress import ProgressReporter, check_report
 
@@ -103,6 +105,65 @@ class Steps:
         self.ran.append(name)
         await self._report(name, finished=True)
         return output
+
+    async def fan_out(
+        self,
+        name: str,
+        *,
+        parent_queue: str,
+        parent_msg_id: int,
+        child_queue: str,
+        bodies: list[dict[str, Any]],
+        policy: fanout.ChildPolicy,
+    ) -> FanIn:
+        """The fan-in of a finished fan-out step; else spawn or check on its children.
+
+        Raises WaitForChildren while children are still out and the deadline is ahead: the
+        worker parks the parent's message until the last child (or the deadline) wakes it.
+        """
+        if not name or len(name) > 200:
+            raise ValueError("a fan-out name is 1-200 characters")
+        status, _, output = (await self._load()).get(name, ("new", 0, None))
+        if status == "done":
+            await self._report(name, finished=True)
+            return FanIn.from_json(output)
+        result: FanIn | None = None
+        async with self.pool.connection() as conn, conn.transaction():
+            state = await fanout.lock(conn, self.job_id, name)
+            if state is None:
+                await fanout.spawn(
+                    conn,
+                    parent=self.job_id,
+                    name=name,
+                    parent_queue=parent_queue,
+                    parent_msg_id=parent_msg_id,
+                    child_queue=child_queue,
+                    bodies=bodies,
+                    policy=policy,
+                    progress=self._span(name),
+                )
+                await start_step(conn, self.job_id, name)
+            elif state.status == "closed" or state.complete or state.past_deadline:
+                reason = f"fan-out {name!r} passed its deadline before this child finished"
+                await fanout.close(conn, self.job_id, name, reason)
+                rows = await fanout.children(conn, self.job_id, name)
+                result = FanIn.of(name, state.total, rows, reason)
+                await start_step(conn, self.job_id, name)
+                await finish_step(conn, self.job_id, name, result.as_json())
+        if result is not None:
+            self._known = None
+            await self._report(name, finished=True)
+            return result
+        if state is None:
+            await self._report(name, finished=False)
+        raise WaitForChildren(self.job_id, name)
+
+    def _span(self, name: str) -> tuple[int, int]:
+        """The parent's progress from the fan-out's start to its end, as children finish."""
+        if name in self.declared:
+            index = self.declared.index(name)
+            return round(100 * index / len(self.declared)), round(100 * (index + 1) / len(self.declared))
+        return self._percent, max(self._percent, 99)
 
     async def _load(self) -> dict[str, tuple[str, int, Any]]:
         if self._known is None:

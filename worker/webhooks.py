@@ -176,9 +176,9 @@ def started(message: Message) -> Event | None:
 
 def settled(message: Message, outcome: Any) -> Event | None:
     """The event for a settled delivery (see worker.outcome), if its job has a webhook."""
-    if not message.webhook_url or message.job_id is None:
-        return None
     name = type(outcome).__name__
+    if not message.webhook_url or message.job_id is None or name == "Waiting":
+        return None  # a parent waiting for its children is still running: nothing to say
     status = {"Succeeded": "succeeded", "RetryLater": "failed", "DeadLetter": "dead"}.get(name, "queued")
     data = _data(message, status)
     if name == "Succeeded":
