@@ -23,11 +23,12 @@ DEFAULT_MODULES = ("handlers",)  # the project's reference handlers
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A declared queue: its name, payload model (None: any JSON object) and a one-line summary."""
+    """A declared queue: its name, payload model (None: any JSON object), summary and step names."""
 
     queue: str
     model: type[BaseModel] | None
     summary: str = ""
+    steps: tuple[str, ...] = ()
 
     @property
     def ref(self) -> QueueRef:
@@ -49,6 +50,7 @@ class QueueSpec:
             "summary": self.summary,
             "schema": self.model.model_json_schema() if self.model is not None else {"type": "object"},
             "example": self.example(),
+            "steps": list(self.steps),
         }
 
 
@@ -58,10 +60,10 @@ class Catalog:
     def __init__(self) -> None:
         self._specs: dict[str, QueueSpec] = {}
 
-    def declare(self, ref: QueueRef, *, summary: str = "") -> QueueSpec:
-        """Declare a queue (a name, or a Contract with its model)."""
+    def declare(self, ref: QueueRef, *, summary: str = "", steps: Sequence[str] = ()) -> QueueSpec:
+        """Declare a queue (a name, or a Contract with its model), with its handler's step names."""
         model = ref.model if isinstance(ref, Contract) else None
-        spec = QueueSpec(queue_of(ref), model, summary)
+        spec = QueueSpec(queue_of(ref), model, summary, tuple(steps))
         self._specs[spec.queue] = spec
         return spec
 

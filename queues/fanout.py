@@ -54,7 +54,7 @@ UPDATE pgmq_worker.jobs AS j SET status = 'cancelled', error = %(error)s, finish
 FROM gone WHERE j.id = gone.id
 """
 CHILDREN = """
-SELECT child_index AS index, id AS job_id, status, attempts, result, error
+SELECT child_index AS index, id AS job_id, status, attempts - deferrals AS attempts, result, error
 FROM pgmq_worker.jobs WHERE parent_id = %s AND fan_out = %s ORDER BY child_index
 """
 

@@ -193,6 +193,10 @@ def test_a_job_on_the_page_moves_through_its_steps_to_the_result(
     assert tab.get_attribute("[data-testid=progress]", "aria-valuenow") == "100"
     assert tab.inner_text("[data-testid=pct]") == "100%"
     assert json.loads(outcome)["words"] == words_in(text) == 18, outcome
+    listed = tab.eval_on_selector_all(
+        "[data-testid=steps] li", "items => items.map((i) => [i.textContent, i.className])"
+    )
+    assert len(listed) >= 3 and all(cls == "done" for _, cls in listed), f"steps list: {listed}{where}"
 
     job_id = tab.inner_text("[data-testid=job-id]")
     row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE id = %s", (job_id,)).fetchone()

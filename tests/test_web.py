@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 import handlers  # noqa: F401  (declares text_stats and text_report in the catalog)
 from db.connect import Target
+from handlers.images import IMAGE_BATCH
 from handlers.report import TEXT_REPORT
 from queues import enqueue_batch, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
@@ -179,11 +180,14 @@ def test_delay_hides_the_message(client: TestClient, conn: psycopg.Connection[An
 def test_queues_lists_the_catalog_with_valid_examples(client: TestClient) -> None:
     """GET /queues describes the declared queues; each example passes its own contract."""
     listed = {q["queue"]: q for q in client.get("/queues").json()}
-    assert {"text_stats", "text_report"} <= set(listed)
+    assert {"text_stats", "text_report", "image_batch", "image_generate"} <= set(listed)
     report = listed["text_report"]
     assert report["summary"].startswith("A reading report")
     assert report["schema"]["properties"]["text"]["type"] == "string"
     TEXT_REPORT.parse(report["example"])
+    assert listed["image_batch"]["steps"] == ["plan", "generate", "collect"]  # the page lists them
+    assert listed["text_stats"]["steps"] == []
+    IMAGE_BATCH.parse(listed["image_batch"]["example"])
 
 
 def test_healthz_and_page(client: TestClient) -> None:

@@ -149,7 +149,9 @@ def handler(
         )
         if registry is default_registry:  # a web process that imports this module accepts its payloads
             summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
-            catalog.declare(Contract(name, model) if model is not None else name, summary=summary)
+            catalog.declare(
+                Contract(name, model) if model is not None else name, summary=summary, steps=declared
+            )
         return fn
 
     return register
