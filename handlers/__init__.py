@@ -1,5 +1,5 @@
 """The project's reference handlers; `pgmq-worker run` imports this package by default."""
 
-from handlers import report, text
+from handlers import images, language, report, text
 
-__all__ = ["report", "text"]
+__all__ = ["images", "language", "report", "text"]

@@ -3,8 +3,9 @@
 QueueError
  ├─ InvalidQueueName   not a name pgmq can make tables for
  ├─ UnknownQueue       no such pgmq queue
- └─ InvalidPayload     the payload is not a JSON object or fails its contract
-     └─ PayloadTooLarge  over the size limit
+ ├─ InvalidPayload     the payload is not a JSON object or fails its contract
+ │   └─ PayloadTooLarge  over the size limit
+ └─ InvalidArtifact    a job's file with a bad name or content type, or over the size limit
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class InvalidPayload(QueueError, ValueError):
 
 class PayloadTooLarge(InvalidPayload):
     """The payload is over the size limit: store large data elsewhere and send its id."""
+
+
+class InvalidArtifact(QueueError, ValueError):
+    """A job artifact needs a plain file name, a content type and at most MAX_ARTIFACT_BYTES of data."""

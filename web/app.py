@@ -20,19 +20,31 @@ from db.connect import Target, async_pool, connect
 from db.logs import get_logger
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.artifacts import Artifact, aget_artifact
 from queues.catalog import Catalog
 from queues.catalog import catalog as default_catalog
 from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth
-from web.errors import ApiError, from_queue_error, job_not_found
+from web.errors import ApiError, artifact_not_found, from_queue_error, job_not_found
 from web.events import JobEvents
 from web.settings import WebSettings
 from web.submit import accepted, check
 
 log = get_logger()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+# Artifact types a browser may show inline; anything else a handler stored is a download, so a
+# stored text/html or SVG can never run script on this origin.
+INLINE_TYPES = (
+    "audio/",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "text/plain",
+    "application/json",
+)
 
 
 class Jobs:
@@ -72,6 +84,15 @@ class Jobs:
         if job is None or (self.auth.enabled and job.owner != owner):
             raise job_not_found(job_id)
         return job
+
+    async def visible_artifact(self, job_id: str, name: str, owner: UUID | None) -> Artifact:
+        """A file of a job the caller may see; else ApiError 404, as for the job itself."""
+        job = await self.visible_job(job_id, owner)
+        async with self.pool.connection() as conn:
+            found = await aget_artifact(conn, job.id, name)
+        if found is None:
+            raise artifact_not_found(job_id, name)
+        return found
 
     async def load(self, job_id: UUID) -> Job | None:
         """Read one job row."""
@@ -151,6 +172,15 @@ def create_app(
         job = await jobs.visible_job(job_id, owner)
         return StreamingResponse(_stream(jobs, job.id), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    @app.get("/jobs/{job_id}/artifacts/{name}")
+    async def artifact(job_id: str, name: str, request: Request) -> Response:
+        """A file the job stored (`ctx.artifact`), with its content type; 404 as for the job itself."""
+        # <audio src> and <img src> cannot send headers, so the token may also come as ?access_token=.
+        owner = jobs.auth.owner(
+            request.headers.get("authorization"), request.query_params.get("access_token")
+        )
+        return artifact_response(await jobs.visible_artifact(job_id, name, owner))
+
     @app.get("/queues")
     async def queues() -> list[dict[str, Any]]:
         """The queues this process accepts payloads for, with their JSON schema and an example."""
@@ -176,6 +206,18 @@ def create_app(
         return HTMLResponse(html)
 
     return app
+
+
+def artifact_response(artifact: Artifact) -> Response:
+    """The file with its content type (inline only for INLINE_TYPES), cacheable by the caller only."""
+    inline = artifact.content_type.startswith(INLINE_TYPES)
+    headers = {
+        "Cache-Control": "private, max-age=300",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{artifact.name}"',
+    }
+    media_type = artifact.content_type if inline else "application/octet-stream"
+    return Response(artifact.data, media_type=media_type, headers=headers)
 
 
 async def _body(request: Request) -> bytes:

@@ -36,3 +36,8 @@ def from_queue_error(exc: QueueError) -> ApiError:
 def job_not_found(job_id: str) -> ApiError:
     """The same answer for a job that does not exist and one the caller may not see."""
     return ApiError(404, "unknown_job", f"no job {job_id!r}")
+
+
+def artifact_not_found(job_id: str, name: str) -> ApiError:
+    """A job the caller may see has no file by that name."""
+    return ApiError(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")

@@ -17,11 +17,12 @@ from uuid import UUID
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from queues.artifacts import aput_artifact
 from queues.contract import QueueRef
 from queues.enqueue import delay_seconds, owner_id, prepare
-from queues.errors import UnknownQueue
+from queues.errors import InvalidArtifact, UnknownQueue
 from queues.pgmq import aqueue_exists
-from worker.errors import WorkerError
+from worker.errors import Permanent, WorkerError
 from worker.fanout import DEFAULT_DEADLINE, FanIn
 from worker.fanout import policy as fan_out_policy
 from worker.limits import Limit, hold
@@ -187,3 +188,18 @@ class Context:
         """
         name, body = prepare(queue, payload)
         self.outbox.append(Handoff(name, body, delay_seconds(delay), owner_id(owner)))
+
+    async def artifact(self, name: str, data: bytes, content_type: str) -> str:
+        """Store a file this job made (audio, an image) in Postgres; the URL path the web serves it at.
+
+        `GET /jobs/{job_id}/artifacts/{name}` serves it to whoever may see the job. Storing a name
+        again replaces the file, so a step that runs twice leaves one. A bad name or type, or more
+        than 10 MB (queues.artifacts.MAX_ARTIFACT_BYTES), is Permanent: no retry makes it fit.
+        """
+        if self.steps is None or self.pool is None:
+            raise WorkerError("ctx.artifact needs a job row: it runs only in a worker's delivery")
+        try:
+            async with self.pool.connection() as conn:
+                return await aput_artifact(conn, self.steps.job_id, name, data, content_type)
+        except InvalidArtifact as exc:
+            raise Permanent(str(exc)) from exc
