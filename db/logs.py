@@ -27,7 +27,9 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per event (message and newline together): the worker processes of
+        # `run --processes N` share one stderr, and print()'s two writes interleave there.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         # Not cached: module-level loggers would then ignore later reconfiguration (tests).
         cache_logger_on_first_use=False,
     )
