@@ -48,7 +48,8 @@ FINISH_STEP = (
     " WHERE job_id = %s AND name = %s AND status <> 'done'"
 )
 FAIL_STEP = (
-    "UPDATE pgmq_worker.job_steps SET status = 'failed', error = %s, finished_at = now()"
+    "UPDATE pgmq_worker.job_steps SET status = 'failed', error = %s, finished_at = now(),"
+    " attempts = greatest(attempts - %s, 0)"
     " WHERE job_id = %s AND name = %s AND status <> 'done'"
 )
 
@@ -166,7 +167,12 @@ async def finish_step(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: st
 
 
 async def fail_step(
-    conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str, error: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any],
+    job_id: UUID,
+    name: str,
+    error: dict[str, Any],
+    *,
+    counted: bool = True,
 ) -> None:
-    """Record why the step's attempt failed."""
-    await conn.execute(FAIL_STEP, (Jsonb(error), job_id, name))
+    """Record why the step's attempt failed; `counted=False` (a deferral) takes back its start."""
+    await conn.execute(FAIL_STEP, (Jsonb(error), 0 if counted else 1, job_id, name))

@@ -1,12 +1,15 @@
 """The dev page in a real browser: Debian's Chromium, headless, driven by Playwright.
 
 `pgmq-worker dev` runs as a subprocess on the test's database; the browser opens the URL it prints,
-submits a job and watches the bar and the step label move to the result. Without Chromium the module
+submits a job and watches the bar and the step label move to the result. The two reference pipelines
+run from the page too: the LLM and the images API they call are local HTTP stand-ins started by
+these tests (tests/standins.py); OCR, lemmas and speech run for real. Without Chromium the module
 is skipped, unless PGMQ_WORKER_REQUIRE_CHROMIUM=1 (CI), which turns the skip into a failure.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,6 +27,10 @@ from typing import Any
 import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+
+from handlers.language import STEPS as LANGUAGE_STEPS
+from handlers.samples.make_sample import FONT, render
+from tests.standins import TRANSLATION, ImagesStandIn, LlmStandIn, images_server, llm_server
 
 REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_CHROMIUM"
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
@@ -71,6 +78,14 @@ class Dev:
         return self.stderr_path.read_text(errors="replace")[-tail:]
 
 
+@dataclass(frozen=True, slots=True)
+class Providers:
+    """The local stand-ins for the pipelines' HTTP providers."""
+
+    llm: LlmStandIn
+    images: ImagesStandIn
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -97,11 +112,19 @@ def _wait_for_url(proc: subprocess.Popen[bytes], stdout_path: Path, stderr_path:
 
 
 @pytest.fixture
-def dev(db_url: str, tmp_path: Path) -> Iterator[Dev]:
+def providers() -> Iterator[Providers]:
+    """The stand-in LLM and images API the reference pipelines call from the dev process."""
+    with llm_server() as llm, images_server() as images:
+        yield Providers(llm, images)
+
+
+@pytest.fixture
+def dev(db_url: str, tmp_path: Path, providers: Providers) -> Iterator[Dev]:
     """`pgmq-worker dev` on the test's database; stopped with SIGINT (Ctrl-C), which must exit 0."""
     # Only the settings this test chooses: a developer's PGMQ_WORKER_* must not change what runs.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_")}
     env.update(DATABASE_URL=db_url, PGMQ_WORKER_LOG_FORMAT="json", PGMQ_WORKER_POLL_INTERVAL="0.2")
+    env.update(providers.llm.env | providers.images.env)
     argv = [sys.executable, "-m", "worker.cli", "dev", "--port", str(_free_port())]
     stdout_path, stderr_path = tmp_path / "dev.stdout", tmp_path / "dev.stderr"
     # Files, not pipes: nothing has to drain them while the test waits on the browser.
@@ -155,6 +178,29 @@ def page(browser: Browser, dev: Dev) -> Iterator[tuple[Page, list[str]]]:
         context.close()
 
 
+def watch(tab: Page, console: list[str], dev: Dev, timeout: float) -> list[dict[str, str | None]]:
+    """What the page showed every 50 ms until its status was final (the last snapshot)."""
+    seen: list[dict[str, str | None]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        snapshot = tab.evaluate(SNAPSHOT_JS)
+        seen.append(snapshot)
+        if snapshot["status"] in FINISHED:
+            return seen
+        assert time.monotonic() < deadline, (
+            f"no finished status within {timeout:.0f} s; last {seen[-3:]}\nconsole: {console}\n{dev.log()}"
+        )
+        tab.wait_for_timeout(50)
+
+
+def steps_listed(tab: Page) -> list[tuple[str, str]]:
+    """The page's step list: (name, class) per item."""
+    listed = tab.eval_on_selector_all(
+        "[data-testid=steps] li", "items => items.map((i) => [i.textContent, i.className])"
+    )
+    return [(name, cls) for name, cls in listed]
+
+
 def words_in(text: str) -> int:
     """Words in plain English prose without digits or hyphens: tokens that hold a letter."""
     return sum(1 for token in text.split() if any(c.isalpha() for c in token))
@@ -170,19 +216,8 @@ def test_a_job_on_the_page_moves_through_its_steps_to_the_result(
     tab.fill("[data-testid=payload]", json.dumps({"text": text, "pace": 0.4}))
     tab.click("[data-testid=submit]")
 
-    seen: list[dict[str, str | None]] = []
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        snapshot = tab.evaluate(SNAPSHOT_JS)
-        seen.append(snapshot)
-        if snapshot["status"] in FINISHED:
-            break
-        assert time.monotonic() < deadline, (
-            f"no finished status within {JOB_TIMEOUT_S:.0f} s; last {seen[-3:]}"
-            f"\nconsole: {console}\n{dev.log()}"
-        )
-        tab.wait_for_timeout(50)
-
+    seen = watch(tab, console, dev, JOB_TIMEOUT_S)
+    snapshot = seen[-1]
     where = f"\nconsole: {console}\nsnapshots: {seen}"
     outcome = tab.inner_text("[data-testid=outcome]")
     assert snapshot["status"] == "succeeded", f"status {snapshot['status']}, outcome {outcome}{where}"
@@ -193,9 +228,7 @@ def test_a_job_on_the_page_moves_through_its_steps_to_the_result(
     assert tab.get_attribute("[data-testid=progress]", "aria-valuenow") == "100"
     assert tab.inner_text("[data-testid=pct]") == "100%"
     assert json.loads(outcome)["words"] == words_in(text) == 18, outcome
-    listed = tab.eval_on_selector_all(
-        "[data-testid=steps] li", "items => items.map((i) => [i.textContent, i.className])"
-    )
+    listed = steps_listed(tab)
     assert len(listed) >= 3 and all(cls == "done" for _, cls in listed), f"steps list: {listed}{where}"
 
     job_id = tab.inner_text("[data-testid=job-id]")
@@ -226,3 +259,137 @@ def test_an_invalid_payload_shows_the_servers_error_and_makes_no_job(
     messages = conn.execute("SELECT count(*) FROM pgmq.q_text_report").fetchone()
     assert jobs == (0,) and messages == (0,), (jobs, messages)
     assert not [c for c in console if c.startswith("pageerror")], console
+
+
+UPLOADED = "Der Hund schläft im Garten. Die Katze trinkt kalte Milch. Der Hund träumt vom Garten."
+PIPELINE_TIMEOUT_S = 90.0
+
+
+def page_png(text: str) -> bytes:
+    """A page of `text` rendered like the shipped sample (DejaVu Sans, fonts-dejavu-core)."""
+    out = io.BytesIO()
+    render(text, FONT).save(out, format="PNG")
+    return out.getvalue()
+
+
+def loaded_media(tab: Page) -> list[dict[str, Any]]:
+    """Each image and audio element under the artifacts box, with what the browser made of it."""
+    return list(
+        tab.eval_on_selector_all(
+            "[data-testid=artifacts] img, [data-testid=artifacts] audio",
+            """items => items.map((e) => ({
+                tag: e.tagName.toLowerCase(), src: e.getAttribute('src'), title: e.title,
+                width: e.naturalWidth || 0, ready: e.readyState || 0, complete: !!e.complete,
+            }))""",
+        )
+    )
+
+
+def test_the_language_pipeline_runs_from_the_page_on_an_uploaded_image(
+    page: tuple[Page, list[str]], dev: Dev, providers: Providers, conn: psycopg.Connection[Any]
+) -> None:
+    """Pick language_page, upload a page image: OCR reads the upload, the stand-in LLM translates,
+    every declared step is ticked in order, and the page plays the sentences' audio artifacts."""
+    tab, console = page
+    tab.select_option("[data-testid=queue]", "language_page")
+    assert tab.locator("[data-testid=file]").is_visible(), "no file input for image_base64"
+    tab.set_input_files(
+        "[data-testid=file]",
+        files=[{"name": "page.png", "mimeType": "image/png", "buffer": page_png(UPLOADED)}],
+    )
+    tab.wait_for_function(
+        "() => JSON.parse(document.querySelector('[data-testid=payload]').value).image_base64"
+    )
+    payload = json.loads(tab.input_value("[data-testid=payload]"))
+    payload.update(words=6, sentences=2)
+    tab.fill("[data-testid=payload]", json.dumps(payload))
+    tab.click("[data-testid=submit]")
+
+    seen = watch(tab, console, dev, PIPELINE_TIMEOUT_S)
+    where = f"\nconsole: {console}\nsnapshots: {seen[-5:]}\n{dev.log()}"
+    outcome = tab.inner_text("[data-testid=outcome]")
+    assert seen[-1]["status"] == "succeeded", f"outcome {outcome}{where}"
+    shown = [s["step"] for s in seen if s["step"]]
+    order = [name for i, name in enumerate(shown) if i == 0 or shown[i - 1] != name]
+    assert set(order) <= set(LANGUAGE_STEPS) and order == sorted(order, key=LANGUAGE_STEPS.index), order
+    assert steps_listed(tab) == [(name, "done") for name in LANGUAGE_STEPS], steps_listed(tab)
+
+    result = json.loads(outcome)
+    assert "Hund" in result["text"] and "Katze" in result["text"], result[
+        "text"
+    ]  # the upload, not the sample
+    assert result["translation"] == TRANSLATION and result["skipped"] == {}
+    lemmas = [w["lemma"] for w in result["words"]]
+    assert lemmas[:2] == ["Hund", "Garten"], lemmas
+    assert [r["task"] for r in providers.llm.requests] == ["translate", "sentences"]
+    assert providers.llm.requests[0]["body"]["messages"][1]["content"] == result["text"]
+
+    job_id = tab.inner_text("[data-testid=job-id]")
+    tab.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=artifacts] audio')]"
+        ".every((a) => a.readyState >= 1)"
+    )
+    media = loaded_media(tab)
+    assert [(m["tag"], m["src"]) for m in media] == [
+        ("audio", f"jobs/{job_id}/artifacts/sentence-{i}.wav") for i in (1, 2)
+    ], media
+    served = tab.request.get(f"{dev.url.rstrip('/')}/jobs/{job_id}/artifacts/sentence-1.wav")
+    assert served.status == 200 and served.headers["content-type"] == "audio/wav", served.status
+    assert served.body()[:4] == b"RIFF"
+    steps = conn.execute(
+        "SELECT name, status, attempts FROM pgmq_worker.job_steps WHERE job_id = %s", (job_id,)
+    ).fetchall()
+    assert sorted(steps) == sorted((name, "done", 1) for name in LANGUAGE_STEPS), steps
+    assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console
+
+
+def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
+    page: tuple[Page, list[str]], dev: Dev, providers: Providers, conn: psycopg.Connection[Any]
+) -> None:
+    """Pick image_batch with four prompts: one image fails at the provider, one outlives its 1 s
+    timeout; the batch succeeds as 2 of 4, the bar rises as children finish, and the page shows
+    the two generated images."""
+    tab, console = page
+    tab.select_option("[data-testid=queue]", "image_batch")
+    assert tab.locator("[data-testid=file]").is_hidden()
+    prompts = ["a lighthouse at dawn", "a broken teapot", "a slow sunset", "a red fox in snow"]
+    payload = {
+        "prompts": prompts,
+        "per_image_timeout": 1,
+        "max_attempts": 1,
+        "max_running": 2,
+        "min_success": 0.5,
+    }
+    tab.fill("[data-testid=payload]", json.dumps(payload))
+    tab.click("[data-testid=submit]")
+
+    seen = watch(tab, console, dev, PIPELINE_TIMEOUT_S)
+    where = f"\nconsole: {console}\nsnapshots: {seen[-5:]}\n{dev.log()}"
+    outcome = tab.inner_text("[data-testid=outcome]")
+    assert seen[-1]["status"] == "succeeded", f"outcome {outcome}{where}"
+    result = json.loads(outcome)
+    assert result["summary"] == "2 of 4 succeeded (1 failed, 1 timed out)", result
+    by_prompt = {image["prompt"]: image for image in result["images"]}
+    assert [by_prompt[p]["status"] for p in prompts] == ["succeeded", "dead", "dead", "succeeded"], result
+    assert by_prompt["a slow sunset"]["timed_out"] and not by_prompt["a broken teapot"]["timed_out"]
+    assert "model overloaded" in by_prompt["a broken teapot"]["error"]
+    rising = {int(s["now"]) for s in seen if s["now"] is not None and 0 < int(s["now"]) < 100}
+    assert rising, f"the bar never stood between 0 and 100{where}"
+    assert [name for name, cls in steps_listed(tab)] == ["plan", "generate", "collect"], steps_listed(tab)
+    assert all(cls == "done" for _, cls in steps_listed(tab)), steps_listed(tab)
+
+    tab.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=artifacts] img')].every((i) => i.complete)"
+    )
+    media = loaded_media(tab)
+    expected = [by_prompt[p]["url"].lstrip("/") for p in ("a lighthouse at dawn", "a red fox in snow")]
+    assert sorted(m["src"] for m in media) == sorted(expected), media
+    assert all(m["tag"] == "img" and m["width"] == 1 for m in media), media  # decoded 1x1 PNGs
+    asked = sorted(r["prompt"] for r in providers.images.requests)
+    assert asked == sorted(prompts), asked  # one request per image: no retries with max_attempts 1
+    children = conn.execute(
+        "SELECT count(*) FROM pgmq_worker.jobs WHERE parent_id = %s",
+        (tab.inner_text("[data-testid=job-id]"),),
+    ).fetchone()
+    assert children == (4,), children
+    assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console

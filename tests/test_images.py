@@ -1,20 +1,13 @@
 """The image batch pipeline: fan-out to an images API with per-image timeouts and partial success.
 
-The images API is a local HTTP server started by these tests (an OpenAI-compatible
+The images API is a local HTTP server started by these tests (tests/standins.py: an OpenAI-compatible
 `POST /v1/images/generations` answering `b64_json`): no real provider is called.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import struct
-import threading
-import time
-import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -25,71 +18,17 @@ from handlers.images import IMAGE_BATCH, ImageBatchRequested, image_bytes, sniff
 from handlers.provider import ProviderError
 from queues import InvalidPayload, pgmq
 from tests.helpers import job, run_burst
+from tests.standins import ImagesStandIn, images_server, tiny_png
 from worker import Registry, registry
 
 
-def tiny_png(rgb: tuple[int, int, int]) -> bytes:
-    """A real 1x1 PNG of one colour."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00" + bytes(rgb))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-class ImagesApi:
-    """The stand-in provider: prompts containing `slow`, `broken` or `busy` misbehave."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.busy_once = True
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                api.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-                prompt = body["prompt"]
-                if "slow" in prompt:
-                    time.sleep(2)
-                if "broken" in prompt:
-                    return self._answer(500, {"error": {"message": "model overloaded"}})
-                if "busy" in prompt and api.busy_once:
-                    api.busy_once = False
-                    return self._answer(429, {"error": {"message": "slow down"}}, retry_after="0")
-                image = base64.b64encode(tiny_png((len(prompt) % 256, 80, 160))).decode()
-                return self._answer(200, {"created": 0, "data": [{"b64_json": image}]})
-
-            def _answer(self, status: int, body: dict[str, Any], retry_after: str | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if retry_after is not None:
-                    self.send_header("Retry-After", retry_after)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-
 @pytest.fixture
-def images_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ImagesApi]:
-    api = ImagesApi()
-    thread = threading.Thread(target=api.server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("PGMQ_WORKER_IMAGE_BASE_URL", api.url)
-    monkeypatch.setenv("PGMQ_WORKER_IMAGE_API_KEY", "test-key")
-    monkeypatch.setenv("PGMQ_WORKER_IMAGE_MODEL", "stand-in")
-    yield api
-    api.server.shutdown()
-    api.server.server_close()
+def images_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ImagesStandIn]:
+    """The stand-in images API on 127.0.0.1 (tests/standins.py), and the settings that point at it."""
+    with images_server() as api:
+        for name, value in api.env.items():
+            monkeypatch.setenv(name, value)
+        yield api
 
 
 def prepare(conn: psycopg.Connection[Any]) -> Registry:
@@ -102,7 +41,7 @@ def prepare(conn: psycopg.Connection[Any]) -> Registry:
 
 
 def test_a_batch_with_slow_broken_and_rate_limited_images_succeeds_partially(
-    target: Any, conn: psycopg.Connection[Any], images_api: ImagesApi
+    target: Any, conn: psycopg.Connection[Any], images_api: ImagesStandIn
 ) -> None:
     """Five prompts: one times out (0.5 s per attempt), one keeps failing (HTTP 500), one is
     rate-limited once (429, a deferral, not an attempt), two are fine. The batch reports each

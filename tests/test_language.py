@@ -1,9 +1,9 @@
 """The language pipeline (handlers/language.py) end to end, against real Postgres.
 
-The LLM is a local HTTP server each test starts on 127.0.0.1: a stand-in for an OpenAI-compatible
-`POST /v1/chat/completions` that answers the translation and the example sentences as JSON and
-counts the requests it gets. OCR (Tesseract), lemmas (simplemma) and audio (espeak-ng) run for
-real on the sample page the repository ships (handlers/samples/page_de.png).
+The LLM is a local HTTP server each test starts on 127.0.0.1 (tests/standins.py): a stand-in for
+an OpenAI-compatible `POST /v1/chat/completions` that answers the translation and the example
+sentences as JSON and counts the requests it gets. OCR (Tesseract), lemmas (simplemma) and audio
+(espeak-ng) run for real on the sample page the repository ships (handlers/samples/page_de.png).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,6 +46,7 @@ from queues import InvalidPayload, enqueue, pgmq
 from queues.artifacts import MAX_ARTIFACT_BYTES
 from queues.names import table_name
 from tests.helpers import captured, dead, job, rows, run_burst
+from tests.standins import TRANSLATION, LlmStandIn, llm_server
 from web import create_app
 from web.settings import WebSettings
 from worker import Context, Permanent, RateLimited, Registry, handler
@@ -56,10 +56,6 @@ REPO = Path(__file__).resolve().parent.parent
 QUEUE = LANGUAGE_PAGE.queue
 SECRET = "test-jwt-secret-with-32-characters!"
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
-TRANSLATION = (
-    "On Saturday we take the train to Hamburg. My sister has lived there for two years in a small flat "
-    "by the harbour."
-)
 LLM_ENV = ("PGMQ_WORKER_LLM_BASE_URL", "PGMQ_WORKER_LLM_MODEL", "PGMQ_WORKER_LLM_API_KEY")
 
 
@@ -77,100 +73,16 @@ def _tools() -> None:
         pytest.skip(message)
 
 
-# -- the LLM stand-in --------------------------------------------------------------------------------
-
-
-@dataclass
-class StandIn:
-    """What the stand-in LLM saw and how it should answer."""
-
-    url: str = ""
-    requests: list[dict[str, Any]] = field(default_factory=list)  # {task, at, body, authorization}
-    rate_limit: int = 0  # answer this many requests with 429 Retry-After: 1 first
-    hold_sentences: threading.Event | None = None  # when set: sentence requests wait for it
-    sentences_asked: threading.Event = field(default_factory=threading.Event)
-
-    def count(self, task: str) -> int:
-        """Requests for `translate` or `sentences` so far (429s included)."""
-        return sum(1 for r in self.requests if r["task"] == task)
-
-
-class ChatCompletions(BaseHTTPRequestHandler):
-    """POST /v1/chat/completions: the translation, or one example sentence per word asked."""
-
-    def do_POST(self) -> None:
-        state: StandIn = self.server.state  # type: ignore[attr-defined]
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
-        task = "translate" if "You translate" in system else "sentences"
-        state.requests.append(
-            {
-                "task": task,
-                "at": time.monotonic(),
-                "body": body,
-                "authorization": self.headers["authorization"],
-            }
-        )
-        if self.path != "/v1/chat/completions":
-            self._send(404, {"error": "no such path"})
-            return
-        if len(state.requests) <= state.rate_limit:
-            self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
-            return
-        if task == "translate":
-            answer: dict[str, Any] = {"translation": TRANSLATION}
-        else:
-            state.sentences_asked.set()
-            if state.hold_sentences is not None:
-                state.hold_sentences.wait(30)
-            words = json.loads(user)["words"]
-            answer = {
-                "sentences": [
-                    {"lemma": w, "sentence": f"Das Wort {w} ist neu.", "translation": f"The word {w} is new."}
-                    for w in words
-                ]
-            }
-        choice = {"index": 0, "message": {"role": "assistant", "content": json.dumps(answer)}}
-        self._send(200, {"object": "chat.completion", "choices": [{**choice, "finish_reason": "stop"}]})
-
-    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the killed worker's request
-            pass
-
-    def log_message(self, *_args: Any) -> None:
-        pass
+# -- the LLM stand-in (tests/standins.py) --------------------------------------------------------------
 
 
 @pytest.fixture
-def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlmStandIn]:
     """The stand-in LLM on 127.0.0.1, and the settings that point the handler at it."""
-    state = StandIn()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatCompletions)
-    server.daemon_threads = True
-    server.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    monkeypatch.setenv("PGMQ_WORKER_LLM_BASE_URL", state.url)
-    monkeypatch.setenv("PGMQ_WORKER_LLM_MODEL", "stand-in-1")
-    monkeypatch.setenv("PGMQ_WORKER_LLM_API_KEY", "test-key")
-    try:
+    with llm_server() as state:
+        for name, value in state.env.items():
+            monkeypatch.setenv(name, value)
         yield state
-    finally:
-        if state.hold_sentences is not None:
-            state.hold_sentences.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
@@ -218,7 +130,7 @@ def run_language(target: Target) -> None:
 
 
 def test_the_pipeline_reads_translates_lemmatises_and_speaks_the_sample_page(
-    target: Target, conn: psycopg.Connection[Any], llm: StandIn
+    target: Target, conn: psycopg.Connection[Any], llm: LlmStandIn
 ) -> None:
     """Every step runs once: OCR of the sample close to its text, the stand-in's translation, lemmas
     with their forms, one example sentence per top lemma, a WAV per sentence, the lesson as JSON."""
@@ -282,7 +194,7 @@ def test_without_an_llm_the_llm_steps_are_skipped_not_faked(
 
 
 def test_a_429_from_the_llm_is_a_deferral_not_an_attempt(
-    target: Target, conn: psycopg.Connection[Any], llm: StandIn
+    target: Target, conn: psycopg.Connection[Any], llm: LlmStandIn
 ) -> None:
     """The first translate call gets 429 Retry-After: 1: the job comes back about a second later,
     not counted as an attempt, resumes after OCR and finishes."""
@@ -304,7 +216,7 @@ def test_a_429_from_the_llm_is_a_deferral_not_an_attempt(
 
 @pytest.mark.slow
 def test_a_worker_killed_after_translate_resumes_without_asking_the_llm_again(
-    db_url: str, conn: psycopg.Connection[Any], llm: StandIn, tmp_path: Path
+    db_url: str, conn: psycopg.Connection[Any], llm: LlmStandIn, tmp_path: Path
 ) -> None:
     """A `pgmq-worker run` process SIGKILLed while the stand-in holds the `sentences` request: the
     next worker resumes at `sentences`; OCR, translate and words ran once, translate was asked once.

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from queues import pgmq
 from tests.helpers import dead, job, run_burst
-from worker import Backoff, Context, Registry, handler
+from worker import Backoff, Context, RateLimited, Registry, handler
 from worker.errors import HandlerRegistrationError
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
@@ -95,6 +95,33 @@ def test_a_step_that_keeps_failing_dead_letters_the_job(target: Any, conn: psyco
     assert record["reason"] == "permanent" and "step 'broken' failed 2 times" in record["error"]["message"]
     row = job(conn, "doomed", msg_id)
     assert row["status"] == "dead" and steps_of(conn, row["id"])["broken"][0] == "failed"
+
+
+def test_a_rate_limited_step_is_deferred_not_counted_against_its_attempts(
+    target: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """A step with max_attempts=1 hits a 429 twice: the job is deferred each time, the step runs a
+    third time and succeeds, and its attempt count shows the one real attempt."""
+    reg = Registry()
+    runs: list[int] = []
+
+    async def call_provider() -> str:
+        runs.append(1)
+        if len(runs) <= 2:
+            raise RateLimited(0.05, "HTTP 429")
+        return "answer"
+
+    @handler("limited_step", registry=reg, backoff=FAST, max_attempts=1)
+    async def limited_step(payload: dict[str, Any], ctx: Context) -> str:
+        return str(await ctx.step("call", call_provider, max_attempts=1))
+
+    pgmq.ensure_queue(conn, "limited_step")
+    msg_id = pgmq.send(conn, "limited_step", {})
+    run_burst(target, reg)
+    assert len(runs) == 3
+    row = job(conn, "limited_step", msg_id)
+    assert (row["status"], row["result"], row["attempts"], row["deferrals"]) == ("succeeded", "answer", 3, 2)
+    assert steps_of(conn, row["id"])["call"][:2] == ("done", 1)
 
 
 def test_a_step_past_its_timeout_is_a_failed_attempt(target: Any, conn: psycopg.Connection[Any]) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from queues import fanout
 from queues.jobs import fail_step, finish_step, load_steps, start_step
-from worker.errors import Permanent
+from worker.errors import Permanent, RateLimited
 from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
 from worker.progress import ProgressReporter, check_report
@@ -96,8 +96,10 @@ class Steps:
             output = as_json(await self._call(fn, args, kwargs, limit_s, name), name)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
+                # A RateLimited step is deferred with its job: not one of the step's attempts.
+                counted = not isinstance(exc, RateLimited)
                 async with self.pool.connection() as conn:
-                    await fail_step(conn, self.job_id, name, ErrorInfo.of(exc).as_dict())
+                    await fail_step(conn, self.job_id, name, ErrorInfo.of(exc).as_dict(), counted=counted)
             raise
         async with self.pool.connection() as conn:
             await finish_step(conn, self.job_id, name, output)
