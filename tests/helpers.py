@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -98,3 +101,25 @@ def job(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any
     row = cur.fetchone()
     assert row is not None, f"no job row for {queue}:{msg_id}"
     return dict(zip(cols, row, strict=True))
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_process(db_url: str, *imports: str, **settings: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for a `pgmq-worker run` subprocess on `db_url` importing `imports`.
+
+    Only the settings given here (PGMQ_WORKER_* keyword names, plus a 0.2 s poll and JSON logs)
+    reach it: a developer's own PGMQ_WORKER_* and TEST_DATABASE_URL do not.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PGMQ_WORKER_") and k not in {"DATABASE_URL", "TEST_DATABASE_URL"}
+    }
+    env.update(DATABASE_URL=db_url, PYTHONPATH=str(REPO), PGMQ_WORKER_POLL_INTERVAL="0.2")
+    env.update(PGMQ_WORKER_LOG_FORMAT="json", **settings)
+    argv = [sys.executable, "-m", "worker.cli", "run"]
+    for module in imports:
+        argv += ["--import", module]
+    return argv, env

@@ -154,11 +154,18 @@ def tiny_png(rgb: tuple[int, int, int]) -> bytes:
 
 @dataclass
 class ImagesStandIn:
-    """What the stand-in images API saw; prompts containing `slow`, `broken` or `busy` misbehave."""
+    """What the stand-in images API saw; prompts containing `slow`, `broken`, `busy` or `pause`
+    misbehave."""
 
     url: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
     busy_once: bool = True  # the first `busy` prompt gets 429 Retry-After: 0
+    hold: threading.Event | None = None  # when set: `pause` prompts wait for it
+    held: threading.Event = field(default_factory=threading.Event)  # a `pause` prompt arrived
+
+    def asked(self, prompt: str) -> int:
+        """Requests for `prompt` so far."""
+        return sum(1 for r in self.requests if r["prompt"] == prompt)
 
     @property
     def env(self) -> dict[str, str]:
@@ -179,6 +186,9 @@ class ImageGenerations(JsonAnswers):
         prompt = body["prompt"]
         if "slow" in prompt:
             time.sleep(2)
+        if "pause" in prompt and state.hold is not None:
+            state.held.set()
+            state.hold.wait(30)
         if "broken" in prompt:
             self.answer(500, {"error": {"message": "model overloaded"}})
             return
@@ -196,4 +206,8 @@ def images_server() -> Iterator[ImagesStandIn]:
     state = ImagesStandIn()
     with serving(ImageGenerations, state) as url:
         state.url = url
-        yield state
+        try:
+            yield state
+        finally:
+            if state.hold is not None:
+                state.hold.set()

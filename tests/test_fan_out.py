@@ -111,6 +111,11 @@ def test_partial_success_reports_every_child_and_the_parent_resumes_after_earlie
     assert "traceback" not in fan_in["children"][1]["error"]  # the child's own row keeps it
     assert planned == [6]  # the step before the fan-out ran once
     assert attempts_seen == [1, 1]  # spawned, then resumed: one attempt
+    steps = conn.execute(
+        "SELECT name, status, attempts FROM pgmq_worker.job_steps WHERE job_id = %s ORDER BY name",
+        (row["id"],),
+    ).fetchall()
+    assert steps == [("children", "done", 1), ("plan", "done", 1)]  # collecting is not a second start
     assert peak[0] <= 2  # max_running
     twice = [("fail", 1), ("fail", 1), ("slow", 3), ("slow", 3), ("fail", 4), ("fail", 4)]
     assert sorted(child_runs) == sorted([("ok", 0), ("ok", 2), ("ok", 5), *twice])  # max_attempts=2, not 5

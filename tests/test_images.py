@@ -7,7 +7,11 @@ The images API is a local HTTP server started by these tests (tests/standins.py:
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +21,8 @@ import pytest
 from handlers.images import IMAGE_BATCH, ImageBatchRequested, image_bytes, sniff
 from handlers.provider import ProviderError
 from queues import InvalidPayload, pgmq
-from tests.helpers import job, run_burst
+from queues.names import table_name
+from tests.helpers import job, run_burst, worker_process
 from tests.standins import ImagesStandIn, images_server, tiny_png
 from worker import Registry, registry
 
@@ -87,6 +92,57 @@ def test_a_batch_with_slow_broken_and_rate_limited_images_succeeds_partially(
     assert {r["auth"] for r in images_api.requests} == {"Bearer test-key"}
     assert {r["model"] for r in images_api.requests} == {"stand-in"}
     assert (row["progress"], row["step"]) == (100, "collect")
+
+
+def test_a_worker_killed_mid_batch_resumes_without_planning_or_generating_again(
+    db_url: str, conn: psycopg.Connection[Any], images_api: ImagesStandIn, tmp_path: Path
+) -> None:
+    """`pgmq-worker run` SIGKILLed while the second of three images is being generated (one at a
+    time): the next worker neither re-plans nor re-spawns; only the interrupted image is asked
+    again, and the batch ends 3 of 3.
+
+    The killed child's message would reappear after its visibility timeout; the test makes it
+    visible at once (its `vt` set to now) instead of waiting.
+    """
+    images_api.hold = threading.Event()
+    prompts = ["a calm lake", "a pause in the rain", "a green hill"]
+    for queue in ("image_batch", "image_generate"):
+        pgmq.ensure_queue(conn, queue)
+    msg_id = pgmq.send(conn, "image_batch", {"prompts": prompts, "max_running": 1})
+    argv, env = worker_process(db_url, "handlers.images", **images_api.env)
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        assert images_api.held.wait(30), log.read_text()[-3000:]
+        parent = job(conn, "image_batch", msg_id)
+        assert parent["progress"] > 0 and parent["step"] == "generate", parent
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    images_api.hold.set()
+    conn.execute(f"UPDATE pgmq.{table_name('image_generate')} SET vt = clock_timestamp()")
+
+    second = subprocess.run(
+        [*argv, "--burst"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    row = job(conn, "image_batch", msg_id)
+    assert row["status"] == "succeeded", row["error"]
+    assert row["result"]["summary"] == "3 of 3 succeeded", row["result"]
+    assert [images_api.asked(p) for p in prompts] == [1, 2, 1]
+    steps = conn.execute(
+        "SELECT name, status, attempts FROM pgmq_worker.job_steps WHERE job_id = %s ORDER BY name",
+        (row["id"],),
+    ).fetchall()
+    assert steps == [("generate", "done", 1), ("plan", "done", 1)], steps
+    children = conn.execute(
+        "SELECT count(*) FROM pgmq_worker.jobs WHERE parent_id = %s", (row["id"],)
+    ).fetchone()
+    assert children == (3,), children
 
 
 def test_without_an_images_api_the_batch_says_it_skipped(

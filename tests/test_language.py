@@ -45,7 +45,7 @@ from handlers.samples.make_sample import TEXT
 from queues import InvalidPayload, enqueue, pgmq
 from queues.artifacts import MAX_ARTIFACT_BYTES
 from queues.names import table_name
-from tests.helpers import captured, dead, job, rows, run_burst
+from tests.helpers import captured, dead, job, rows, run_burst, worker_process
 from tests.standins import TRANSLATION, LlmStandIn, llm_server
 from web import create_app
 from web.settings import WebSettings
@@ -226,17 +226,8 @@ def test_a_worker_killed_after_translate_resumes_without_asking_the_llm_again(
     """
     llm.hold_sentences = threading.Event()
     msg_id = send_page(conn, {"sentences": 1})
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_") and k != "TEST_DATABASE_URL"
-    }
-    env.update(
-        DATABASE_URL=db_url,
-        PYTHONPATH=str(REPO),
-        PGMQ_WORKER_POLL_INTERVAL="0.2",
-        PGMQ_WORKER_LOG_FORMAT="json",
-        **{name: os.environ[name] for name in LLM_ENV},
-    )
-    command = [sys.executable, "-m", "worker.cli", "run", "--import", "handlers.language", "--queue", QUEUE]
+    argv, env = worker_process(db_url, "handlers.language", **llm.env)
+    command = [*argv, "--queue", QUEUE]
     stderr = tmp_path / "first.stderr"
     with stderr.open("wb") as err:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)

@@ -150,7 +150,7 @@ class Steps:
                 await fanout.close(conn, self.job_id, name, reason)
                 rows = await fanout.children(conn, self.job_id, name)
                 result = FanIn.of(name, state.total, rows, reason)
-                await start_step(conn, self.job_id, name)
+                # Started (counted) when it spawned, in that transaction: collecting is no new start.
                 await finish_step(conn, self.job_id, name, result.as_json())
         if result is not None:
             self._known = None
