@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -123,3 +125,30 @@ def worker_process(db_url: str, *imports: str, **settings: str) -> tuple[list[st
     for module in imports:
         argv += ["--import", module]
     return argv, env
+
+
+@contextmanager
+def spawned(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess writing stdout and stderr to `log`; killed at the end of the block if still up."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process (no chance to release or settle anything) and see it gone."""
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+
+def visible_now(conn: psycopg.Connection[Any], queue: str, msg_id: int | None = None) -> None:
+    """Make a killed worker's messages (one, or the whole queue's) visible now, not after their vt."""
+    update = sql.SQL("UPDATE pgmq.{} SET vt = clock_timestamp()").format(sql.Identifier(table_name(queue)))
+    if msg_id is not None:
+        update = sql.SQL("{} WHERE msg_id = {}").format(update, sql.Literal(msg_id))
+    conn.execute(update)

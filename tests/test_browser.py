@@ -272,6 +272,19 @@ def page_png(text: str) -> bytes:
     return out.getvalue()
 
 
+def run_to_success(
+    tab: Page, console: list[str], dev: Dev, payload: dict[str, Any]
+) -> tuple[list[dict[str, str | None]], str]:
+    """Submit `payload` to the selected queue; what the page showed, and its result once succeeded."""
+    tab.fill("[data-testid=payload]", json.dumps(payload))
+    tab.click("[data-testid=submit]")
+    seen = watch(tab, console, dev, PIPELINE_TIMEOUT_S)
+    outcome = tab.inner_text("[data-testid=outcome]")
+    where = f"\nconsole: {console}\nsnapshots: {seen[-5:]}\n{dev.log()}"
+    assert seen[-1]["status"] == "succeeded", f"outcome {outcome}{where}"
+    return seen, outcome
+
+
 def loaded_media(tab: Page) -> list[dict[str, Any]]:
     """Each image and audio element under the artifacts box, with what the browser made of it."""
     return list(
@@ -302,13 +315,7 @@ def test_the_language_pipeline_runs_from_the_page_on_an_uploaded_image(
     )
     payload = json.loads(tab.input_value("[data-testid=payload]"))
     payload.update(words=6, sentences=2)
-    tab.fill("[data-testid=payload]", json.dumps(payload))
-    tab.click("[data-testid=submit]")
-
-    seen = watch(tab, console, dev, PIPELINE_TIMEOUT_S)
-    where = f"\nconsole: {console}\nsnapshots: {seen[-5:]}\n{dev.log()}"
-    outcome = tab.inner_text("[data-testid=outcome]")
-    assert seen[-1]["status"] == "succeeded", f"outcome {outcome}{where}"
+    seen, outcome = run_to_success(tab, console, dev, payload)
     shown = [s["step"] for s in seen if s["step"]]
     order = [name for i, name in enumerate(shown) if i == 0 or shown[i - 1] != name]
     assert set(order) <= set(LANGUAGE_STEPS) and order == sorted(order, key=LANGUAGE_STEPS.index), order
@@ -360,13 +367,7 @@ def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
         "max_running": 2,
         "min_success": 0.5,
     }
-    tab.fill("[data-testid=payload]", json.dumps(payload))
-    tab.click("[data-testid=submit]")
-
-    seen = watch(tab, console, dev, PIPELINE_TIMEOUT_S)
-    where = f"\nconsole: {console}\nsnapshots: {seen[-5:]}\n{dev.log()}"
-    outcome = tab.inner_text("[data-testid=outcome]")
-    assert seen[-1]["status"] == "succeeded", f"outcome {outcome}{where}"
+    seen, outcome = run_to_success(tab, console, dev, payload)
     result = json.loads(outcome)
     assert result["summary"] == "2 of 4 succeeded (1 failed, 1 timed out)", result
     by_prompt = {image["prompt"]: image for image in result["images"]}
@@ -374,7 +375,7 @@ def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
     assert by_prompt["a slow sunset"]["timed_out"] and not by_prompt["a broken teapot"]["timed_out"]
     assert "model overloaded" in by_prompt["a broken teapot"]["error"]
     rising = {int(s["now"]) for s in seen if s["now"] is not None and 0 < int(s["now"]) < 100}
-    assert rising, f"the bar never stood between 0 and 100{where}"
+    assert rising, f"the bar never stood between 0 and 100: {seen}"
     assert [name for name, cls in steps_listed(tab)] == ["plan", "generate", "collect"], steps_listed(tab)
     assert all(cls == "done" for _, cls in steps_listed(tab)), steps_listed(tab)
 

@@ -7,7 +7,6 @@ The images API is a local HTTP server started by these tests (tests/standins.py:
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ import pytest
 from handlers.images import IMAGE_BATCH, ImageBatchRequested, image_bytes, sniff
 from handlers.provider import ProviderError
 from queues import InvalidPayload, pgmq
-from queues.names import table_name
-from tests.helpers import job, run_burst, worker_process
+from tests.helpers import job, run_burst, sigkill, spawned, visible_now, worker_process
 from tests.standins import ImagesStandIn, images_server, tiny_png
 from worker import Registry, registry
 
@@ -111,20 +109,13 @@ def test_a_worker_killed_mid_batch_resumes_without_planning_or_generating_again(
     msg_id = pgmq.send(conn, "image_batch", {"prompts": prompts, "max_running": 1})
     argv, env = worker_process(db_url, "handlers.images", **images_api.env)
     log = tmp_path / "first.log"
-    with log.open("wb") as out:
-        first = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
+    with spawned(argv, env, log) as first:
         assert images_api.held.wait(30), log.read_text()[-3000:]
         parent = job(conn, "image_batch", msg_id)
         assert parent["progress"] > 0 and parent["step"] == "generate", parent
-        first.send_signal(signal.SIGKILL)
-        assert first.wait(10) == -signal.SIGKILL
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        sigkill(first)
     images_api.hold.set()
-    conn.execute(f"UPDATE pgmq.{table_name('image_generate')} SET vt = clock_timestamp()")
+    visible_now(conn, "image_generate")
 
     second = subprocess.run(
         [*argv, "--burst"], env=env, capture_output=True, text=True, timeout=60, check=False
