@@ -110,7 +110,7 @@ class Worker:
                 if self.burst and await self._queues_empty():
                     log.info("worker.burst_done")
                     break
-                await self._idle()
+                await self._idle(found=bool(messages))
             await self._drain(self.settings.shutdown_grace.total_seconds())
         if self._fatal is not None:
             raise self._fatal
@@ -149,9 +149,9 @@ class Worker:
 
         job.add_done_callback(_done)
 
-    async def _idle(self) -> None:
-        """Wait for a notification, the poll interval, or a stop."""
-        await self.wakeup.wait(self._stopping)
+    async def _idle(self, *, found: bool) -> None:
+        """Wait for a notification, the (backed-off) poll interval, or a stop."""
+        await self.wakeup.wait(self._stopping, found=found)
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()

@@ -2,6 +2,11 @@
 
 Notifications can be missed (the listening connection drops, or a client inserts while we reconnect), so
 they only shorten the wait; the poll interval bounds it.
+
+Polling backs off: after a read that found work the next look comes REPOLL_S later, and each read
+that finds nothing doubles the wait up to the poll interval. Under steady traffic a worker that
+cannot LISTEN (behind a transaction pooler) then picks messages up within tens of milliseconds,
+not half a poll interval, while an idle one still reads once per interval.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from db.connect import Target
 from db.listen import listen
 from queues.names import table_name
 
-__all__ = ["Wakeup", "channel"]
+__all__ = ["REPOLL_S", "Wakeup", "channel"]
+
+REPOLL_S = 0.02  # the first wait after a read that found work
 
 
 def channel(queue: str) -> str:
@@ -27,20 +34,30 @@ class Wakeup:
     def __init__(self, poll_interval: float) -> None:
         self.poll_interval = poll_interval
         self._event = asyncio.Event()
+        self._backoff = poll_interval
         self.listening = False
+
+    def next_wait(self, found: bool) -> float:
+        """How long to wait before the next read, given whether the last one found work."""
+        self._backoff = REPOLL_S if found else self._backoff * 2
+        return min(self._backoff, self.poll_interval)
 
     def notify(self) -> None:
         """Something may be new: wake the read loop."""
         self._event.set()
 
-    async def wait(self, stopping: asyncio.Event) -> None:
-        """Return on a notification, on stop, or after the poll interval, whichever first."""
+    async def wait(self, stopping: asyncio.Event, *, found: bool = False) -> None:
+        """Return on a notification, on stop, or after the (backed-off) poll wait, whichever first.
+
+        `found`: the read before this wait found messages (see next_wait).
+        """
+        timeout = self.next_wait(found)
         if self._event.is_set():
             self._event.clear()
             return
         waiters = {asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stopping.wait())}
         try:
-            await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
