@@ -128,6 +128,7 @@ def test_a_batch_is_validated_whole_then_sent_in_one_statement(
     assert rows(conn, queue) == []
     sent = enqueue_batch(conn, RESIZE, [{"image_id": i, "width": 1} for i in range(5)])
     assert [r["msg_id"] for r in rows(conn, queue)] == [s.msg_id for s in sent]
+    assert [r["message"]["image_id"] for r in rows(conn, queue)] == list(range(5))  # message i is payload i
     assert enqueue_batch(conn, RESIZE, []) == []
 
 
