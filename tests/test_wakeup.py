@@ -1,4 +1,4 @@
-"""Polling backs off: right after a read that found work the next one comes soon; idle, once an interval."""
+"""Wake-up: polling backs off from busy to idle; inserts notify only while a worker waits."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
+from psycopg import conninfo, sql
 
 from queues import pgmq
-from tests.helpers import make_worker
+from tests.helpers import make_worker, rows
 from worker import Context, Registry, handler
-from worker.wakeup import REPOLL_S, Wakeup
+from worker.wakeup import REPOLL_S, Wakeup, channel
 
 
 def test_the_wait_starts_short_after_work_and_doubles_to_the_poll_interval() -> None:
@@ -56,3 +58,107 @@ def test_a_polling_worker_picks_up_the_next_message_long_before_its_poll_interva
 
     waited = asyncio.run(go())
     assert waited < 5, f"picked up after {waited:.2f} s: the worker waited out its 10 s poll interval"
+
+
+# -- insert notifications only while a worker waits (migration 0013) ----------------------------------
+
+
+def notifications(db_url: str, queue: str, send: Any) -> list[str]:
+    """The insert notifications a listener on `queue`'s channel gets while `send()` runs."""
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(queue))))
+        send()
+        return [n.channel for n in listener.notifies(timeout=0.5, stop_after=1)]
+
+
+def test_inserts_notify_only_while_a_live_waiter_is_announced(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """No waiter: no NOTIFY (no commit-time lock for producers). A live waiter: NOTIFY. Expired: none."""
+    pgmq.ensure_queue(conn, "waited")
+    assert pgmq.ensure_insert_trigger(conn, "waited")
+
+    def send() -> None:
+        pgmq.send(conn, "waited", {})
+
+    assert notifications(db_url, "waited", send) == []
+
+    async def announce(ttl: float) -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+            await pgmq.announce_waiting(aconn, "w1", ["waited", "other"], ttl)
+
+    asyncio.run(announce(30))
+    assert notifications(db_url, "waited", send) == [channel("waited")]
+    conn.execute("UPDATE pgmq_worker.waiters SET until = now() - interval '1 second'")
+    assert notifications(db_url, "waited", send) == []
+    asyncio.run(announce(30))  # renewed in place: one row per worker and queue
+    assert conn.execute("SELECT count(*) FROM pgmq_worker.waiters").fetchone() == (2,)
+
+
+def test_a_producer_without_access_to_the_worker_schema_can_still_send(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The trigger reads pgmq_worker.waiters as its owner: a role that may only send is not refused."""
+    pgmq.ensure_queue(conn, "guarded")
+    assert pgmq.ensure_insert_trigger(conn, "guarded")
+    role = f"pgmqw_sender_{time.monotonic_ns() % 10**9}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        for statement in (
+            "GRANT USAGE ON SCHEMA pgmq TO {}",
+            "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA pgmq TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA pgmq TO {}",
+        ):
+            conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
+        params = conninfo.conninfo_to_dict(db_url) | {"user": role}
+        params.pop("password", None)
+        with psycopg.connect(conninfo.make_conninfo(**params), autocommit=True) as sender:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                sender.execute("SELECT count(*) FROM pgmq_worker.waiters")
+            msg_id = pgmq.send(sender, "guarded", {"from": role})
+        assert [r["msg_id"] for r in rows(conn, "guarded")] == [msg_id]
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_an_idle_listening_worker_announces_itself_and_withdraws_when_it_stops(
+    target: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """Idle: one live waiter row per queue it serves, and a new message wakes it via NOTIFY well
+    before its 10 s poll. Stopped: its rows are gone, so inserts stop notifying."""
+    reg = Registry()
+    picked: list[float] = []
+
+    @handler("idle_a", registry=reg)
+    async def idle_a(payload: dict[str, Any], ctx: Context) -> None:
+        picked.append(time.monotonic())
+
+    @handler("idle_b", registry=reg)
+    async def idle_b(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    for queue in ("idle_a", "idle_b"):
+        pgmq.ensure_queue(conn, queue)
+    worker = make_worker(target, reg, burst=False, poll_interval=timedelta(seconds=10))
+    live = "SELECT queue_table FROM pgmq_worker.waiters WHERE until > now() ORDER BY 1"
+    seen: dict[str, Any] = {}
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 10
+        while len(conn.execute(live).fetchall()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        seen["waiting"] = conn.execute(live).fetchall()
+        sent = time.monotonic()
+        await asyncio.to_thread(pgmq.send, conn, "idle_a", {})
+        while not picked and time.monotonic() - sent < 12:
+            await asyncio.sleep(0.01)
+        seen["latency"] = (picked[0] if picked else float("inf")) - sent
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(go())
+    assert seen["waiting"] == [("q_idle_a",), ("q_idle_b",)]
+    assert seen["latency"] < 5, f"picked up after {seen['latency']:.2f} s: no notification"
+    assert conn.execute("SELECT count(*) FROM pgmq_worker.waiters").fetchone() == (0,)

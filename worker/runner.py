@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -88,6 +91,8 @@ class Worker:
         self._db_failures = 0
         self._notifying = False
         self._fatal: PoolerMisconfigured | None = None
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._announcing = False  # idle waits are announced (listening, and allowed to)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -150,8 +155,36 @@ class Worker:
         job.add_done_callback(_done)
 
     async def _idle(self, *, found: bool) -> None:
-        """Wait for a notification, the (backed-off) poll interval, or a stop."""
+        """Wait for a notification, the (backed-off) poll interval, or a stop.
+
+        Going idle (the last read found nothing) while listening, the worker first announces that
+        it waits, so inserts notify, and returns to read once more before it waits.
+        """
+        if not found and self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
+            return
         await self.wakeup.wait(self._stopping, found=found)
+
+    async def _announce_waiting(self) -> bool:
+        """Tell the database this worker waits on its queues (migration 0013); True once committed."""
+        at = time.monotonic()
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                await pgmq.announce_waiting(conn, self._worker_id, self.queues, self.wakeup.announce_ttl)
+        except DB_ERRORS as exc:
+            await self._database_trouble(exc)
+            return False
+        except psycopg.Error as exc:  # no privilege on pgmq_worker.waiters, say: inserts will not notify
+            self._announcing = False
+            log.warning("worker.notify_unavailable", reason=_one_line(exc), note="polling")
+            return False
+        self.wakeup.announced(at)
+        return True
+
+    async def _withdraw_waiting(self) -> None:
+        """Stopping: inserts need not notify on this worker's account any more (best effort)."""
+        with contextlib.suppress(*DB_ERRORS, psycopg.Error):
+            async with self.pool.connection(timeout=2) as conn:
+                await pgmq.withdraw_waiting(conn, self._worker_id)
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -429,6 +462,7 @@ class Worker:
                 database=self.target.describe(),
                 burst=self.burst,
             )
+            self._announcing = self._listen_enabled()
             try:
                 yield
             finally:
@@ -436,6 +470,8 @@ class Worker:
                 for t in side:
                     t.cancel()
                 await asyncio.gather(*side, return_exceptions=True)
+                if self._announcing:
+                    await self._withdraw_waiting()
                 log.info("worker.stopped")
 
     def _check_queues(self) -> None:

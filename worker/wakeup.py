@@ -3,6 +3,11 @@
 Notifications can be missed (the listening connection drops, or a client inserts while we reconnect), so
 they only shorten the wait; the poll interval bounds it.
 
+Inserts notify only while some worker has announced that it waits (migration 0013): before an
+idle wait a listening worker announces itself, reads once more (a message sent just before the
+announcement committed did not notify), then waits; the announcement lasts a few poll intervals
+and is renewed while the worker stays idle.
+
 Polling backs off: after a read that found work the next look comes REPOLL_S later, and each read
 that finds nothing doubles the wait up to the poll interval. Under steady traffic a worker that
 cannot LISTEN (behind a transaction pooler) then picks messages up within tens of milliseconds,
@@ -12,6 +17,7 @@ not half a poll interval, while an idle one still reads once per interval.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from db.connect import Target
@@ -35,7 +41,21 @@ class Wakeup:
         self.poll_interval = poll_interval
         self._event = asyncio.Event()
         self._backoff = poll_interval
+        self._announced_until = 0.0  # monotonic: until when the database knows we wait
         self.listening = False
+
+    @property
+    def announce_ttl(self) -> float:
+        """How long one announcement of waiting lasts in the database (migration 0013)."""
+        return 3 * self.poll_interval + 1.0
+
+    def announce_due(self) -> bool:
+        """Listening, and our announcement is gone or would lapse within the next wait."""
+        return self.listening and time.monotonic() + self.poll_interval + 0.5 >= self._announced_until
+
+    def announced(self, at: float) -> None:
+        """The announcement made at monotonic time `at` was committed."""
+        self._announced_until = at + self.announce_ttl
 
     def next_wait(self, found: bool) -> float:
         """How long to wait before the next read, given whether the last one found work."""
@@ -70,6 +90,7 @@ class Wakeup:
 
         def connected(up: bool) -> None:
             self.listening = up
+            self._announced_until = 0.0  # announce again before the next wait
             if up:
                 self.notify()  # anything sent while we were not listening
 
