@@ -10,6 +10,8 @@ drops, after install, the pgmq functions that Supabase's pgmq 1.5.1 lacks.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +40,7 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+def server_url(request: pytest.FixtureRequest) -> str:
     """An admin URL (database `postgres`) on the server the tests use."""
     explicit = os.environ.get("TEST_DATABASE_URL")
     if explicit:
@@ -46,8 +48,16 @@ def server_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     container = os.environ.get("PGMQ_WORKER_TEST_CONTAINER")
     if container:
         return with_dbname(_start_container(container, request), "postgres")
-    data_dir = Path(tmp_path_factory.mktemp("embedded"))
-    request.addfinalizer(lambda: stop_embedded(data_dir))  # noqa: PT021  one exit for three setups
+    # Not under pytest's basetemp: pytest deletes all but the newest three of those as sessions
+    # start, which pulled the data directory from under a running server whenever two test
+    # sessions ran on one machine at once.
+    data_dir = Path(tempfile.mkdtemp(prefix="pgmq-worker-tests-"))
+
+    def stop() -> None:
+        stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    request.addfinalizer(stop)  # noqa: PT021  one exit for three setups
     return with_dbname(embedded_url(data_dir), "postgres")
 
 
