@@ -24,6 +24,7 @@ from worker import Context, handler
 
 ASYNC_QUEUE = "bench_noop"
 SYNC_QUEUE = "bench_noop_sync"
+NO_JOB_ROWS_QUEUE = "bench_noop_no_job_rows"
 
 
 class _Recorder:
@@ -73,4 +74,10 @@ async def noop(payload: dict[str, Any], ctx: Context) -> None:
 @handler(SYNC_QUEUE)
 def noop_sync(payload: dict[str, Any], ctx: Context) -> None:
     """Do nothing in a handler thread (the `def` path)."""
+    _recorder.started(ctx)
+
+
+@handler(NO_JOB_ROWS_QUEUE, job_rows=False)
+async def noop_no_job_rows(payload: dict[str, Any], ctx: Context) -> None:
+    """Do nothing on the event loop, on a queue without job rows (pgmq alone)."""
     _recorder.started(ctx)

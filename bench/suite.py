@@ -11,7 +11,8 @@ fresh databases made for this run and dropped afterwards. In one run it measures
 1. the raw pgmq ceiling with pgbench (bench/ceiling.py): read(q, 30, 1) + delete, and
    read(q, 30, 100) + delete(q, ids[]), at 1 and 2 clients;
 2. `pgmq-worker run --burst` draining N no-op jobs (sent with one send_batch), with 1 and
-   2 processes (bench/throughput.py), as a ratio to the batched ceiling at as many clients;
+   2 processes, with job rows on and off (`@handler(..., job_rows=False)`) (bench/throughput.py),
+   as a ratio to the batched ceiling at as many clients;
 3. pickup latency of an idle worker, single messages 20 ms apart, LISTEN/NOTIFY and polling
    only (bench/throughput.py --pickup-latency);
 4. enqueue rates of our API, single and batch, and POST /jobs, at 1 and 8 producers, as ratios
@@ -32,6 +33,7 @@ a difference. Exit status 1 when a part failed (its row says why); the figures n
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import re
@@ -151,13 +153,16 @@ def ceiling_rows(report: Report, db_url: str, plan: Plan) -> dict[int, float]:
     return batched
 
 
-def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float]) -> float | None:
-    """Part 2; returns our one-process drain rate."""
+DRAIN_KINDS = (("on", "async"), ("off", "async-no-job-rows"))  # job rows -> bench/throughput.py queue kind
+
+
+def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float]) -> dict[str, float]:
+    """Part 2; returns our one-process drain rate by job rows "on" / "off"."""
     concurrency = _default_concurrency()
-    queue = throughput.QUEUES["async"]
-    one_process: float | None = None
-    for processes in (1, 2):
-        name = f"pgmq-worker drain, {processes} process{'es' if processes > 1 else ''}"
+    one_process: dict[str, float] = {}
+    for (rows, kind), processes in itertools.product(DRAIN_KINDS, (1, 2)):
+        queue = throughput.QUEUES[kind]
+        name = f"pgmq-worker drain, {processes} process{'es' if processes > 1 else ''}, job rows {rows}"
         run = report.part(
             name,
             partial(
@@ -174,11 +179,12 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
         if run is None:
             continue
         rate = plan.messages / run.work_s if run.work_s else None
-        one_process = rate if processes == 1 else one_process
+        if rate and processes == 1:
+            one_process[rows] = rate
         base = batched.get(processes)
         what = (
             f"**pgmq-worker** `run --burst{f' --processes {processes}' if processes > 1 else ''}`, "
-            f"concurrency {concurrency}, job rows on: N = {plan.messages:,} no-op jobs"
+            f"concurrency {concurrency}, job rows {rows}: N = {plan.messages:,} no-op jobs"
         )
         report.rows.append(
             Row(
@@ -287,7 +293,7 @@ def rss_rows(report: Report, db_url: str, plan: Plan) -> None:
 
 
 def peer_rows(
-    report: Report, server: Server, plan: Plan, batched: dict[int, float], ours: float | None
+    report: Report, server: Server, plan: Plan, batched: dict[int, float], ours: dict[str, float]
 ) -> None:
     """The peers, each on its own fresh database; one not run is a row saying why."""
     results = report.part(
@@ -306,8 +312,11 @@ def peer_rows(
         report.rows.append(
             Row(what, rate, rate / base if rate and base else None, "batched ceiling, 1 client")
         )
-        if rate and ours:
-            report.notes.append(f"pgmq-worker 1 process / {result.peer.name}: {ours / rate:.2f}")
+        for rows, our_rate in ours.items():
+            if rate:
+                report.notes.append(
+                    f"pgmq-worker 1 process, job rows {rows} / {result.peer.name}: {our_rate / rate:.2f}"
+                )
         report.failures += list(result.failures)
 
 

@@ -63,7 +63,7 @@ from queues.names import dlq_name, table_name
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_MODULE = "bench.noop_handlers"
 # The queues bench/noop_handlers.py declares (not imported: this file also runs as a plain script).
-QUEUES = {"async": "bench_noop", "sync": "bench_noop_sync"}
+QUEUES = {"async": "bench_noop", "sync": "bench_noop_sync", "async-no-job-rows": "bench_noop_no_job_rows"}
 
 CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
 DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
@@ -642,7 +642,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         help="worker --processes (a supervisor with N workers); repeat to sweep (default 1)",
     )
-    parser.add_argument("--queue-kind", choices=sorted(QUEUES), default="async", help="async or def handler")
+    parser.add_argument(
+        "--queue-kind",
+        choices=sorted(QUEUES),
+        default="async",
+        help="async or def handler, or async on a queue without job rows (job_rows=False)",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL") or None,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import structlog
 
 
@@ -16,7 +18,7 @@ def configure_logging(
     """Configure structlog once, at the CLI edge."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer(_orjson_dumps)
     )
     structlog.configure(
         processors=[
@@ -33,6 +35,15 @@ def configure_logging(
         # Not cached: module-level loggers would then ignore later reconfiguration (tests).
         cache_logger_on_first_use=False,
     )
+
+
+def _orjson_dumps(event: Any, **kw: Any) -> str:
+    """JSON lines with orjson: the stdlib encoder was a tenth of the worker's CPU per job at info level."""
+    # Non-string keys are stringified as json.dumps would; unknown types go to structlog's fallback.
+    try:
+        return orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS, **kw).decode()
+    except TypeError:  # what orjson refuses (an int past 64 bits): the stdlib encoder takes it
+        return json.dumps(event, **kw)
 
 
 def _identity(_logger: object, _name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:

@@ -23,12 +23,16 @@ DEFAULT_MODULES = ("handlers",)  # the project's reference handlers
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A declared queue: its name, payload model (None: any JSON object), summary and step names."""
+    """A declared queue: its name, payload model (None: any JSON object), summary and step names.
+
+    job_rows False: its handler keeps no `pgmq_worker.jobs` rows, so `enqueue` refuses it.
+    """
 
     queue: str
     model: type[BaseModel] | None
     summary: str = ""
     steps: tuple[str, ...] = ()
+    job_rows: bool = True
 
     @property
     def ref(self) -> QueueRef:
@@ -60,10 +64,12 @@ class Catalog:
     def __init__(self) -> None:
         self._specs: dict[str, QueueSpec] = {}
 
-    def declare(self, ref: QueueRef, *, summary: str = "", steps: Sequence[str] = ()) -> QueueSpec:
+    def declare(
+        self, ref: QueueRef, *, summary: str = "", steps: Sequence[str] = (), job_rows: bool = True
+    ) -> QueueSpec:
         """Declare a queue (a name, or a Contract with its model), with its handler's step names."""
         model = ref.model if isinstance(ref, Contract) else None
-        spec = QueueSpec(queue_of(ref), model, summary, tuple(steps))
+        spec = QueueSpec(queue_of(ref), model, summary, tuple(steps), job_rows)
         self._specs[spec.queue] = spec
         return spec
 

@@ -18,8 +18,9 @@ import psycopg
 from pydantic import BaseModel
 
 from queues import pgmq
+from queues.catalog import catalog
 from queues.contract import Contract, QueueRef, queue_of
-from queues.errors import InvalidPayload, PayloadTooLarge, UnknownQueue
+from queues.errors import InvalidPayload, NoJobRows, PayloadTooLarge, UnknownQueue
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # pgmq stores jsonb rows; a megabyte is already a big message
 
@@ -103,6 +104,19 @@ def _key(key: str | None) -> str | None:
     return key
 
 
+def _with_job_rows(queue: str) -> None:
+    """NoJobRows when this process knows the queue's handler runs without job rows.
+
+    An enqueue returns a job; such a queue's worker would leave that row `queued` for ever.
+    """
+    spec = catalog.get(queue)
+    if spec is not None and not spec.job_rows:
+        raise NoJobRows(
+            f"queue {queue!r} runs without job rows (job_rows=False): send with pgmq.send / "
+            "pgmq.send_batch (queues.pgmq), which creates no job"
+        )
+
+
 def _unknown(queue: str) -> UnknownQueue:
     return UnknownQueue(f"no queue named {queue!r}: start a worker for it, or create it first")
 
@@ -123,6 +137,7 @@ def enqueue(
     With a webhook_url, the worker POSTs the job's status changes there (signed).
     """
     queue, body = prepare(ref, payload)
+    _with_job_rows(queue)
     delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
     hook = _webhook(webhook_url)
     if key is None:  # one statement, one round trip
@@ -159,6 +174,7 @@ def enqueue_batch(
     if not prepared:
         return []
     queue = prepared[0][0]
+    _with_job_rows(queue)
     sent = pgmq.send_job_batch(conn, queue, [body for _, body in prepared], delay_s, who)
     if not sent:
         raise _unknown(queue)
@@ -177,6 +193,7 @@ async def aenqueue(
 ) -> Enqueued:
     """The async twin of enqueue, for FastAPI."""
     queue, body = prepare(ref, payload)
+    _with_job_rows(queue)
     delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
     hook = _webhook(webhook_url)
     if key is None:

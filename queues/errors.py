@@ -3,6 +3,7 @@
 QueueError
  ├─ InvalidQueueName   not a name pgmq can make tables for
  ├─ UnknownQueue       no such pgmq queue
+ ├─ NoJobRows          enqueue into a queue whose handler runs without job rows
  ├─ InvalidPayload     the payload is not a JSON object or fails its contract
  │   └─ PayloadTooLarge  over the size limit
  └─ InvalidArtifact    a job's file with a bad name or content type, or over the size limit
@@ -24,6 +25,10 @@ class InvalidQueueName(QueueError, ValueError):
 
 class UnknownQueue(QueueError, LookupError):
     """No such queue."""
+
+
+class NoJobRows(QueueError):
+    """The queue's handler runs without job rows (job_rows=False): send with pgmq.send, which makes no job."""
 
 
 class InvalidPayload(QueueError, ValueError):

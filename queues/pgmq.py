@@ -20,7 +20,6 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from queues.names import dlq_name, table_name, validate_queue_name
@@ -48,6 +47,11 @@ SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, jo
     job.webhook_url, job.timeout_s, job.max_attempts
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
+# The same for a queue whose handler runs without job rows (`@handler(..., job_rows=False)`).
+READ_PLAIN = (
+    "SELECT msg_id, read_ct, enqueued_at, vt, message"
+    " FROM pgmq.read(%(queue)s, %(vt)s::integer, %(qty)s::integer) ORDER BY msg_id"
+)
 # Enqueue: the message and its job row in one statement, so neither exists without the other.
 # pgmq.send runs once per matching pgmq.meta row (it takes the name from it): a queue that does
 # not exist returns no row instead of raising, which would abort the caller's transaction.
@@ -60,6 +64,11 @@ WITH sent AS (
 INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key, webhook_url)
 SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s, %(webhook)s FROM sent
 RETURNING id, msg_id
+"""
+SEND_IF_EXISTS = """
+SELECT s.msg_id
+FROM pgmq.meta AS q, LATERAL pgmq.send(q.queue_name, %(body)s, %(delay)s::integer) AS s(msg_id)
+WHERE q.queue_name = %(queue)s
 """
 # The bodies travel as one JSON array, split on the server: a jsonb[] parameter costs the client a
 # quoting pass over every element (40% of a 1000-message enqueue_batch).
@@ -136,8 +145,9 @@ SETTLE = sql.SQL(
 # succeeded with each one's result, in one statement (the worker's hot path).
 ACK_MANY = sql.SQL(
     "WITH held AS ("
-    " SELECT * FROM unnest(%(ids)s::bigint[], %(cts)s::integer[], %(results)s::jsonb[])"
-    " AS h(msg_id, read_ct, result)),"
+    # The results come as one JSON array (one value to encode, not one per message).
+    " SELECT h.msg_id, h.read_ct, %(results)s::jsonb -> (h.i - 1)::integer AS result"
+    " FROM unnest(%(ids)s::bigint[], %(cts)s::integer[]) WITH ORDINALITY AS h(msg_id, read_ct, i)),"
     # `= ANY(ids)` keeps the plan on the primary key whatever the queue table's statistics say.
     " settled AS (DELETE FROM pgmq.{q} AS m USING held WHERE m.msg_id = ANY(%(ids)s::bigint[])"
     " AND m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id),"
@@ -146,6 +156,13 @@ ACK_MANY = sql.SQL(
     " FROM settled JOIN held USING (msg_id) WHERE j.queue = %(queue)s AND j.msg_id = settled.msg_id)"
     " SELECT msg_id FROM settled"
 )
+ACK_MANY_PLAIN = sql.SQL(
+    "DELETE FROM pgmq.{q} AS m USING unnest(%(ids)s::bigint[], %(cts)s::integer[]) AS held(msg_id, read_ct)"
+    " WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND m.msg_id = held.msg_id AND m.read_ct = held.read_ct"
+    " RETURNING m.msg_id"
+)
+# A settle without job rows: the guarded statement alone (and the dead-letter send).
+SETTLE_PLAIN = sql.SQL("WITH settled AS ({guarded}) {then}SELECT msg_id FROM settled{also}")
 # Dead-lettering deletes like an ack and sends the record to `<queue>_dlq` in the same statement.
 DEAD_LETTER_SEND = sql.SQL(
     ", sent AS (SELECT s.id FROM settled, LATERAL pgmq.send(%(dlq)s, %(record)s, 0) AS s(id)) "
@@ -160,6 +177,11 @@ RELEASE = sql.SQL(
     "FROM released WHERE j.queue = %s AND j.msg_id = released.msg_id) "
     "SELECT msg_id FROM released"
 )
+RELEASE_PLAIN = sql.SQL(
+    "UPDATE pgmq.{q} AS m SET vt = clock_timestamp() "
+    "FROM unnest(%s::bigint[], %s::integer[]) AS held(msg_id, read_ct) "
+    "WHERE m.msg_id = held.msg_id AND m.read_ct = held.read_ct RETURNING m.msg_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +194,8 @@ class Message:
     enqueued_at: datetime
     vt: datetime
     body: Any
+    # None when the queue runs without job rows (`@handler(..., job_rows=False)`): then no settle
+    # touches pgmq_worker.jobs. With job rows every delivery has one (the read creates it).
     job_id: UUID | None = None
     deferrals: int = 0  # deliveries that ended in a deferral (RateLimited): not attempts
     webhook_url: str | None = None  # where the job's status changes are POSTed
@@ -354,6 +378,15 @@ async def asend_job(
     return None if row is None else (row[0], int(row[1]))
 
 
+async def asend_if_exists(
+    conn: psycopg.AsyncConnection[Any], queue: str, body: Any, delay_s: int = 0
+) -> int | None:
+    """pgmq.send on an async connection, without a job row; None if no such queue (nothing raised)."""
+    cur = await conn.execute(SEND_IF_EXISTS, {"queue": queue, "body": _json(body), "delay": delay_s})
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
 def send_job_batch(
     conn: psycopg.Connection[Any], queue: str, bodies: Sequence[Any], delay_s: int, owner: UUID | None
 ) -> list[tuple[UUID, int]]:
@@ -381,27 +414,19 @@ async def aactive_job(conn: psycopg.AsyncConnection[Any], queue: str, key: str) 
 # -- the worker's side: read, lease, settle -----------------------------------------------------
 
 
-async def read(conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: int) -> list[Message]:
-    """pgmq.read up to qty messages (invisible for vt_s, read_ct + 1); their job rows go `running`."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty})
-        rows = await cur.fetchall()
-    return [
-        Message(
-            queue,
-            r["msg_id"],
-            r["read_ct"],
-            r["enqueued_at"],
-            r["vt"],
-            r["message"],
-            r["job_id"],
-            r["deferrals"],
-            r["webhook_url"],
-            r["timeout_s"],
-            r["max_attempts"],
-        )
-        for r in rows
-    ]
+async def read(
+    conn: psycopg.AsyncConnection[Any], queue: str, vt_s: int, qty: int, *, job_rows: bool = True
+) -> list[Message]:
+    """pgmq.read up to qty messages (invisible for vt_s, read_ct + 1); their job rows go `running`.
+
+    job_rows=False: pgmq.read alone; the messages come without a job (job_id None).
+    """
+    if not job_rows:
+        cur = await conn.execute(READ_PLAIN, {"queue": queue, "vt": vt_s, "qty": qty})
+        return [Message(queue, r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+    cur = await conn.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty})
+    # READ's columns are Message's fields in order (tuples: no dict per row on the hot path).
+    return [Message(queue, *r) for r in await cur.fetchall()]
 
 
 async def extend(
@@ -419,22 +444,28 @@ async def ack(conn: psycopg.AsyncConnection[Any], message: Message, result: Any,
     return await _settle(conn, guarded, message, "succeeded", result=result)
 
 
-@functools.lru_cache(maxsize=256)
-def _ack_many_statement(queue: str) -> sql.Composed:
-    return ACK_MANY.format(q=_q(queue))
+@functools.lru_cache(maxsize=512)
+def _ack_many_statement(queue: str, job_rows: bool) -> str:
+    # Rendered once per queue: a Composed is rendered again on every execute, which cost as much
+    # as the rest of the batch's client-side work.
+    return (ACK_MANY if job_rows else ACK_MANY_PLAIN).format(q=_q(queue)).as_string()
 
 
 async def ack_many(
-    conn: psycopg.AsyncConnection[Any], queue: str, done: Sequence[tuple[int, int, Any]]
+    conn: psycopg.AsyncConnection[Any],
+    queue: str,
+    done: Sequence[tuple[int, int, Any]],
+    *,
+    job_rows: bool = True,
 ) -> set[int]:
-    """Delete the deliveries (msg_id, read_ct, result) still ours, jobs `succeeded`; returns those acked."""
-    params = {
-        "queue": queue,
-        "ids": [d[0] for d in done],
-        "cts": [d[1] for d in done],
-        "results": [_json(d[2]) for d in done],
-    }
-    cur = await conn.execute(_ack_many_statement(queue), params)
+    """Delete the deliveries (msg_id, read_ct, result) still ours, jobs `succeeded`; returns those acked.
+
+    job_rows=False: the delete alone (the results go nowhere).
+    """
+    params: dict[str, Any] = {"queue": queue, "ids": [d[0] for d in done], "cts": [d[1] for d in done]}
+    if job_rows:
+        params["results"] = _json([d[2] for d in done])
+    cur = await conn.execute(_ack_many_statement(queue, job_rows), params)
     return {int(r[0]) for r in await cur.fetchall()}
 
 
@@ -485,7 +516,7 @@ async def _settle(
     **params: Any,
 ) -> bool:
     dead = status == "dead"
-    statement = SETTLE.format(
+    statement = (SETTLE if message.job_id is not None else SETTLE_PLAIN).format(
         guarded=guarded.format(q=_q(message.queue)),
         then=DEAD_LETTER_SEND if dead else sql.SQL(""),
         also=sql.SQL(", sent") if dead else sql.SQL(""),
@@ -510,10 +541,15 @@ async def release(
     conn: psycopg.AsyncConnection[Any],
     queue: str,
     held: Sequence[tuple[int, int]],
+    *,
+    job_rows: bool = True,
 ) -> set[int]:
     """Make held deliveries visible now (shutdown), if still ours; returns those released."""
     ids, cts = _split(held)
-    cur = await conn.execute(RELEASE.format(q=_q(queue)), (ids, cts, queue))
+    if job_rows:
+        cur = await conn.execute(RELEASE.format(q=_q(queue)), (ids, cts, queue))
+    else:
+        cur = await conn.execute(RELEASE_PLAIN.format(q=_q(queue)), (ids, cts))
     return {int(r[0]) for r in await cur.fetchall()}
 
 

@@ -160,3 +160,18 @@ def test_a_bad_setting_is_a_one_line_error(db_url: str) -> None:
         main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_CONCURRENCY": "lots"}
     )
     assert_one_line_error(result, "invalid setting", "concurrency")
+
+
+def test_send_to_a_queue_without_job_rows_sends_the_message_alone(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """`send` to a queue whose handler runs with job_rows=False prints no job; `run` drains it."""
+    handlers = ("--import", "bench.noop_handlers")
+    sent = cli(db_url, "send", *handlers, "bench_noop_no_job_rows", '{"i": 1}')
+    assert sent.exit_code == 0, sent.output
+    printed = json.loads(sent.stdout.strip().splitlines()[-1])
+    assert (printed["queue"], printed["job_id"]) == ("bench_noop_no_job_rows", None)
+    ran = cli(db_url, "run", *handlers, "--queue", "bench_noop_no_job_rows", "--burst")
+    assert ran.exit_code == 0, ran.output
+    assert rows(conn, "bench_noop_no_job_rows") == []
+    assert conn.execute("SELECT count(*) FROM pgmq_worker.jobs").fetchone() == (0,)

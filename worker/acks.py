@@ -28,7 +28,7 @@ class Acks:
     def __init__(self, pool: AsyncConnectionPool, max_batch: int = MAX_BATCH) -> None:
         self.pool = pool
         self.max_batch = max_batch
-        self._pending: dict[str, list[Pending]] = {}
+        self._pending: dict[tuple[str, bool], list[Pending]] = {}  # by (queue, job rows)
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever nothing is pending
         self._task: asyncio.Task[None] | None = None
@@ -50,36 +50,42 @@ class Acks:
             await self._task
         self._task = None
 
-    async def ack(self, message: Message, result: Any) -> bool:
-        """Ack one delivery in the next batch: True if it was still ours. Database errors propagate."""
+    def ack(self, message: Message, result: Any) -> asyncio.Future[bool]:
+        """Ack one delivery in the next batch; the future is True if it was still ours.
+
+        A future, not a coroutine: the batch is written whether or not anyone still awaits it
+        (the caller may be cancelled meanwhile), and awaiting it costs no task of its own.
+        Database errors are set on the future.
+        """
         if self._task is None:
             raise RuntimeError("Acks.start() was not called")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(message.queue, []).append((message, result, future))
+        batch = (message.queue, message.job_id is not None)
+        self._pending.setdefault(batch, []).append((message, result, future))
         self._drained.clear()
         self._wake.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                queue = next(iter(self._pending))
-                items = self._pending[queue][: self.max_batch]
-                rest = self._pending[queue][self.max_batch :]
+                batch = next(iter(self._pending))
+                items = self._pending[batch][: self.max_batch]
+                rest = self._pending[batch][self.max_batch :]
                 if rest:
-                    self._pending[queue] = rest
+                    self._pending[batch] = rest
                 else:
-                    del self._pending[queue]
-                await self._flush(queue, items)
+                    del self._pending[batch]
+                await self._flush(*batch, items)
             self._drained.set()
 
-    async def _flush(self, queue: str, items: list[Pending]) -> None:
+    async def _flush(self, queue: str, job_rows: bool, items: list[Pending]) -> None:
         done = [(m.msg_id, m.read_ct, result) for m, result, _ in items]
         try:
             async with self.pool.connection(timeout=5) as conn:
-                settled = await pgmq.ack_many(conn, queue, done)
+                settled = await pgmq.ack_many(conn, queue, done, job_rows=job_rows)
         except Exception as exc:  # each waiter decides (the settle loop retries database trouble)
             for _, _, future in items:
                 if not future.done():

@@ -31,7 +31,7 @@ from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import DEFAULT_MODULES, import_modules
 from queues.contract import Contract, QueueRef, describe_validation_error
-from queues.enqueue import enqueue, prepare
+from queues.enqueue import delay_seconds, enqueue, prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
 from worker.errors import WorkerError
@@ -185,7 +185,7 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
         validate_queue_name(queue)
         known = _known(registry, queue)
         ref: QueueRef = Contract(queue, known.model) if known and known.model else queue
-        prepare(ref, body)  # refuse a bad payload before touching the database
+        _, checked = prepare(ref, body)  # refuse a bad payload before touching the database
         target = _target(db_settings)
         prepare_schema(target)
         with connect(target) as conn:
@@ -193,6 +193,10 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
                 pgmq.ensure_queue(conn, queue)
             elif not pgmq.queue_exists(conn, queue):
                 raise UnknownQueue(f"no queue named {queue!r} and no handler registered for it")
+            if known is not None and not known.job_rows:  # the message alone: there is no job
+                msg_id = pgmq.send(conn, queue, checked, delay_seconds(delay))
+                click.echo(json.dumps({"queue": queue, "msg_id": msg_id, "job_id": None}))
+                return
             sent = enqueue(conn, ref, body, delay=delay)
     click.echo(json.dumps({"queue": sent.queue, "msg_id": sent.msg_id, "job_id": str(sent.job_id)}))
 

@@ -51,6 +51,8 @@ class Context:
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     steps: Steps | None = field(default=None, repr=False)
     pool: AsyncConnectionPool | None = field(default=None, repr=False)
+    # The queues this worker runs without job rows (`@handler(..., job_rows=False)`).
+    no_job_rows: frozenset[str] = field(default=frozenset(), repr=False)
     outbox: list[Handoff] = field(default_factory=list, repr=False)
 
     @property
@@ -109,6 +111,8 @@ class Context:
         Progress and the step name are reported automatically (percentages when the handler
         declares `steps=[...]`).
         """
+        if self.steps is None and self.pool is not None:
+            raise Permanent(self._without_job_rows("ctx.step"))
         if self.steps is None:  # no job row (a direct call in a test): run it, no persistence
             result = fn(*args, **kwargs)
             return as_json(await result if inspect.isawaitable(result) else result, name)
@@ -156,9 +160,13 @@ class Context:
             min_succeeded=min_succeeded,
         )
         prepared = [prepare(queue, p) for p in payloads]  # InvalidPayload before anything is sent
+        if self.steps is None and self.pool is not None:
+            raise Permanent(self._without_job_rows("ctx.fan_out"))
         if self.steps is None or self.pool is None:
             raise WorkerError("ctx.fan_out needs a job row: it runs only in a worker's delivery")
         child_queue = prepared[0][0]
+        if child_queue in self.no_job_rows:  # a child without a job row could never report back
+            raise Permanent(f"ctx.fan_out: queue {child_queue!r} runs without job rows (job_rows=False)")
         async with self.pool.connection() as conn:
             if not await aqueue_exists(conn, child_queue):
                 raise UnknownQueue(f"ctx.fan_out: no queue named {child_queue!r}")
@@ -196,6 +204,8 @@ class Context:
         again replaces the file, so a step that runs twice leaves one. A bad name or type, or more
         than 10 MB (queues.artifacts.MAX_ARTIFACT_BYTES), is Permanent: no retry makes it fit.
         """
+        if self.steps is None and self.pool is not None:
+            raise Permanent(self._without_job_rows("ctx.artifact"))
         if self.steps is None or self.pool is None:
             raise WorkerError("ctx.artifact needs a job row: it runs only in a worker's delivery")
         try:
@@ -203,3 +213,6 @@ class Context:
                 return await aput_artifact(conn, self.steps.job_id, name, data, content_type)
         except InvalidArtifact as exc:
             raise Permanent(str(exc)) from exc
+
+    def _without_job_rows(self, what: str) -> str:
+        return f"{what} needs a job row, and queue {self.queue!r} runs without them (job_rows=False)"

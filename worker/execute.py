@@ -62,10 +62,11 @@ async def execute(task: Task, message: Message, ctx: Context, executor: Executor
 def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:
     """A failed attempt: retry after backoff (or the Retry's delay), or dead-letter when spent.
 
-    RateLimited is no failure: the delivery is deferred, not counted (up to MAX_DEFERRALS).
+    RateLimited is no failure: the delivery is deferred, not counted (up to MAX_DEFERRALS). Without
+    job rows there is nowhere to count deferrals, so there it is a failed attempt like any other.
     """
     error = ErrorInfo.of(exc)
-    if isinstance(exc, RateLimited) and message.deferrals < MAX_DEFERRALS:
+    if isinstance(exc, RateLimited) and task.job_rows and message.deferrals < MAX_DEFERRALS:
         return Deferred(DEFAULT_RATE_LIMIT_DELAY_S if exc.delay is None else exc.delay, error)
     if message.attempt >= task.max_attempts:
         return DeadLetter("max_attempts", error)

@@ -45,6 +45,7 @@ class Task:
     archive: bool
     name: str = field(default="")
     steps: tuple[str, ...] = ()  # declared step names, in order: progress percentages
+    job_rows: bool = True  # False: no pgmq_worker.jobs row is created or updated for this queue
 
     @property
     def read_vt(self) -> int:
@@ -101,6 +102,7 @@ def handler(
     backoff: Backoff | float | timedelta | None = None,
     archive: bool = False,
     steps: Sequence[str] = (),
+    job_rows: bool = True,
     registry: Registry = registry,
 ) -> Callable[[F], F]:
     """Register `def f(payload, ctx)` or `async def f(payload, ctx)` as the handler of a queue.
@@ -112,6 +114,10 @@ def handler(
     archive: on success, move the message to pgmq's archive table instead of deleting it.
     steps: the names of the handler's `ctx.step(...)` calls, in order, so progress is reported
         as the share of steps done (optional: without it only the step name is reported).
+    job_rows: False runs the queue without `pgmq_worker.jobs` rows: the read and the ack are
+        pgmq's alone (the fastest drain). Nothing then records status, progress, steps, results,
+        webhooks, fan-out or rate-limit deferrals for its messages (RateLimited counts as a failed
+        attempt); retries, dead-lettering, leases and timeouts work as ever.
     """
     name = queue_of(queue)
     if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -122,6 +128,13 @@ def handler(
     declared = tuple(steps)
     if len(set(declared)) != len(declared) or not all(isinstance(s, str) and s for s in declared):
         raise HandlerRegistrationError(f"steps must be distinct non-empty names, got {steps!r}")
+    if not isinstance(job_rows, bool):
+        raise HandlerRegistrationError(f"job_rows must be True or False, got {job_rows!r}")
+    if declared and not job_rows:
+        raise HandlerRegistrationError(
+            f"@handler({name!r}): steps need job rows (each step's output is stored with its job); "
+            "drop steps=... or job_rows=False"
+        )
 
     def register(fn: F) -> F:
         if not callable(fn):
@@ -145,12 +158,16 @@ def handler(
                 archive=archive,
                 name=f"{fn.__module__}.{fn.__qualname__}",
                 steps=declared,
+                job_rows=job_rows,
             )
         )
         if registry is default_registry:  # a web process that imports this module accepts its payloads
             summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
             catalog.declare(
-                Contract(name, model) if model is not None else name, summary=summary, steps=declared
+                Contract(name, model) if model is not None else name,
+                summary=summary,
+                steps=declared,
+                job_rows=job_rows,
             )
         return fn
 
