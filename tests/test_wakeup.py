@@ -162,3 +162,39 @@ def test_an_idle_listening_worker_announces_itself_and_withdraws_when_it_stops(
     assert seen["waiting"] == [("q_idle_a",), ("q_idle_b",)]
     assert seen["latency"] < 5, f"picked up after {seen['latency']:.2f} s: no notification"
     assert conn.execute("SELECT count(*) FROM pgmq_worker.waiters").fetchone() == (0,)
+
+
+def test_the_announcement_stays_live_under_steady_traffic(target: Any, conn: psycopg.Connection[Any]) -> None:
+    """A message every 10 ms for longer than an announcement lasts: every read finds work, yet the
+    worker still waits between messages, so its announcement is renewed and inserts keep notifying."""
+    reg = Registry()
+    handled: list[int] = []
+
+    @handler("steady", registry=reg)
+    async def steady(payload: dict[str, Any], ctx: Context) -> None:
+        handled.append(payload["i"])
+
+    pgmq.ensure_queue(conn, "steady")
+    poll = 0.3
+    worker = make_worker(target, reg, burst=False, poll_interval=timedelta(seconds=poll))
+    lasts = 3 * poll + 1.0  # Wakeup.announce_ttl
+    live = "SELECT count(*) FROM pgmq_worker.waiters WHERE queue_table = 'q_steady' AND until > now()"
+    checks: list[int] = []
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run())
+        with psycopg.connect(target.url, autocommit=True) as sender:
+            started = time.monotonic()
+            i = 0
+            while time.monotonic() - started < 2 * lasts:
+                await asyncio.to_thread(pgmq.send, sender, "steady", {"i": i})
+                i += 1
+                if time.monotonic() - started > lasts + poll:
+                    checks.append(conn.execute(live).fetchone()[0])
+                await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(go())
+    assert len(handled) > 50
+    assert checks and all(n == 1 for n in checks), checks

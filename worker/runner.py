@@ -175,10 +175,12 @@ class Worker:
     async def _idle(self, *, found: bool) -> None:
         """Wait for a notification, the (backed-off) poll interval, or a stop.
 
-        Going idle (the last read found nothing) while listening, the worker first announces that
-        it waits, so inserts notify, and returns to read once more before it waits.
+        About to wait while listening, the worker first announces (or renews, every few poll
+        intervals) that it waits, so inserts notify, and returns to read once more before it
+        waits. Also after a read that found work: under steady traffic every read may find a
+        message, and the announcement must not lapse while the worker waits between them.
         """
-        if not found and self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
+        if self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
             return
         await self.wakeup.wait(self._stopping, found=found)
 
