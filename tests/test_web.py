@@ -416,6 +416,36 @@ def test_watched_job_changes_notify_their_ids_in_chunks_under_the_payload_limit(
     assert sorted(i for n in notes for i in n.payload.split(",")) == sorted(watched)
 
 
+def test_an_upsert_of_a_watched_job_notifies_and_new_rows_do_not(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The worker's read upserts the job row (INSERT ... ON CONFLICT DO UPDATE): a watched job
+    taken that way notifies through the update trigger; inserting new rows notifies nothing
+    (migration 0014 dropped the insert trigger: a new row's id cannot be watched yet)."""
+    pgmq.ensure_queue(conn, "text_stats")
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {JOB_CHANNEL}")
+        [sent] = enqueue_batch(conn, "text_stats", [{"text": "watched"}])
+        assert list(listener.notifies(timeout=0.3)) == []
+        conn.execute(
+            "INSERT INTO pgmq_worker.job_watchers (job_id, listener, expires_at)"
+            " VALUES (%s, 'test', now() + interval '1 minute')",
+            (sent.job_id,),
+        )
+        conn.execute(
+            "INSERT INTO pgmq_worker.jobs AS j (queue, msg_id, status) VALUES ('text_stats', %s, 'running')"
+            " ON CONFLICT (queue, msg_id) DO UPDATE SET status = 'running'",
+            (sent.msg_id,),
+        )
+        notes = list(listener.notifies(timeout=2.0, stop_after=1))
+    assert [n.payload for n in notes] == [str(sent.job_id)]
+    triggers = conn.execute(
+        "SELECT tgname FROM pg_trigger"
+        " WHERE tgrelid = 'pgmq_worker.jobs'::regclass AND tgname LIKE 'jobs_notify%'"
+    ).fetchall()
+    assert triggers == [("jobs_notify_update",)]
+
+
 def test_streams_register_and_drop_their_watches(target: Target, conn: psycopg.Connection[Any]) -> None:
     """An open stream has its job in job_watchers; once it ends the row is gone again."""
     with serve(app_on(target)) as base:
