@@ -49,16 +49,45 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
         body = payload
     if not isinstance(body, dict):
         raise InvalidPayload(f"a message must be a JSON object, got {type(body).__name__}")
+    _check_size(_dumps(body))
+    return queue, body
+
+
+def encode(ref: QueueRef, payload: Any) -> tuple[str, str]:
+    """prepare's checks, returning (queue, the object as JSON text) without building it twice.
+
+    For batches: a model is serialised by pydantic straight to JSON, a dict once, and the texts
+    travel to the database as they are.
+    """
+    queue = queue_of(ref)
+    if isinstance(ref, Contract):
+        text = ref.parse(payload).model_dump_json()
+    elif isinstance(payload, BaseModel):
+        text = payload.model_dump_json()
+    elif isinstance(payload, dict):
+        text = _dumps(payload)
+    else:
+        raise InvalidPayload(f"a message must be a JSON object, got {type(payload).__name__}")
+    if not text.startswith("{"):
+        raise InvalidPayload("a message must be a JSON object")
+    _check_size(text)
+    return queue, text
+
+
+def _dumps(body: dict[str, Any]) -> str:
     try:
-        size = len(json.dumps(body, separators=(",", ":")).encode())
+        return json.dumps(body, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _check_size(text: str) -> None:
+    size = len(text.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
             f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit: "
             "store large data in a table or bucket and send its id"
         )
-    return queue, body
 
 
 def delay_seconds(delay: float | timedelta | None) -> int:
@@ -169,13 +198,13 @@ def enqueue_batch(
     owner: UUID | str | None = None,
 ) -> list[Enqueued]:
     """Send many messages (and their job rows) in one statement; all are validated first."""
-    prepared = [prepare(ref, p) for p in payloads]
+    prepared = [encode(ref, p) for p in payloads]
     delay_s, who = delay_seconds(delay), owner_id(owner)
     if not prepared:
         return []
     queue = prepared[0][0]
     _with_job_rows(queue)
-    sent = pgmq.send_job_batch(conn, queue, [body for _, body in prepared], delay_s, who)
+    sent = pgmq.send_job_batch(conn, queue, [text for _, text in prepared], delay_s, who)
     if not sent:
         raise _unknown(queue)
     return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]

@@ -388,12 +388,12 @@ async def asend_if_exists(
 
 
 def send_job_batch(
-    conn: psycopg.Connection[Any], queue: str, bodies: Sequence[Any], delay_s: int, owner: UUID | None
+    conn: psycopg.Connection[Any], queue: str, encoded: Sequence[str], delay_s: int, owner: UUID | None
 ) -> list[tuple[UUID, int]]:
-    """pgmq.send_batch plus a job row for each message, in message order."""
+    """pgmq.send_batch plus a job row for each message (given as JSON object texts), in order."""
+    bodies = "[" + ",".join(encoded) + "]"
     rows = conn.execute(
-        SEND_JOB_BATCH,
-        {"queue": queue, "bodies": _json(list(bodies)), "delay": delay_s, "owner": owner},
+        SEND_JOB_BATCH, {"queue": queue, "bodies": bodies, "delay": delay_s, "owner": owner}
     ).fetchall()
     return sorted(((r[0], int(r[1])) for r in rows), key=lambda r: r[1])
 

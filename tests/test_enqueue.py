@@ -132,6 +132,34 @@ def test_a_batch_is_validated_whole_then_sent_in_one_statement(
     assert enqueue_batch(conn, RESIZE, []) == []
 
 
+def test_a_batch_refuses_what_enqueue_refuses_and_sends_nothing(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """A batch is encoded straight to JSON text: a non-object, a value JSON cannot hold, or one
+    oversized payload refuses the whole batch before anything is written."""
+    good = {"image_id": 1, "width": 2}
+    bad_batches: list[tuple[list[Any], str]] = [
+        ([good, "text"], "JSON object"),
+        ([good, ["a", "list"]], "JSON object"),
+        ([good, {"when": object()}], "serialisable"),
+        ([good, {"blob": "x" * MAX_PAYLOAD_BYTES}], "over the"),
+    ]
+    for payloads, message in bad_batches:
+        with pytest.raises(InvalidPayload, match=message):
+            enqueue_batch(conn, queue, payloads)
+    with pytest.raises(InvalidPayload, match="image_id"):
+        enqueue_batch(conn, RESIZE, [Resize(image_id=1, width=1), {"image_id": "two", "width": 1}])
+    assert rows(conn, queue) == []
+    sent = enqueue_batch(conn, RESIZE, [Resize(image_id=7, width=8), {"image_id": "9", "width": 10}])
+    assert [r["message"] for r in rows(conn, queue)] == [
+        {"image_id": 7, "width": 8},
+        {"image_id": 9, "width": 10},  # validated and coerced by the model
+    ]
+    plain = enqueue_batch(conn, queue, [{"text": "Grüße, 東京", "n": 1.5, "none": None}])
+    assert rows(conn, queue)[-1]["message"] == {"text": "Grüße, 東京", "n": 1.5, "none": None}
+    assert len(sent) == 2 and len(plain) == 1
+
+
 def test_the_async_twin_sends_on_an_async_connection(
     db_url: str, conn: psycopg.Connection[Any], queue: str
 ) -> None:
