@@ -146,11 +146,8 @@ class Worker:
                         break
                     task = self.registry.get(queue)
                     found += await pgmq.read(conn, queue, task.read_vt, wanted, job_rows=task.job_rows)
-        except PREPARED_STATEMENT_ERRORS as exc:
-            self._fail(exc)
-            return found
-        except DB_ERRORS as exc:
-            if _statements_collide(exc):
+        except PREPARED_STATEMENT_ERRORS + DB_ERRORS as exc:
+            if _pooler_misconfigured(exc):
                 self._fail(exc)
             else:
                 await self._database_trouble(exc)
@@ -389,11 +386,8 @@ class Worker:
                 else:
                     async with self.pool.connection(timeout=5) as conn:
                         ours = await self._record(conn, task, message, outcome)
-            except PREPARED_STATEMENT_ERRORS as exc:
-                self._fail(exc)
-                return
-            except DB_ERRORS as exc:
-                if _statements_collide(exc):
+            except PREPARED_STATEMENT_ERRORS + DB_ERRORS as exc:
+                if _pooler_misconfigured(exc):
                     self._fail(exc)
                     return
                 log.warning("job.settle_failed", error=_one_line(exc), tries=attempt)
@@ -666,13 +660,15 @@ class Worker:
             self._cold.set()
 
 
-def _statements_collide(exc: BaseException) -> bool:
-    """A prepared statement of another client ran under our statement's name (a transaction pooler).
+def _pooler_misconfigured(exc: BaseException) -> bool:
+    """Prepared statements collide: an undeclared transaction pooler. Stop; retrying cannot help.
 
-    The server calls it a protocol violation ("bind message supplies 4 parameters, but prepared
-    statement ... requires 3"), which psycopg files under OperationalError, with the transient
-    errors: told apart here, it stops the worker as the other prepared-statement errors do.
+    Besides the prepared-statement errors, another client's statement run under our statement's
+    name is a protocol violation ("bind message supplies 4 parameters, but prepared statement ...
+    requires 3"), which psycopg files under OperationalError with the transient errors.
     """
+    if isinstance(exc, PREPARED_STATEMENT_ERRORS):
+        return True
     return isinstance(exc, psycopg.errors.ProtocolViolation) and "prepared statement" in str(exc)
 
 
