@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from db.connect import Target
 from queues import pgmq
-from tests.helpers import make_worker, rows
+from tests.helpers import captured, make_worker, rows
 from worker import Context, Registry, handler
 from worker.wakeup import REPOLL_S, Wakeup, channel
 
@@ -198,3 +199,55 @@ def test_the_announcement_stays_live_under_steady_traffic(target: Any, conn: psy
     asyncio.run(go())
     assert len(handled) > 50
     assert checks and all(n == 1 for n in checks), checks
+
+
+def test_a_worker_that_may_not_announce_itself_says_so_and_polls(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A role without write access to pgmq_worker.waiters: the worker warns once (notify_unavailable)
+    and keeps working by polling; the refused announcement is not treated as database trouble."""
+    reg = Registry()
+    got: list[int] = []
+
+    @handler("unannounced", registry=reg)
+    async def unannounced(payload: dict[str, Any], ctx: Context) -> None:
+        got.append(payload["n"])
+
+    pgmq.ensure_queue(conn, "unannounced")
+    assert pgmq.ensure_insert_trigger(conn, "unannounced")  # installed by the owner beforehand
+    role = f"pgmqw_quiet_{time.monotonic_ns() % 10**9}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(sql.Identifier(role)))
+    try:
+        for statement in (
+            "GRANT USAGE ON SCHEMA pgmq, pgmq_worker TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgmq TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA pgmq TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgmq_worker TO {}",
+            "REVOKE ALL ON pgmq_worker.waiters FROM {}",
+        ):
+            conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
+        params = conninfo.conninfo_to_dict(db_url) | {"user": role}
+        params.pop("password", None)
+        as_role = Target(conninfo.make_conninfo(**params), transaction_pooler=False)
+        worker = make_worker(as_role, reg, burst=False, poll_interval=timedelta(seconds=0.2))
+
+        async def go() -> None:
+            task = asyncio.create_task(worker.run())
+            await asyncio.sleep(0.5)  # idle: the announcement was tried and refused
+            await asyncio.to_thread(pgmq.send, conn, "unannounced", {"n": 1})
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            worker.stop()
+            await asyncio.wait_for(task, 15)
+
+        with captured() as logs:
+            asyncio.run(go())
+        assert got == [1]
+        events = [e["event"] for e in logs]
+        assert events.count("worker.notify_unavailable") == 1, events
+        assert "worker.database_unavailable" not in events and "worker.stopped" in events
+        assert conn.execute("SELECT count(*) FROM pgmq_worker.waiters").fetchone() == (0,)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
