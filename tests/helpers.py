@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from db.connect import Target
 from db.settings import DatabaseSettings
+from queues import pgmq
 from queues.names import dlq_name, table_name
 from worker.registry import Registry
 from worker.runner import Worker
@@ -72,6 +73,12 @@ def stop_once_started(worker: Worker, started: threading.Event, *, timeout: floa
         await asyncio.wait_for(task, timeout)
 
     asyncio.run(go())
+
+
+def send(conn: psycopg.Connection[Any], queue: str, *bodies: Any) -> list[int]:
+    """Create the queue if need be and send each body as a plain pgmq message; their msg_ids."""
+    pgmq.ensure_queue(conn, queue)
+    return [pgmq.send(conn, queue, b) for b in bodies]
 
 
 def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:

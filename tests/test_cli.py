@@ -145,6 +145,9 @@ def test_bad_flag_values_are_usage_errors(db_url: str) -> None:
     result = cli(db_url, "run", "--concurrency", "0")
     assert result.exit_code == 2
     assert "concurrency" in result.output
+    result = cli(db_url, "run", "--threads", "0")
+    assert result.exit_code == 2
+    assert "--threads" in result.output
 
 
 def test_replay_needs_ids_or_all(db_url: str) -> None:
@@ -160,6 +163,10 @@ def test_a_bad_setting_is_a_one_line_error(db_url: str) -> None:
         main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_CONCURRENCY": "lots"}
     )
     assert_one_line_error(result, "invalid setting", "concurrency")
+    result = CliRunner().invoke(
+        main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_THREADS": "0"}
+    )
+    assert_one_line_error(result, "invalid setting", "threads")
 
 
 def test_send_to_a_queue_without_job_rows_sends_the_message_alone(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from db.connect import Target
 from queues import pgmq
 from queues.names import dlq_name
-from tests.helpers import captured, dead, make_worker, rows, run_burst, stop_once_started
+from tests.helpers import captured, dead, make_worker, rows, run_burst, send, stop_once_started
 from worker import Backoff, Context, Permanent, Registry, Retry, handler
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
@@ -25,11 +25,6 @@ FAST = Backoff(base=0.05, cap=0.2, jitter=0)
 class Greeting(BaseModel):
     name: str
     times: int = 1
-
-
-def send(conn: psycopg.Connection[Any], queue: str, *bodies: Any) -> list[int]:
-    pgmq.ensure_queue(conn, queue)
-    return [pgmq.send(conn, queue, b) for b in bodies]
 
 
 def test_handler_gets_its_model_and_the_message_is_deleted(

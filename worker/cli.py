@@ -92,6 +92,9 @@ def main() -> None:
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only these queues (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once.")
+@click.option(
+    "--threads", type=click.IntRange(1, 1000), help="`def` handlers running at once (their thread pool)."
+)
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty and nothing is in flight.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), help="Seconds between polls.")
 @click.option(
@@ -105,6 +108,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     imports: tuple[str, ...],
     queues: tuple[str, ...],
     concurrency: int | None,
+    threads: int | None,
     burst: bool,
     poll_interval: float | None,
     processes: int,
@@ -113,6 +117,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     settings = _settings(
         WorkerSettings,
         concurrency=concurrency,
+        threads=threads,
         poll_interval=None if poll_interval is None else timedelta(seconds=poll_interval),
     )
     db_settings = _settings(DatabaseSettings)
@@ -129,7 +134,7 @@ def run(  # noqa: PLR0917  (click passes every option)
         prepare_schema(target)
         if processes > 1:
             args = [*_repeat("--import", imports), *_repeat("--queue", queues)]
-            args += ["--concurrency", str(settings.concurrency)]
+            args += ["--concurrency", str(settings.concurrency), "--threads", str(settings.threads)]
             args += ["--poll-interval", str(settings.poll_interval.total_seconds())]
             args += ["--burst"] if burst else []
             supervisor = Supervisor(child_argv(args), processes, env=child_env(target.url), burst=burst)
@@ -313,12 +318,15 @@ def web(host: str, port: int, imports: tuple[str, ...]) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Web port.")
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once.")
-def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None) -> None:
+@click.option(
+    "--threads", type=click.IntRange(1, 1000), help="`def` handlers running at once (their thread pool)."
+)
+def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None, threads: int | None) -> None:
     """Everything in one command: database, migrations, the web process and a worker.
 
     Uses the embedded PostgreSQL unless DATABASE_URL is set. Ctrl-C stops it all.
     """
-    settings = _settings(WorkerSettings, concurrency=concurrency)
+    settings = _settings(WorkerSettings, concurrency=concurrency, threads=threads)
     db_settings = _settings(DatabaseSettings)
     configure_logging(settings.log_format, settings.log_level)
     _import_handlers(imports)

@@ -89,6 +89,8 @@ class Worker:
         # Every delivery's task, from dispatch to settled (the drain waits for all of them).
         self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._running: set[tuple[str, int]] = set()  # of those, the ones whose handler still runs
+        self._threaded: set[tuple[str, int]] = set()  # of those, `def` handlers (one thread each)
+        self._capped = False  # the last read took fewer than a `def` queue offered: threads were busy
         self._late: set[asyncio.Task[None]] = set()  # settles finishing for cancelled tasks
         self._rotation = 0
         self._db_failures = 0
@@ -107,6 +109,7 @@ class Worker:
                 if free <= 0:
                     await self._wait_for_slot()
                     continue
+                self._slot_freed.clear()  # a slot freed during the read wakes a capped wait below
                 messages = await self._fetch(free)
                 for message in messages:
                     self._dispatch(message)
@@ -133,11 +136,21 @@ class Worker:
         concurrency = self.settings.concurrency
         return min(concurrency - len(self._running), 2 * concurrency - len(self._in_flight))
 
+    def _free_threads(self) -> int:
+        """`def` handlers that may start now: threads not taken by a running or timed-out handler.
+
+        A sync handler past its timeout keeps its thread until it returns (`executor.busy` counts
+        it); one dispatched but not yet started is only in `_threaded`.
+        """
+        return self.settings.threads - max(len(self._threaded), self.executor.busy)
+
     async def _fetch(self, free: int) -> list[Message]:
         """Read up to `free` messages, starting from a rotating queue so none starves."""
         order = self.queues[self._rotation :] + self.queues[: self._rotation]
         self._rotation = (self._rotation + 1) % len(self.queues)
         found: list[Message] = []
+        threads = self._free_threads()
+        self._capped = False
         try:
             async with self.pool.connection() as conn:
                 for queue in order:
@@ -145,7 +158,18 @@ class Worker:
                     if wanted <= 0:
                         break
                     task = self.registry.get(queue)
-                    found += await pgmq.read(conn, queue, task.read_vt, wanted, job_rows=task.job_rows)
+                    capped = not task.is_async and threads < wanted  # a `def` handler needs a thread
+                    if capped:
+                        wanted = threads
+                    read = (
+                        []
+                        if wanted <= 0
+                        else await pgmq.read(conn, queue, task.read_vt, wanted, job_rows=task.job_rows)
+                    )
+                    if not task.is_async:
+                        threads -= len(read)
+                    self._capped = self._capped or (capped and len(read) == wanted)  # more may wait
+                    found += read
         except PREPARED_STATEMENT_ERRORS + DB_ERRORS as exc:
             if _pooler_misconfigured(exc):
                 self._fail(exc)
@@ -161,10 +185,13 @@ class Worker:
         key = (message.queue, message.msg_id)
         self._in_flight[key] = job
         self._running.add(key)
+        if not self.registry.get(message.queue).is_async:
+            self._threaded.add(key)
 
         def _done(_: asyncio.Task[None]) -> None:
             self._in_flight.pop(key, None)
             self._running.discard(key)  # a task cancelled before its handler started
+            self._threaded.discard(key)
             self._slot_freed.set()
 
         job.add_done_callback(_done)
@@ -179,7 +206,20 @@ class Worker:
         """
         if self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
             return
-        await self.wakeup.wait(self._stopping, found=found)
+        if not self._capped:
+            await self.wakeup.wait(self._stopping, found=found)
+            return
+        # A `def` queue had more than its free threads: the next free slot may start one. The
+        # event was cleared before the read, so a handler that ended during it is not missed.
+        waiters = {
+            asyncio.ensure_future(self._slot_freed.wait()),
+            asyncio.ensure_future(self.wakeup.wait(self._stopping, found=found)),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _announce_waiting(self) -> bool:
         """Tell the database this worker waits on its queues (migration 0013); True once committed."""
@@ -250,6 +290,7 @@ class Worker:
         finally:
             self.leases.drop(lease)  # before settling: a renewal racing the ack is not a loss
             self._running.discard((message.queue, message.msg_id))
+            self._threaded.discard((message.queue, message.msg_id))
             self._slot_freed.set()
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         if _batched(outcome, task):
@@ -494,7 +535,7 @@ class Worker:
         self._check_queues()
         self._no_job_rows = frozenset(t.queue for t in self.registry if not t.job_rows)
         self.features = await asyncio.to_thread(self._prepare_database)
-        self.executor = HandlerThreads(self.settings.concurrency)
+        self.executor = HandlerThreads(self.settings.threads)
         self.pool: AsyncConnectionPool = async_pool(
             self.target,
             min_size=min(self.db_settings.pool_min_size, self.db_settings.pool_max_size),
@@ -536,6 +577,7 @@ class Worker:
                 "worker.started",
                 queues=self.queues,
                 concurrency=self.settings.concurrency,
+                threads=self.settings.threads,
                 pgmq=self.features.version,
                 wakeup="listen+poll" if self._listen_enabled() else "poll",
                 database=self.target.describe(),

@@ -16,9 +16,11 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore")
 
-    # 20, not 10: a one-process no-op drain ran ~1.5x faster (README: Configuration), and 20
-    # threads for `def` handlers stay modest on a small machine.
-    concurrency: int = Field(default=20, ge=1, le=1000)
+    # Handlers at once. An `async def` slot costs a coroutine, and the read asks for as many
+    # messages as slots are free: 100 reads in batches of 100 (README: Configuration).
+    concurrency: int = Field(default=100, ge=1, le=1000)
+    # Of those, `def` handlers at once: the threads they run in (and ctx.to_thread's work).
+    threads: int = Field(default=20, ge=1, le=1000)
     poll_interval: Duration = timedelta(seconds=1)
     listen: bool = True  # set False to poll only, even where LISTEN would work
     shutdown_grace: Duration = timedelta(seconds=25)
