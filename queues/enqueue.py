@@ -53,13 +53,13 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
     return queue, body
 
 
-def encode(ref: QueueRef, payload: Any) -> tuple[str, str]:
-    """prepare's checks, returning (queue, the object as JSON text) without building it twice.
+def encode(ref: QueueRef, payload: Any) -> str:
+    """prepare's checks, returning the object as JSON text without building it twice.
 
     For batches: a model is serialised by pydantic straight to JSON, a dict once, and the texts
     travel to the database as they are.
     """
-    queue = queue_of(ref)
+    text: str
     if isinstance(ref, Contract):
         text = ref.parse(payload).model_dump_json()
     elif isinstance(payload, BaseModel):
@@ -71,12 +71,12 @@ def encode(ref: QueueRef, payload: Any) -> tuple[str, str]:
     if not text.startswith("{"):
         raise InvalidPayload("a message must be a JSON object")
     _check_size(text)
-    return queue, text
+    return text
 
 
 def _dumps(body: dict[str, Any]) -> str:
-    try:
-        return json.dumps(body, separators=(",", ":"))
+    try:  # NaN and Infinity are not JSON: jsonb would refuse them, so refuse them here, clearly
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
 
@@ -198,13 +198,13 @@ def enqueue_batch(
     owner: UUID | str | None = None,
 ) -> list[Enqueued]:
     """Send many messages (and their job rows) in one statement; all are validated first."""
-    prepared = [encode(ref, p) for p in payloads]
+    queue = queue_of(ref)
+    encoded = [encode(ref, p) for p in payloads]
     delay_s, who = delay_seconds(delay), owner_id(owner)
-    if not prepared:
+    if not encoded:
         return []
-    queue = prepared[0][0]
     _with_job_rows(queue)
-    sent = pgmq.send_job_batch(conn, queue, [text for _, text in prepared], delay_s, who)
+    sent = pgmq.send_job_batch(conn, queue, encoded, delay_s, who)
     if not sent:
         raise _unknown(queue)
     return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]

@@ -90,6 +90,9 @@ def test_plain_queue_names_need_a_json_object(conn: psycopg.Connection[Any], que
         enqueue(conn, queue, "text")
     with pytest.raises(InvalidPayload, match="serialisable"):
         enqueue(conn, queue, {"when": object()})
+    for number in (float("nan"), float("inf")):  # Python's json writes them; jsonb refuses them
+        with pytest.raises(InvalidPayload, match="serialisable"):
+            enqueue(conn, queue, {"score": number})
     assert rows(conn, queue) == []
 
 
@@ -142,6 +145,7 @@ def test_a_batch_refuses_what_enqueue_refuses_and_sends_nothing(
         ([good, "text"], "JSON object"),
         ([good, ["a", "list"]], "JSON object"),
         ([good, {"when": object()}], "serialisable"),
+        ([good, {"score": float("nan")}], "serialisable"),
         ([good, {"blob": "x" * MAX_PAYLOAD_BYTES}], "over the"),
     ]
     for payloads, message in bad_batches:
@@ -240,9 +244,15 @@ def test_bad_owner_or_key_is_refused(
 
 
 def test_a_batch_makes_a_job_row_per_message(conn: psycopg.Connection[Any], queue: str) -> None:
-    """enqueue_batch writes one queued job row per message, matched by msg_id."""
+    """enqueue_batch writes one queued job row per message, matched by msg_id, in payload order."""
     owner = uuid.uuid4()
-    sent = enqueue_batch(conn, RESIZE, [{"image_id": i, "width": 1} for i in range(3)], owner=owner)
+    payloads = [{"image_id": i, "width": 1} for i in range(50)]
+    sent = enqueue_batch(conn, RESIZE, payloads, owner=owner)
+    bodies = {r["msg_id"]: r["message"] for r in rows(conn, queue)}
+    assert [bodies[s.msg_id] for s in sent] == payloads
     for s in sent:
         row = job(conn, queue, s.msg_id)
         assert (row["id"], row["status"], row["owner"]) == (s.job_id, "queued", owner)
+    ids = {s.job_id for s in sent}
+    assert len(ids) == len(payloads)
+    assert {i.version for i in ids} == {4}  # random ids, as gen_random_uuid() makes them
