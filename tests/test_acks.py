@@ -10,7 +10,7 @@ import psycopg
 from db.connect import Target, async_pool
 from queues import pgmq
 from queues.pgmq import Message
-from tests.helpers import job, rows, run_burst
+from tests.helpers import captured, job, rows, run_burst
 from worker import Context, Registry, handler
 from worker.acks import Acks
 
@@ -84,3 +84,34 @@ def test_acks_surface_database_errors_to_each_waiter(target: Target, conn: psyco
     ghost_result, real = asyncio.run(go())
     assert isinstance(ghost_result, psycopg.errors.UndefinedTable)
     assert real is True  # another queue's batch is unaffected
+
+
+def test_a_batched_ack_that_fails_is_retried_and_the_success_logged(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """The handler's task ends when it hands its success to Acks; if that batch fails (the pool's
+    connections were cut), the settle loop writes it again and the job is still logged and done."""
+    reg = Registry()
+
+    @handler("cut", registry=reg)
+    async def cut(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
+        # Every idle connection of the worker's pool dies; the ack will check out one of them.
+        with psycopg.connect(target.url, autocommit=True) as killer:
+            killer.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name = %s AND state = 'idle'",
+                (target.application_name,),
+            )
+        return {"ok": True}
+
+    pgmq.ensure_queue(conn, "cut")
+    [msg_id] = pgmq.send_batch(conn, "cut", [{"i": 1}])
+    with captured() as logs:
+        worker = run_burst(target, reg)
+    events = [(e["event"], e.get("msg_id")) for e in logs]
+    assert ("job.settle_failed", msg_id) in events
+    assert ("job.succeeded", msg_id) in events
+    assert rows(conn, "cut") == []
+    assert job(conn, "cut", msg_id)["status"] == "succeeded"
+    assert worker.acks.pending == 0

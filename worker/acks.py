@@ -1,25 +1,32 @@
 """Batched acks: successful deliveries are deleted (and their jobs marked) many per statement.
 
-A handler that succeeds hands its delivery to `Acks.ack` and waits. One flusher writes whatever
-has gathered, per queue, in a single lease-guarded statement, while the next acks gather behind
-it: an idle worker acks at once (a batch of one), a busy one acks in batches as large as the
-statements are slow, with one pool checkout per batch instead of per message.
+A handler that succeeds hands its delivery to `Acks.ack_then` with a callback, and its task
+ends. One flusher writes whatever has gathered, per queue, in a single lease-guarded statement,
+while the next acks gather behind it: an idle worker acks at once (a batch of one), a busy one
+acks in batches as large as the statements are slow, with one pool checkout per batch instead of
+per message. When a batch lands (or fails) the flusher calls each delivery's callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from db.logs import get_logger
 from queues import pgmq
 from queues.pgmq import Message
 
+log = get_logger()
+
 MAX_BATCH = 500
 
-Pending = tuple[Message, Any, "asyncio.Future[bool]"]
+# Called once per delivery with True (acked), False (no longer ours: not acked) or the error.
+Landed = Callable[[bool | BaseException], object]
+Pending = tuple[Message, Any, Landed]
 
 
 class Acks:
@@ -34,36 +41,54 @@ class Acks:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.acked = 0
+        self.pending = 0  # handed over, callback not yet called
 
     def start(self) -> None:
         """Start the flusher."""
         self._task = asyncio.create_task(self._run(), name="acks")
 
+    async def flushed(self) -> None:
+        """Return once everything handed over so far has been written (or failed), callbacks called."""
+        if self.pending:
+            await self._drained.wait()
+
     async def close(self) -> None:
         """Stop the flusher once everything handed to it has been written (or failed)."""
         if self._task is None:
             return
-        if self._pending:
-            await self._drained.wait()
+        await self.flushed()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
 
-    def ack(self, message: Message, result: Any) -> asyncio.Future[bool]:
-        """Ack one delivery in the next batch; the future is True if it was still ours.
+    def ack_then(self, message: Message, result: Any, landed: Landed) -> None:
+        """Ack one delivery in the next batch, then call `landed` (see Landed).
 
-        A future, not a coroutine: the batch is written whether or not anyone still awaits it
-        (the caller may be cancelled meanwhile), and awaiting it costs no task of its own.
-        Database errors are set on the future.
+        The hot path: no future and no task to wake per delivery. The batch is written whether
+        or not anyone still waits for it.
         """
         if self._task is None:
             raise RuntimeError("Acks.start() was not called")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         batch = (message.queue, message.job_id is not None)
-        self._pending.setdefault(batch, []).append((message, result, future))
+        self._pending.setdefault(batch, []).append((message, result, landed))
+        self.pending += 1
         self._drained.clear()
         self._wake.set()
+
+    def ack(self, message: Message, result: Any) -> asyncio.Future[bool]:
+        """ack_then, as a future: True if the delivery was still ours; database errors are raised."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def landed(outcome: bool | BaseException) -> None:
+            if future.done():  # the waiter was cancelled
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.ack_then(message, result, landed)
         return future
 
     async def _run(self) -> None:
@@ -86,13 +111,18 @@ class Acks:
         try:
             async with self.pool.connection(timeout=5) as conn:
                 settled = await pgmq.ack_many(conn, queue, done, job_rows=job_rows)
-        except Exception as exc:  # each waiter decides (the settle loop retries database trouble)
-            for _, _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
+        except Exception as exc:  # each delivery decides (the settle loop retries database trouble)
+            for _, _, landed in items:
+                self._call(landed, exc)
             return
         self.batches += 1
         self.acked += len(settled)
-        for message, _, future in items:
-            if not future.done():
-                future.set_result(message.msg_id in settled)
+        for message, _, landed in items:
+            self._call(landed, message.msg_id in settled)
+
+    def _call(self, landed: Landed, outcome: bool | BaseException) -> None:
+        self.pending -= 1
+        try:
+            landed(outcome)
+        except Exception:  # a callback's bug must not stop the flusher (every later ack would hang)
+            log.exception("acks.callback_failed")

@@ -91,7 +91,7 @@ class Worker:
         self._running: set[tuple[str, int]] = set()  # of those, the ones whose handler still runs
         self._threaded: set[tuple[str, int]] = set()  # of those, `def` handlers (one thread each)
         self._capped = False  # the last read took fewer than a `def` queue offered: threads were busy
-        self._late: set[asyncio.Task[None]] = set()  # settles finishing for cancelled tasks
+        self._late: set[asyncio.Task[None]] = set()  # settles retrying a batched ack that failed
         self._rotation = 0
         self._db_failures = 0
         self._notifying = False
@@ -115,7 +115,7 @@ class Worker:
                     self._dispatch(message)
                 if len(messages) >= free:
                     continue  # there may be more right now
-                if self.burst and self._in_flight:
+                if self.burst and (self._in_flight or self.acks.pending or self._late):
                     await self._wait_for_slot()  # the next settle may be the last: look again then
                     continue
                 if self.burst and await self._queues_empty():
@@ -131,10 +131,12 @@ class Worker:
 
         A slot frees when its handler returns, not when its (batched) ack lands: the next read
         overlaps the previous batch's ack instead of waiting for it. Deliveries still settling
-        are capped at another `concurrency`, so a slow database holds at most twice as many.
+        (a task, or an ack handed to Acks) are capped at another `concurrency`, so a slow
+        database holds at most twice as many.
         """
         concurrency = self.settings.concurrency
-        return min(concurrency - len(self._running), 2 * concurrency - len(self._in_flight))
+        settling = len(self._in_flight) + self.acks.pending
+        return min(concurrency - len(self._running), 2 * concurrency - settling)
 
     def _free_threads(self) -> int:
         """`def` handlers that may start now: threads not taken by a running or timed-out handler.
@@ -277,10 +279,7 @@ class Worker:
                 timeout=message.timeout_s if message.timeout_s is not None else task.timeout,
                 max_attempts=message.max_attempts or task.max_attempts,
             )
-        # This task runs in its own copy of the context: no need to unbind when it ends.
-        structlog.contextvars.bind_contextvars(
-            queue=message.queue, msg_id=message.msg_id, attempt=message.attempt
-        )
+        _bind_delivery(message)  # this task runs in its own copy of the context: never unbound
         this = asyncio.current_task()
         assert this is not None  # noqa: S101  always inside a task
         lease = self.leases.hold(message, task.read_vt, this.cancel)
@@ -294,41 +293,43 @@ class Worker:
             self._slot_freed.set()
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         if _batched(outcome, task):
-            await self._ack(task, message, outcome, duration_ms)
+            # The hot path: this task ends here; the success is logged when its batch lands.
+            landed = functools.partial(self._acked, task, message, outcome, duration_ms)
+            self.acks.ack_then(message, outcome.result, landed)
         else:
             await asyncio.shield(self._settle(task, message, outcome, duration_ms))
 
-    async def _ack(self, task: Task, message: Message, outcome: Succeeded, duration_ms: float) -> None:
-        """The hot path: a plain success joins the next batched ack, awaited as a shielded future.
-
-        The batch is written even if this task is cancelled meanwhile, so the future needs no task
-        of its own (a task per message showed in the profile) to survive a cancellation as the
-        shielded settle of the other outcomes does; a failed batch is retried by that settle.
-        """
-        landing = self.acks.ack(message, outcome.result)
-        try:
-            await asyncio.shield(landing)
-        except asyncio.CancelledError:
-            late = functools.partial(self._settle_late, task, message, outcome, duration_ms)
-            landing.add_done_callback(late)
-            raise
-        except Exception:  # the settle takes the error from the future: logged, retried if transient
-            await asyncio.shield(self._settle(task, message, outcome, duration_ms, landing))
-            return
-        self._settled(message, outcome, landing.result(), duration_ms)
-
-    def _settle_late(
+    def _acked(
         self,
         task: Task,
         message: Message,
-        outcome: Outcome,
+        outcome: Succeeded,
         duration_ms: float,
-        landing: asyncio.Future[bool],
+        landed: bool | BaseException,
     ) -> None:
-        """A batched ack landed after its job's task was cancelled: log it (or retry it) now."""
-        settle = asyncio.ensure_future(self._settle(task, message, outcome, duration_ms, landing))
-        self._late.add(settle)
-        settle.add_done_callback(self._late.discard)
+        """A batched ack landed (True: acked; False: the lease had passed on) or failed.
+
+        A failure goes to the settle loop, which retries database trouble and logs the rest; the
+        drain waits for it as for a delivery's task. No per-delivery future or task to wake: they
+        were a tenth of the worker's CPU when draining no-op jobs.
+        """
+        self._slot_freed.set()  # the in-flight cap may have held the loop; a burst may be done
+        if isinstance(landed, BaseException):
+            settle = asyncio.ensure_future(self._settle_again(task, message, outcome, duration_ms, landed))
+            self._late.add(settle)
+            settle.add_done_callback(self._late_done)
+            return
+        self._settled(message, outcome, landed, duration_ms)
+
+    async def _settle_again(
+        self, task: Task, message: Message, outcome: Succeeded, duration_ms: float, failed: BaseException
+    ) -> None:
+        _bind_delivery(message)  # a task of its own, started from the flusher's context
+        await self._settle(task, message, outcome, duration_ms, failed)
+
+    def _late_done(self, settle: asyncio.Future[None]) -> None:
+        self._late.discard(settle)
+        self._slot_freed.set()
 
     async def _execute(self, task: Task, message: Message, lease: Lease) -> Outcome:
         if message.attempt > task.max_attempts:
@@ -408,21 +409,21 @@ class Worker:
         message: Message,
         outcome: Outcome,
         duration_ms: float,
-        landing: asyncio.Future[bool] | None = None,
+        failed: BaseException | None = None,
     ) -> None:
         """Record the outcome in pgmq, retrying through connection trouble; guarded by the lease.
 
-        `landing`: a batched ack already handed to Acks, whose result is the first try's.
+        `failed`: how the first try (a batched ack, through Acks) failed.
         """
         if isinstance(outcome, Abandoned) and outcome.why == "lease_lost":
             log.warning("job.abandoned", reason="lease_lost", duration_ms=duration_ms)
             return
         for attempt in range(1, SETTLE_TRIES + 1):
             try:
-                if landing is not None:
-                    first, landing = landing, None
-                    ours = await first
-                elif _batched(outcome, task):
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first  # handled below as if this try had raised it
+                if _batched(outcome, task):
                     ours = await self.acks.ack(message, outcome.result)  # batched with others
                 else:
                     async with self.pool.connection(timeout=5) as conn:
@@ -445,7 +446,10 @@ class Worker:
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
 
     def _settled(self, message: Message, outcome: Outcome, ours: bool, duration_ms: float) -> None:
-        self._log_outcome(self._log, outcome, ours, duration_ms)
+        # Bound here, not taken from the task's context: a batched ack lands in the flusher's.
+        if not (ours and isinstance(outcome, Succeeded) and not self._info):
+            bound = self._log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.attempt)
+            self._log_outcome(bound, outcome, ours, duration_ms)
         if ours:
             self.webhooks.send(webhooks.settled(message, outcome))
 
@@ -532,6 +536,7 @@ class Worker:
         # A concrete logger for the hot path: the module's lazy proxy re-resolves the structlog
         # configuration on every call, a measurable cost per message at thousands a second.
         self._log: Any = log.bind()
+        self._info = self.settings.log_level in {"debug", "info"}  # job.succeeded is info
         self._check_queues()
         self._no_job_rows = frozenset(t.queue for t in self.registry if not t.job_rows)
         self.features = await asyncio.to_thread(self._prepare_database)
@@ -653,21 +658,29 @@ class Worker:
         with contextlib.suppress(Exception):  # best effort: the caller retries either way
             await asyncio.wait_for(self.pool.check(), 5)
 
+    def _unsettled(self) -> int:
+        """Deliveries not yet settled: tasks, acks handed to Acks, settles retrying a failed ack."""
+        return len(self._in_flight) + self.acks.pending + len(self._late)
+
     async def _drain(self, grace: float) -> None:
-        """Let in-flight handlers finish within `grace`; then cancel and release the rest."""
-        if not self._in_flight:
+        """Let in-flight handlers (and their acks) finish within `grace`; then cancel and release the rest."""
+        if not self._unsettled():
             return
-        log.info("worker.draining", in_flight=len(self._in_flight), grace_s=grace)
+        log.info("worker.draining", in_flight=self._unsettled(), grace_s=grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         cold = asyncio.ensure_future(self._cold.wait())
         try:
-            while self._in_flight and not self._cold.is_set() and loop.time() < deadline:
-                await asyncio.wait(
-                    {*self._in_flight.values(), cold},
-                    timeout=deadline - loop.time(),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+            while self._unsettled() and not self._cold.is_set() and loop.time() < deadline:
+                flushed = asyncio.ensure_future(self.acks.flushed())
+                try:
+                    await asyncio.wait(
+                        {*self._in_flight.values(), *self._late, flushed, cold},
+                        timeout=deadline - loop.time(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    flushed.cancel()
         finally:
             cold.cancel()
         remaining = list(self._in_flight.values())
@@ -675,7 +688,9 @@ class Worker:
             log.warning("worker.releasing", in_flight=len(remaining))
         for job in remaining:
             job.cancel()  # each settles as Abandoned("shutdown"): visible again at once
-        await asyncio.gather(*remaining, return_exceptions=True)
+        for settle in list(self._late):
+            settle.cancel()  # an ack that could not be written: the message reappears after its lease
+        await asyncio.gather(*remaining, *self._late, return_exceptions=True)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -712,6 +727,13 @@ def _pooler_misconfigured(exc: BaseException) -> bool:
     if isinstance(exc, PREPARED_STATEMENT_ERRORS):
         return True
     return isinstance(exc, psycopg.errors.ProtocolViolation) and "prepared statement" in str(exc)
+
+
+def _bind_delivery(message: Message) -> None:
+    """Name the delivery in every log line of the current context (a task's own copy)."""
+    structlog.contextvars.bind_contextvars(
+        queue=message.queue, msg_id=message.msg_id, attempt=message.attempt
+    )
 
 
 def _batched(outcome: Outcome, task: Task) -> TypeGuard[Succeeded]:
