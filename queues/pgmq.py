@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from queues.ids import uuid7, uuid7_batch
 from queues.names import dlq_name, table_name, validate_queue_name
 
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
@@ -59,23 +59,22 @@ READ_PLAIN = (
 SEND_JOB = """
 WITH sent AS (
     SELECT s.msg_id FROM pgmq.meta AS q,
-        LATERAL pgmq.send(q.queue_name, %(body)s, %(delay)s::integer) AS s(msg_id)
+        LATERAL pgmq.send(q.queue_name, %(body)s::jsonb, %(delay)s::integer) AS s(msg_id)
     WHERE q.queue_name = %(queue)s
 )
-INSERT INTO pgmq_worker.jobs (queue, msg_id, status, owner, idempotency_key, webhook_url)
-SELECT %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s, %(webhook)s FROM sent
-RETURNING id, msg_id
+INSERT INTO pgmq_worker.jobs (id, queue, msg_id, status, owner, idempotency_key, webhook_url)
+SELECT %(id)s, %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s, %(webhook)s FROM sent
+RETURNING msg_id
 """
 SEND_IF_EXISTS = """
 SELECT s.msg_id
-FROM pgmq.meta AS q, LATERAL pgmq.send(q.queue_name, %(body)s, %(delay)s::integer) AS s(msg_id)
+FROM pgmq.meta AS q, LATERAL pgmq.send(q.queue_name, %(body)s::jsonb, %(delay)s::integer) AS s(msg_id)
 WHERE q.queue_name = %(queue)s
 """
 # The bodies travel as one JSON array, split on the server: a jsonb[] parameter costs the client a
-# quoting pass over every element (40% of a 1000-message enqueue_batch). The job ids travel as one
-# bytea of 16 random bytes each, the n-th for the n-th lowest msg_id (the n-th body): the column's
-# gen_random_uuid() default was a third of the job rows' insert (3 us a row on the embedded
-# server, which reads /dev/urandom for each), and the caller need not parse ids back.
+# quoting pass over every element (40% of a 1000-message enqueue_batch). The job ids (queues.ids:
+# time-ordered, made by the client) travel as one bytea of 16 bytes each, the n-th for the n-th
+# lowest msg_id (the n-th body), so the caller need not parse ids back.
 SEND_JOB_BATCH = """
 WITH sent AS (
     SELECT s.msg_id, row_number() OVER (ORDER BY s.msg_id) AS n FROM pgmq.meta AS q,
@@ -336,32 +335,37 @@ def send_batch(
 def send_job(
     conn: psycopg.Connection[Any],
     queue: str,
-    body: Any,
+    body: str,
     delay_s: int,
     *,
     owner: UUID | None,
     key: str | None,
     webhook: str | None = None,
 ) -> tuple[UUID, int] | None:
-    """pgmq.send plus the job row (status queued): (job id, message id); None if no such queue."""
+    """pgmq.send plus the job row (status queued): (job id, message id); None if no such queue.
+
+    `body` is the message as JSON object text (queues.enqueue.encode): encoded once, checked once.
+    """
+    job_id = uuid7()
     row = conn.execute(
         SEND_JOB,
         {
+            "id": job_id,
             "queue": queue,
-            "body": _json(body),
+            "body": body,
             "delay": delay_s,
             "owner": owner,
             "key": key,
             "webhook": webhook,
         },
     ).fetchone()
-    return None if row is None else (row[0], int(row[1]))
+    return None if row is None else (job_id, int(row[0]))
 
 
 async def asend_job(
     conn: psycopg.AsyncConnection[Any],
     queue: str,
-    body: Any,
+    body: str,
     delay_s: int,
     *,
     owner: UUID | None,
@@ -369,11 +373,13 @@ async def asend_job(
     webhook: str | None = None,
 ) -> tuple[UUID, int] | None:
     """send_job on an async connection."""
+    job_id = uuid7()
     cur = await conn.execute(
         SEND_JOB,
         {
+            "id": job_id,
             "queue": queue,
-            "body": _json(body),
+            "body": body,
             "delay": delay_s,
             "owner": owner,
             "key": key,
@@ -381,43 +387,32 @@ async def asend_job(
         },
     )
     row = await cur.fetchone()
-    return None if row is None else (row[0], int(row[1]))
+    return None if row is None else (job_id, int(row[0]))
 
 
 async def asend_if_exists(
-    conn: psycopg.AsyncConnection[Any], queue: str, body: Any, delay_s: int = 0
+    conn: psycopg.AsyncConnection[Any], queue: str, body: str, delay_s: int = 0
 ) -> int | None:
-    """pgmq.send on an async connection, without a job row; None if no such queue (nothing raised)."""
-    cur = await conn.execute(SEND_IF_EXISTS, {"queue": queue, "body": _json(body), "delay": delay_s})
+    """pgmq.send of JSON object text on an async connection, without a job row; None if no such
+    queue (nothing raised)."""
+    cur = await conn.execute(SEND_IF_EXISTS, {"queue": queue, "body": body, "delay": delay_s})
     row = await cur.fetchone()
     return None if row is None else int(row[0])
 
 
 def send_job_batch(
-    conn: psycopg.Connection[Any], queue: str, encoded: Sequence[str], delay_s: int, owner: UUID | None
+    conn: psycopg.Connection[Any], queue: str, bodies: str, n: int, *, delay_s: int, owner: UUID | None
 ) -> list[tuple[UUID, int]]:
-    """pgmq.send_batch plus a job row for each message (given as JSON object texts), in order.
+    """pgmq.send_batch plus a job row for each of the n messages in `bodies` (a JSON array of
+    objects), in order.
 
     Returns (job id, msg_id) per body; empty if the queue does not exist.
     """
-    raw, ids = random_uuids(len(encoded))
-    bodies = "[" + ",".join(encoded) + "]"
+    raw, ids = uuid7_batch(n)
     rows = conn.execute(
         SEND_JOB_BATCH, {"queue": queue, "bodies": bodies, "ids": raw, "delay": delay_s, "owner": owner}
     ).fetchall()
     return list(zip(ids, sorted(int(r[0]) for r in rows), strict=False))
-
-
-_V4_KEEP = bytes.fromhex("ffffffffffff0fff3fffffffffffffff")  # version and variant bits cleared
-_V4_SET = bytes.fromhex("00000000000040008000000000000000")  # version 4, RFC 4122 variant
-
-
-def random_uuids(n: int) -> tuple[bytes, list[UUID]]:
-    """n random (version 4) UUIDs from one os.urandom call: as 16 bytes each, and as UUIDs."""
-    size = 16 * n
-    value = int.from_bytes(os.urandom(size)) & int.from_bytes(_V4_KEEP * n) | int.from_bytes(_V4_SET * n)
-    raw = value.to_bytes(size)
-    return raw, [UUID(bytes=raw[i : i + 16]) for i in range(0, size, 16)]
 
 
 def active_job(conn: psycopg.Connection[Any], queue: str, key: str) -> tuple[UUID, int] | None:

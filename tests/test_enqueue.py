@@ -255,4 +255,7 @@ def test_a_batch_makes_a_job_row_per_message(conn: psycopg.Connection[Any], queu
         assert (row["id"], row["status"], row["owner"]) == (s.job_id, "queued", owner)
     ids = {s.job_id for s in sent}
     assert len(ids) == len(payloads)
-    assert {i.version for i in ids} == {4}  # random ids, as gen_random_uuid() makes them
+    assert {i.version for i in ids} == {7}  # time-ordered (queues.ids), stamped with the enqueue's time
+    stamped = {int(i.hex[:12], 16) for i in ids}
+    assert len(stamped) == 1
+    assert abs(stamped.pop() - time.time() * 1000) < 60_000

@@ -18,8 +18,8 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from queues.artifacts import aput_artifact
-from queues.contract import QueueRef
-from queues.enqueue import delay_seconds, owner_id, prepare
+from queues.contract import QueueRef, queue_of
+from queues.enqueue import delay_seconds, encode, owner_id, prepare
 from queues.errors import InvalidArtifact, UnknownQueue
 from queues.pgmq import aqueue_exists
 from worker.errors import Permanent, WorkerError
@@ -194,7 +194,7 @@ class Context:
         The payload is validated now (InvalidPayload); a queue that does not exist fails the attempt
         when the handler returns. A handler that raises sends nothing.
         """
-        name, body = prepare(queue, payload)
+        name, body = queue_of(queue), encode(queue, payload)
         self.outbox.append(Handoff(name, body, delay_seconds(delay), owner_id(owner)))
 
     async def artifact(self, name: str, data: bytes, content_type: str) -> str:

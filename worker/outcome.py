@@ -43,7 +43,7 @@ class Handoff:
     """A message `ctx.enqueue` asked for: sent in the transaction that acks this delivery."""
 
     queue: str
-    body: dict[str, Any]
+    body: str  # JSON object text (queues.enqueue.encode)
     delay_s: int
     owner: UUID | None
 
