@@ -159,6 +159,10 @@ def test_a_batch_refuses_what_enqueue_refuses_and_sends_nothing(
         {"image_id": 7, "width": 8},
         {"image_id": 9, "width": 10},  # validated and coerced by the model
     ]
+    # Two payloads of 0.6 MiB: the batch is over the limit, each one is not.
+    big = [{"blob": "y" * (MAX_PAYLOAD_BYTES * 6 // 10)}, {"blob": "z" * (MAX_PAYLOAD_BYTES * 6 // 10)}]
+    assert len(enqueue_batch(conn, queue, big)) == 2
+    assert [len(r["message"]["blob"]) for r in rows(conn, queue)[-2:]] == [MAX_PAYLOAD_BYTES * 6 // 10] * 2
     plain = enqueue_batch(conn, queue, [{"text": "Grüße, 東京", "n": 1.5, "none": None}])
     assert rows(conn, queue)[-1]["message"] == {"text": "Grüße, 東京", "n": 1.5, "none": None}
     assert len(sent) == 2 and len(plain) == 1
