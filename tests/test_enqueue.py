@@ -109,6 +109,44 @@ def test_an_unknown_queue_is_refused(conn: psycopg.Connection[Any]) -> None:
         enqueue(conn, "nowhere", {})
 
 
+def test_an_unknown_queue_leaves_the_callers_transaction_usable(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """A queue never seen is looked up first: UnknownQueue, and the caller's writes go on."""
+    conn.execute("CREATE TABLE uploads (id int)")
+    with conn.transaction():
+        conn.execute("INSERT INTO uploads VALUES (1)")
+        for send in (
+            lambda: enqueue(conn, "nowhere", {}),
+            lambda: enqueue(conn, "nowhere", {}, idempotency_key="k"),
+            lambda: enqueue_batch(conn, "nowhere", [{}, {}]),
+        ):
+            with pytest.raises(UnknownQueue, match="nowhere"):
+                send()
+        enqueue(conn, RESIZE, {"image_id": 1, "width": 1})
+    assert conn.execute("SELECT count(*) FROM uploads").fetchone() == (1,)
+    assert len(rows(conn, queue)) == 1
+
+
+def test_a_queue_dropped_after_a_send_is_unknown_then_usable_again(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """Sends go straight to the queue's table once it was seen; a dropped table says so clearly."""
+    enqueue(conn, RESIZE, {"image_id": 1, "width": 1})
+    enqueue_batch(conn, RESIZE, [{"image_id": 2, "width": 1}])
+    conn.execute("SELECT pgmq.drop_queue('resize')")
+    with pytest.raises(UnknownQueue, match="dropped"):
+        enqueue(conn, RESIZE, {"image_id": 3, "width": 1})
+    with pytest.raises(UnknownQueue, match="create it first"):
+        enqueue_batch(conn, RESIZE, [{"image_id": 4, "width": 1}])  # forgotten: looked up again
+    # A new queue numbers its messages from 1 again: the old queue's job rows must go first.
+    conn.execute("DELETE FROM pgmq_worker.jobs WHERE queue = 'resize'")
+    pgmq.ensure_queue(conn, "resize")
+    with conn.transaction():  # the table is seen again, and sends succeed in a transaction
+        enqueue(conn, RESIZE, {"image_id": 5, "width": 1})
+    assert [r["message"]["image_id"] for r in rows(conn, queue)] == [5]
+
+
 def test_a_negative_delay_is_refused(conn: psycopg.Connection[Any], queue: str) -> None:
     """delay must be >= 0."""
     with pytest.raises(InvalidPayload, match="negative"):
