@@ -10,9 +10,10 @@ read bumps it, so (msg_id, read_ct) names one delivery.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -368,17 +369,36 @@ async def _asendable(conn: psycopg.AsyncConnection[Any], queue: str) -> bool:
     return True
 
 
-def _vanished(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], queue: str, exc: psycopg.Error
-) -> UnknownQueue | None:
-    """UnknownQueue when `exc` says the queue's table is gone (dropped since we saw it), else None."""
-    if not isinstance(exc, psycopg.errors.UndefinedTable) or table_name(queue) not in str(exc):
-        return None
-    _SENDABLE.discard(_sendable_key(conn, queue))
-    return UnknownQueue(
-        f"no queue named {queue!r} any more (it was dropped): create it again; the statement failed, "
-        "and so has the transaction it ran in"
-    )
+@contextlib.contextmanager
+def _dropped_as_unknown(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], queue: str
+) -> Iterator[None]:
+    """Turn "the queue's table does not exist" (dropped since we saw it) into UnknownQueue."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        if table_name(queue) not in str(exc):
+            raise
+        _SENDABLE.discard(_sendable_key(conn, queue))
+        raise UnknownQueue(
+            f"no queue named {queue!r} any more (it was dropped): create it again; the statement "
+            "failed, and so has the transaction it ran in"
+        ) from exc
+
+
+def _job_params(
+    queue: str, body: str, delay_s: int, *, owner: UUID | None, key: str | None, webhook: str | None
+) -> dict[str, Any]:
+    """SEND_JOB's parameters, with a new job id."""
+    return {
+        "id": uuid7(),
+        "queue": queue,
+        "body": body,
+        "delay": delay_s,
+        "owner": owner,
+        "key": key,
+        "webhook": webhook,
+    }
 
 
 @functools.lru_cache(maxsize=512)
@@ -405,24 +425,11 @@ def send_job(
     """
     if not _sendable(conn, queue):
         return None
-    job_id = uuid7()
-    params = {
-        "id": job_id,
-        "queue": queue,
-        "body": body,
-        "delay": delay_s,
-        "owner": owner,
-        "key": key,
-        "webhook": webhook,
-    }
-    try:
+    params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
+    with _dropped_as_unknown(conn, queue):
         row = conn.execute(_send_statement(queue, batch=False), params).fetchone()
-    except psycopg.Error as exc:
-        if (gone := _vanished(conn, queue, exc)) is not None:
-            raise gone from exc
-        raise
     assert row is not None  # noqa: S101  one message, one job row
-    return job_id, int(row[0])
+    return params["id"], int(row[0])
 
 
 async def asend_job(
@@ -438,25 +445,12 @@ async def asend_job(
     """send_job on an async connection."""
     if not await _asendable(conn, queue):
         return None
-    job_id = uuid7()
-    params = {
-        "id": job_id,
-        "queue": queue,
-        "body": body,
-        "delay": delay_s,
-        "owner": owner,
-        "key": key,
-        "webhook": webhook,
-    }
-    try:
+    params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
+    with _dropped_as_unknown(conn, queue):
         cur = await conn.execute(_send_statement(queue, batch=False), params)
-    except psycopg.Error as exc:
-        if (gone := _vanished(conn, queue, exc)) is not None:
-            raise gone from exc
-        raise
     row = await cur.fetchone()
     assert row is not None  # noqa: S101  one message, one job row
-    return job_id, int(row[0])
+    return params["id"], int(row[0])
 
 
 async def asend_if_exists(
@@ -481,12 +475,8 @@ def send_job_batch(
         return []
     raw, ids = uuid7_batch(n)
     params = {"queue": queue, "bodies": bodies, "ids": raw, "delay": delay_s, "owner": owner}
-    try:
+    with _dropped_as_unknown(conn, queue):
         rows = conn.execute(_send_statement(queue, batch=True), params).fetchall()
-    except psycopg.Error as exc:
-        if (gone := _vanished(conn, queue, exc)) is not None:
-            raise gone from exc
-        raise
     return list(zip(ids, sorted(int(r[0]) for r in rows), strict=True))
 
 
