@@ -185,6 +185,35 @@ def test_permanent_error_dead_letters_at_once(target: Target, conn: psycopg.Conn
     }
 
 
+@pytest.mark.parametrize("job_rows", [True, False])
+def test_a_result_json_cannot_hold_dead_letters_that_delivery_alone(
+    target: Target, conn: psycopg.Connection[Any], job_rows: bool
+) -> None:
+    """NaN or Infinity in a result (jsonb refuses them) dead-letters that delivery at once; the
+    batch it would have been acked with is acked, not held back or retried."""
+    reg = Registry()
+    calls: list[int] = []
+
+    @handler("scores", registry=reg, max_attempts=5, job_rows=job_rows)
+    async def score(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        calls.append(payload["n"])
+        return {"n": payload["n"], "score": float("nan") if payload["n"] == 3 else 0.5}
+
+    for n in range(6):
+        send(conn, "scores", {"n": n})
+    run_burst(target, reg)
+    assert sorted(calls) == list(range(6))  # each ran once: nothing was retried
+    assert rows(conn, "scores") == []
+    [record] = dead(conn, "scores")
+    assert record["reason"] == "invalid_result"
+    assert record["payload"] == {"n": 3}
+    assert record["error"]["type"] == "InvalidResult"
+    assert "NaN" in record["error"]["message"] or "nan" in record["error"]["message"]
+    if job_rows:
+        jobs = dict(conn.execute("SELECT msg_id, status FROM pgmq_worker.jobs WHERE queue = 'scores'").fetchall())
+        assert sorted(jobs.values()) == ["dead"] + ["succeeded"] * 5
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -82,6 +82,10 @@ class Permanent(WorkerError):
         super().__init__(reason)
 
 
+class InvalidResult(WorkerError, ValueError):
+    """A handler returned what JSON (and so the job row's jsonb) cannot hold: NaN or Infinity."""
+
+
 class HandlerRegistrationError(WorkerError, TypeError):
     """This @handler declaration cannot work."""
 
@@ -93,6 +97,7 @@ class PoolerMisconfigured(WorkerError):
 __all__ = [
     "HandlerRegistrationError",
     "InvalidPayload",
+    "InvalidResult",
     "Permanent",
     "PoolerMisconfigured",
     "RateLimited",

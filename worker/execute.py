@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 from concurrent.futures import Executor
 from typing import Any
 
@@ -14,7 +15,14 @@ from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
 from queues.pgmq import Message
 from worker.context import Context
-from worker.errors import DEFAULT_RATE_LIMIT_DELAY_S, MAX_DEFERRALS, Permanent, RateLimited, Retry
+from worker.errors import (
+    DEFAULT_RATE_LIMIT_DELAY_S,
+    MAX_DEFERRALS,
+    InvalidResult,
+    Permanent,
+    RateLimited,
+    Retry,
+)
 from worker.fanout import WaitForChildren
 from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded, Waiting
 from worker.registry import Task
@@ -56,7 +64,32 @@ async def execute(task: Task, message: Message, ctx: Context, executor: Executor
         return DeadLetter("invalid_payload", ErrorInfo.of(exc))
     except Exception as exc:
         return failed(task, message, exc)
+    return _succeeded(result)
+
+
+def _succeeded(result: Any) -> Succeeded | DeadLetter:
+    """The handler returned: a success, unless JSON cannot hold its result.
+
+    Deterministic: the same handler returns the same value again. Found at the ack instead, it
+    would fail the whole batch the delivery was acked with, again on every try.
+    """
+    if result is not None and (problem := _not_json(result)) is not None:
+        return DeadLetter("invalid_result", ErrorInfo.of(InvalidResult(problem)))
     return Succeeded(result)
+
+
+# As the settles encode results (queues.pgmq: other objects become their str), but strict about
+# the floats JSON lacks. The encoded text is thrown away: one small dumps for a non-None result.
+_RESULT_CHECK = json.JSONEncoder(allow_nan=False, default=str)
+
+
+def _not_json(result: Any) -> str | None:
+    """Why the result cannot be stored as jsonb, or None when it can."""
+    try:
+        _RESULT_CHECK.encode(result)
+    except ValueError as exc:
+        return f"the handler returned a result JSON cannot hold ({exc}): NaN and Infinity are not JSON"
+    return None
 
 
 def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:

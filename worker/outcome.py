@@ -76,7 +76,7 @@ class Deferred:
 class DeadLetter:
     """No retry can help, or attempts are spent: move to `<queue>_dlq`."""
 
-    reason: str  # "max_attempts" | "invalid_payload" | "permanent" | "crashed"
+    reason: str  # "max_attempts" | "invalid_payload" | "invalid_result" | "permanent" | "crashed"
     error: ErrorInfo
 
 
