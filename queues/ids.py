@@ -17,24 +17,29 @@ import os
 import time
 from uuid import UUID
 
-__all__ = ["uuid7", "uuid7_batch"]
+__all__ = ["uuid7", "uuid7_batch", "uuid7_bytes"]
 
 _KEEP = bytes.fromhex("0000000000000fff3fffffffffffffff")  # the random bits of each id
 _VERSION_VARIANT = bytes.fromhex("700080")  # version 7; the RFC 9562 variant opens byte 8
 
 
-def uuid7_batch(n: int, *, now_ms: int | None = None) -> tuple[bytes, list[UUID]]:
-    """n version-7 UUIDs stamped `now_ms` (default: now): as 16 bytes each, and as UUIDs."""
+def uuid7_bytes(n: int, *, now_ms: int | None = None) -> bytes:
+    """n version-7 UUIDs stamped `now_ms` (default: now), 16 bytes each, as the SQL reads them."""
     if n < 0:
         raise ValueError(f"n must not be negative, got {n}")
     if n == 0:
-        return b"", []
+        return b""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     fixed = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6) + _VERSION_VARIANT + bytes(7)
     size = 16 * n
     value = int.from_bytes(os.urandom(size)) & int.from_bytes(_KEEP * n) | int.from_bytes(fixed * n)
-    raw = value.to_bytes(size)
-    return raw, [UUID(bytes=raw[i : i + 16]) for i in range(0, size, 16)]
+    return value.to_bytes(size)
+
+
+def uuid7_batch(n: int, *, now_ms: int | None = None) -> tuple[bytes, list[UUID]]:
+    """uuid7_bytes, and the same ids as UUIDs."""
+    raw = uuid7_bytes(n, now_ms=now_ms)
+    return raw, [UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
 
 
 def uuid7() -> UUID:

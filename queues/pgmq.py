@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from queues.errors import UnknownQueue
-from queues.ids import uuid7, uuid7_batch
+from queues.ids import uuid7, uuid7_batch, uuid7_bytes
 from queues.names import dlq_name, table_name, validate_queue_name
 
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
@@ -36,11 +36,12 @@ SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
 # that other clients sent with plain pgmq.send, which have none yet).
 READ = """
 WITH m AS (
-    SELECT msg_id, read_ct, enqueued_at, vt, message
+    SELECT msg_id, read_ct, enqueued_at, vt, message, row_number() OVER () AS n
     FROM pgmq.read(%(queue)s, %(vt)s::integer, %(qty)s::integer)
 ), job AS (
-    INSERT INTO pgmq_worker.jobs AS j (queue, msg_id, status, attempts, created_at, started_at)
-    SELECT %(queue)s, m.msg_id, 'running', m.read_ct, m.enqueued_at, now() FROM m
+    INSERT INTO pgmq_worker.jobs AS j (id, queue, msg_id, status, attempts, created_at, started_at)
+    SELECT encode(substring(%(ids)s::bytea FROM (m.n::integer - 1) * 16 + 1 FOR 16), 'hex')::uuid,
+        %(queue)s, m.msg_id, 'running', m.read_ct, m.enqueued_at, now() FROM m
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
             started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
@@ -506,7 +507,8 @@ async def read(
     if not job_rows:
         cur = await conn.execute(READ_PLAIN, {"queue": queue, "vt": vt_s, "qty": qty})
         return [Message(queue, r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
-    cur = await conn.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty})
+    ids = uuid7_bytes(qty)  # for the job rows it creates (time-ordered, see queues.ids)
+    cur = await conn.execute(READ, {"queue": queue, "vt": vt_s, "qty": qty, "ids": ids})
     # READ's columns are Message's fields in order (tuples: no dict per row on the hot path).
     return [Message(queue, *r) for r in await cur.fetchall()]
 

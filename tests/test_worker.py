@@ -91,6 +91,10 @@ def test_messages_sent_with_plain_sql_are_processed(target: Target, conn: psycop
     run_burst(target, reg)
     assert sorted(g.name for g in got) == ["b1", "b2", "from sql"]
     assert rows(conn, "greet") == []
+    # The read made their job rows, with distinct time-ordered ids (queues.ids).
+    jobs = conn.execute("SELECT id, status FROM pgmq_worker.jobs WHERE queue = 'greet'").fetchall()
+    assert len({j[0] for j in jobs}) == 3
+    assert {(j[0].version, j[1]) for j in jobs} == {(7, "succeeded")}
 
 
 def test_a_failing_handler_is_retried_then_dead_lettered_with_its_error(
