@@ -30,6 +30,19 @@ from queues.names import dlq_name, table_name, validate_queue_name
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
 CREATE_QUEUE = "SELECT pgmq.create(%s)"
 LIST_QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
+# pgmq.drop_queue leaves the queue's job rows; a queue created again under that name hands out
+# message ids from 1, which those rows still hold (jobs is unique on (queue, msg_id)): enqueues
+# would fail and the worker's read would take the old rows over. The queue's id sequence is moved
+# past them instead, keeping the old jobs' history. Only ever moved forward, under a lock.
+STALE_JOB_IDS = (
+    "SELECT coalesce((SELECT max(msg_id) FROM pgmq_worker.jobs WHERE queue = %(queue)s), 0)"
+    " > coalesce(pg_sequence_last_value(pg_get_serial_sequence(%(table)s, 'msg_id')), 0)"
+)
+SKIP_STALE_JOB_IDS = (
+    "SELECT setval(pg_get_serial_sequence(%(table)s, 'msg_id'), j.top)"
+    " FROM (SELECT max(msg_id) AS top FROM pgmq_worker.jobs WHERE queue = %(queue)s) AS j"
+    " WHERE j.top > coalesce(pg_sequence_last_value(pg_get_serial_sequence(%(table)s, 'msg_id')), 0)"
+)
 SEND = "SELECT * FROM pgmq.send(%s, %s, %s::integer)"
 SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
 # Read, and in the same statement mark each message's job row running (creating it for messages
@@ -246,13 +259,28 @@ def _q(queue: str) -> sql.Identifier:
 
 
 def ensure_queue(conn: psycopg.Connection[Any], queue: str) -> bool:
-    """Create the queue and its dead-letter queue when missing; True when anything was created."""
+    """Create the queue and its dead-letter queue when missing; True when anything was created.
+
+    Then move the queue's message ids past those of job rows left by an earlier queue of the same
+    name (see STALE_JOB_IDS).
+    """
     created = False
     for name in (validate_queue_name(queue), dlq_name(queue)):
         if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is None:
             conn.execute(CREATE_QUEUE, (name,))
             created = True
+    _skip_stale_job_ids(conn, queue)
     return created
+
+
+def _skip_stale_job_ids(conn: psycopg.Connection[Any], queue: str) -> None:
+    params = {"table": f"pgmq.{table_name(queue)}", "queue": queue}
+    stale = conn.execute(STALE_JOB_IDS, params).fetchone()
+    if stale is None or not stale[0]:
+        return
+    with conn.transaction():  # the lock keeps senders out while the sequence moves forward
+        conn.execute(sql.SQL("LOCK TABLE pgmq.{} IN SHARE ROW EXCLUSIVE MODE").format(_q(queue)))
+        conn.execute(SKIP_STALE_JOB_IDS, params)
 
 
 def queue_exists(conn: psycopg.Connection[Any], queue: str) -> bool:

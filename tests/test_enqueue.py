@@ -139,12 +139,30 @@ def test_a_queue_dropped_after_a_send_is_unknown_then_usable_again(
         enqueue(conn, RESIZE, {"image_id": 3, "width": 1})
     with pytest.raises(UnknownQueue, match="create it first"):
         enqueue_batch(conn, RESIZE, [{"image_id": 4, "width": 1}])  # forgotten: looked up again
-    # A new queue numbers its messages from 1 again: the old queue's job rows must go first.
-    conn.execute("DELETE FROM pgmq_worker.jobs WHERE queue = 'resize'")
     pgmq.ensure_queue(conn, "resize")
     with conn.transaction():  # the table is seen again, and sends succeed in a transaction
-        enqueue(conn, RESIZE, {"image_id": 5, "width": 1})
+        again = enqueue(conn, RESIZE, {"image_id": 5, "width": 1})
     assert [r["message"]["image_id"] for r in rows(conn, queue)] == [5]
+    assert again.msg_id > 2  # past the ids the old queue's job rows hold (test below)
+
+
+def test_a_queue_made_again_skips_the_ids_of_its_old_job_rows(
+    conn: psycopg.Connection[Any], queue: str
+) -> None:
+    """pgmq.drop_queue leaves job rows; the new queue's ids start past them, whoever made it."""
+    old = enqueue_batch(conn, RESIZE, [{"image_id": i, "width": 1} for i in range(3)])
+    top = max(s.msg_id for s in old)
+    seq = "SELECT pg_sequence_last_value(pg_get_serial_sequence('pgmq.q_resize', 'msg_id'))"
+    pgmq.ensure_queue(conn, "resize")  # a healthy queue: nothing moves
+    assert conn.execute(seq).fetchone() == (top,)
+    conn.execute("SELECT pgmq.drop_queue('resize')")
+    conn.execute("SELECT pgmq.create('resize')")  # made again outside this project (SQL, dashboard)
+    pgmq.ensure_queue(conn, "resize")  # as the worker and the web process do when they start
+    new = enqueue(conn, RESIZE, {"image_id": 9, "width": 1})
+    assert new.msg_id == top + 1
+    raw = pgmq.send(conn, "resize", {"image_id": 10, "width": 1})
+    assert raw == top + 2
+    assert [job(conn, queue, s.msg_id)["id"] for s in old] == [s.job_id for s in old]  # history kept
 
 
 def test_a_negative_delay_is_refused(conn: psycopg.Connection[Any], queue: str) -> None:

@@ -172,9 +172,11 @@ class Worker:
                         threads -= len(read)
                     self._capped = self._capped or (capped and len(read) == wanted)  # more may wait
                     found += read
-        except PREPARED_STATEMENT_ERRORS + DB_ERRORS as exc:
+        except (*PREPARED_STATEMENT_ERRORS, *DB_ERRORS, psycopg.errors.DataError) as exc:
             if _pooler_misconfigured(exc):
                 self._fail(exc)
+            elif isinstance(exc, psycopg.errors.DataError):
+                raise
             else:
                 await self._database_trouble(exc)
             return found  # what was read before the failure is ours: run it
@@ -437,6 +439,9 @@ class Worker:
                 await asyncio.sleep(reconnect_delay(attempt, 5.0))
                 continue
             except (psycopg.Error, QueueError) as exc:
+                if _pooler_misconfigured(exc):
+                    self._fail(exc)
+                    return
                 # Not transient (the queue table was dropped, say): retrying cannot help. The
                 # message is untouched and reappears after its visibility timeout.
                 log.exception("job.settle_failed", error=_one_line(exc), tries=attempt, transient=False)
@@ -722,11 +727,20 @@ def _pooler_misconfigured(exc: BaseException) -> bool:
 
     Besides the prepared-statement errors, another client's statement run under our statement's
     name is a protocol violation ("bind message supplies 4 parameters, but prepared statement ...
-    requires 3"), which psycopg files under OperationalError with the transient errors.
+    requires 3"), which psycopg files under OperationalError with the transient errors, or, with
+    as many parameters, a data error binding them.
     """
     if isinstance(exc, PREPARED_STATEMENT_ERRORS):
         return True
-    return isinstance(exc, psycopg.errors.ProtocolViolation) and "prepared statement" in str(exc)
+    if isinstance(exc, psycopg.errors.ProtocolViolation):
+        return "prepared statement" in str(exc)
+    # The other statement takes as many parameters as ours, of other types: ours fail to convert
+    # when they are bound. Reads and settles send only values they made themselves (results are
+    # checked when the handler returns), so a bind-time conversion error there means a collision.
+    if isinstance(exc, psycopg.errors.DataError):
+        where = f"{exc.diag.context or ''} {exc.diag.message_primary or ''}"
+        return "portal parameter" in where or "bind parameter" in where
+    return False
 
 
 def _bind_delivery(message: Message) -> None:
