@@ -696,3 +696,23 @@ def test_the_worker_survives_its_connections_being_terminated(
     asyncio.run(go())
     assert done == set(range(60))
     assert rows(conn, "sturdy") == []
+
+
+def test_a_parameter_that_fails_to_bind_counts_as_a_prepared_statement_collision(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Under an undeclared pooler another statement can run under ours' prepared name with as many
+    parameters of other types: our values then fail to convert when bound. That error stops the
+    worker with the pooler message; a data error raised by a statement's own work does not."""
+    from worker.runner import _pooler_misconfigured  # noqa: PLC0415  (the classifier under test)
+
+    def error(query: str, params: list[Any] | None = None) -> psycopg.Error:
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(query, params)
+        return caught.value
+
+    assert _pooler_misconfigured(error("SELECT %s::jsonb", ["acc_jobs"]))  # as seen through PgBouncer
+    assert _pooler_misconfigured(error("SELECT %s::bigint[]", ["not an array"]))
+    assert not _pooler_misconfigured(error("SELECT 1 / 0"))
+    assert not _pooler_misconfigured(error("SELECT 'x'::int"))  # a conversion, but not of a parameter
+    assert not _pooler_misconfigured(error("SELECT * FROM no_such_table"))
