@@ -17,6 +17,7 @@ import pytest
 from queues import pgmq
 from tests.acceptance_handlers import JOBS
 from tests.helpers import rows
+from worker.supervisor import Supervisor
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +105,27 @@ def test_burst_with_processes_exits_when_every_worker_is_done(
         f"done {i} 1" for i in range(20)
     )
     assert not events(log, "supervisor.worker_exited")
+
+
+def test_the_supervisor_wakes_when_a_worker_exits_not_at_its_next_poll(tmp_path: Path) -> None:
+    """A worker that dies is restarted, and a burst ends, as the worker exits (SIGCHLD), not a poll later.
+
+    The poll interval here is 60 s: polling alone would take two of them (the failed first run, then
+    the run that exits 0).
+    """
+    tries = tmp_path / "tries"
+    # Fails on its first run, succeeds on its second: one restart, then the burst is done.
+    code = (
+        "import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = len(p.read_text()) if p.exists() else 0; "
+        "p.write_text('x' * (n + 1)); sys.exit(3 if n == 0 else 0)"
+    )
+    supervisor = Supervisor(
+        [sys.executable, "-c", code, str(tries)], 1, env=dict(os.environ), burst=True, poll_s=60
+    )
+    started = time.monotonic()
+    assert supervisor.run() == 0
+    assert time.monotonic() - started < 30, "the supervisor waited for its poll interval"
+    assert tries.read_text() == "xx"
+    assert len(supervisor.slots[0].pids) == 2
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert signal.set_wakeup_fd(-1) == -1, "the wake-up fd was left installed"
