@@ -12,9 +12,12 @@ fresh databases made for this run and dropped afterwards. In one run it measures
    read(q, 30, 100) + delete(q, ids[]), at 1 and 2 clients;
 2. `pgmq-worker run --burst` draining N no-op jobs (sent with one send_batch), with 1 and
    2 processes, with job rows on and off (`@handler(..., job_rows=False)`) (bench/throughput.py),
-   as a ratio to the batched ceiling at as many clients;
+   as a ratio to the batched ceiling at as many clients; beside it a bare Python loop of
+   read(q, 30, 100) + delete(q, ids) (bench/raw_loops.py), 1 and 2 processes, for what a second
+   process can gain on this machine;
 3. pickup latency of an idle worker, single messages 20 ms apart, LISTEN/NOTIFY and polling
-   only (bench/throughput.py --pickup-latency);
+   only (bench/throughput.py --pickup-latency); beside it bare loops on pgmq's own wake-ups:
+   enable_notify_insert with throttle 0 and its default 250 ms, and read_with_poll (100 ms);
 4. enqueue rates of our API, single and batch, and POST /jobs, at 1 and 8 producers, as ratios
    to raw pgmq.send / send_batch at as many clients (bench/enqueue.py);
 5. the worker's RSS (VmRSS, sampled while it runs) after its first 10,000 jobs and after
@@ -54,7 +57,7 @@ import psycopg
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as in bench/enqueue.py
 
-from bench import ceiling, enqueue, peer_runs, throughput
+from bench import ceiling, enqueue, peer_runs, raw_loops, throughput
 from bench.throughput import SERVER_VERSION, Server, fresh_database, percentiles_ms
 from db.pgmq_install import detect
 from worker.settings import WorkerSettings
@@ -160,6 +163,7 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
     """Part 2; returns our one-process drain rate by job rows "on" / "off"."""
     concurrency = _default_concurrency()
     one_process: dict[str, float] = {}
+    rates: dict[tuple[str, int], float] = {}  # (job rows on / off / bare, processes) -> jobs/s
     for (rows, kind), processes in itertools.product(DRAIN_KINDS, (1, 2)):
         queue = throughput.QUEUES[kind]
         name = f"pgmq-worker drain, {processes} process{'es' if processes > 1 else ''}, job rows {rows}"
@@ -179,6 +183,8 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
         if run is None:
             continue
         rate = plan.messages / run.work_s if run.work_s else None
+        if rate:
+            rates[(rows, processes)] = rate
         if rate and processes == 1:
             one_process[rows] = rate
         base = batched.get(processes)
@@ -201,7 +207,63 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
             f"{_per_message(run)} committed transactions a job"
         )
         report.failures += [f"{name}: {f}" for f in run.failures]
+    rates |= bare_drain_rows(report, db_url, plan, batched)
+    for rows, label in (
+        ("on", "pgmq-worker, job rows on"),
+        ("off", "pgmq-worker, job rows off"),
+        ("bare", "bare loop"),
+    ):
+        if rates.get((rows, 1)) and rates.get((rows, 2)):
+            report.notes.append(
+                f"2 processes / 1 process, {label}: {rates[(rows, 2)] / rates[(rows, 1)]:.2f}"
+            )
+    if batched.get(1) and batched.get(2):
+        report.notes.append(f"2 clients / 1 client, pgbench batched ceiling: {batched[2] / batched[1]:.2f}")
     return one_process
+
+
+def bare_drain_rows(
+    report: Report, db_url: str, plan: Plan, batched: dict[int, float]
+) -> dict[tuple[str, int], float]:
+    """Part 2, the reference: bench/raw_loops.py's bare read(100) + delete loop, 1 and 2 processes."""
+    rates: dict[tuple[str, int], float] = {}
+    for processes in (1, 2):
+        name = f"bare loop drain, {processes} process{'es' if processes > 1 else ''}"
+        run = report.part(
+            name,
+            partial(
+                throughput.throughput_run,
+                db_url,
+                throughput.RAW_QUEUE,
+                plan.messages,
+                raw_loops.READ_BATCH,
+                settings={},
+                notify_trigger="none",
+                processes=processes,
+                command=raw_loops.drain_command(throughput.RAW_QUEUE, processes),
+            ),
+        )
+        if run is None:
+            continue
+        rate = plan.messages / run.work_s if run.work_s else None
+        if rate:
+            rates[("bare", processes)] = rate
+        base = batched.get(processes)
+        what = (
+            f"raw pgmq: bare Python loop `read(q,30,100)` + `delete(q, ids)` (psycopg, bench/raw_loops.py), "
+            f"{processes} process{'es' if processes > 1 else ''}: N = {plan.messages:,}"
+        )
+        report.rows.append(
+            Row(
+                what,
+                rate,
+                rate / base if rate and base else None,
+                f"batched ceiling, {_clients(processes)}",
+                note=_failed(run.failures),
+            )
+        )
+        report.failures += [f"{name}: {f}" for f in run.failures]
+    return rates
 
 
 def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
@@ -225,6 +287,30 @@ def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
             continue
         what = (
             f"**pgmq-worker** pickup (enqueue -> handler start), idle worker, {label}, "
+            f"{run.sent} single sends {LATENCY_SPACING_S * 1000:g} ms apart"
+        )
+        cuts = percentiles_ms(run.latencies_s, 50, 95, 99)
+        report.rows.append(Row(what, latency_ms=cuts, note=_failed(run.failures)))
+        report.failures += [f"{name}: {f}" for f in run.failures]
+    for label, mode in throughput.RAW_LATENCY_MODES:
+        name = f"pickup latency, bare loop, {mode}"
+        run = report.part(
+            name,
+            partial(
+                throughput.latency_run,
+                db_url,
+                throughput.RAW_QUEUE,
+                label,
+                {},
+                samples=plan.latency_samples,
+                spacing_s=LATENCY_SPACING_S,
+                command=raw_loops.pickup_command(throughput.RAW_QUEUE, mode),
+            ),
+        )
+        if run is None:
+            continue
+        what = (
+            f"raw pgmq pickup (enqueue -> read returns), bare Python loop, {label}, "
             f"{run.sent} single sends {LATENCY_SPACING_S * 1000:g} ms apart"
         )
         cuts = percentiles_ms(run.latencies_s, 50, 95, 99)

@@ -60,10 +60,17 @@ from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.names import dlq_name, table_name
 
+if __package__ in (None, ""):
+    # `python bench/throughput.py` puts bench/ on sys.path, not the repo root that holds `bench`.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import raw_loops
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_MODULE = "bench.noop_handlers"
 # The queues bench/noop_handlers.py declares (not imported: this file also runs as a plain script).
 QUEUES = {"async": "bench_noop", "sync": "bench_noop_sync", "async-no-job-rows": "bench_noop_no_job_rows"}
+RAW_QUEUE = "bench_raw"  # bench/raw_loops.py's: no handler, so no worker trigger on it
 
 CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
 DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
@@ -308,8 +315,9 @@ def throughput_run(
     settings: Mapping[str, str],
     notify_trigger: str,
     processes: int = 1,
+    command: list[str] | None = None,
 ) -> ThroughputRow:
-    """Send N messages in one send_batch, then time a burst worker from spawn to exit."""
+    """Send N messages in one send_batch, then time a burst worker (or `command`) from spawn to exit."""
     failures: list[str] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         reset_queue(conn, queue)
@@ -328,7 +336,7 @@ def throughput_run(
         cpu_before = _children_cpu_s()
         spawn_at = time.time()
         started = time.perf_counter()
-        command = worker_command(queue, concurrency, burst=True, processes=processes)
+        command = command or worker_command(queue, concurrency, burst=True, processes=processes)
         with spawned(command, env, log_path) as proc:
             try:
                 code: int | None = proc.wait(timeout=WORKER_TIMEOUT_S)
@@ -522,6 +530,12 @@ LATENCY_MODES: tuple[tuple[str, dict[str, str]], ...] = (
     ("listen/notify", {}),
     ("poll only, 1 s interval", {"PGMQ_WORKER_LISTEN": "false", "PGMQ_WORKER_POLL_INTERVAL": "1"}),
 )
+# The bare loops of bench/raw_loops.py: pgmq's own wake-ups, for the machine's floor.
+RAW_LATENCY_MODES: tuple[tuple[str, str], ...] = (
+    ("`enable_notify_insert(q, 0)` + LISTEN", "notify:0"),
+    ("`enable_notify_insert(q)` (250 ms throttle) + LISTEN, 1 s fallback read", "notify:250"),
+    ("`read_with_poll(q, 30, 1, 5, 100)`", "poll:100"),
+)
 
 
 def read_latencies(path: Path) -> dict[int, float]:
@@ -547,9 +561,16 @@ def wait_for(path: Path, wanted: set[int], proc: subprocess.Popen[bytes], timeou
 
 
 def latency_run(
-    db_url: str, queue: str, label: str, settings: Mapping[str, str], *, samples: int, spacing_s: float
+    db_url: str,
+    queue: str,
+    label: str,
+    settings: Mapping[str, str],
+    *,
+    samples: int,
+    spacing_s: float,
+    command: list[str] | None = None,
 ) -> LatencyRow:
-    """Run a worker normally, send `samples` single messages spacing_s apart, SIGTERM it."""
+    """Run a worker normally (or `command`), send `samples` single messages spacing_s apart, SIGTERM it."""
     failures: list[str] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         reset_queue(conn, queue)
@@ -558,7 +579,7 @@ def latency_run(
         env = worker_env(db_url, {"BENCH_LATENCY_FILE": str(latency_file), **settings})
         sent: list[int] = []
         with (
-            spawned(worker_command(queue, 10, burst=False), env, log_path) as proc,
+            spawned(command or worker_command(queue, 10, burst=False), env, log_path) as proc,
             psycopg.connect(db_url, autocommit=True) as conn,
         ):
             # Ready means one message went through; the extra second lets the listener (or a
@@ -605,22 +626,24 @@ def percentiles_ms(seconds: tuple[float, ...], *points: int) -> list[float] | No
 
 
 def print_latency(rows: list[LatencyRow], spacing_s: float) -> None:
-    """The pickup-latency table (enqueued_at -> handler start)."""
+    """The pickup-latency table (enqueued_at -> handler start, or to the bare loop's read)."""
     print(f"pickup latency: single pgmq.send every {spacing_s * 1000:g} ms, worker concurrency 10")
-    header = f"{'wake-up':<32} {'n':>4} {'p50_ms':>8} {'p95_ms':>8} {'max_ms':>8} {'mean_ms':>8}"
+    width = max(32, *(len(r.label) for r in rows))
+    columns = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
+    header = f"{'wake-up':<{width}} {'n':>4} " + " ".join(f"{c:>8}" for c in columns)
     print(header)
     print("-" * len(header))
     for r in rows:
         ms = sorted(x * 1000 for x in r.latencies_s)
-        cuts = percentiles_ms(r.latencies_s, 50, 95)
+        cuts = percentiles_ms(r.latencies_s, 50, 95, 99)
         if cuts is not None:
-            p50, p95 = cuts
+            p50, p95, p99 = cuts
             print(
-                f"{r.label:<32} {len(ms):>4} {p50:>8.1f} {p95:>8.1f} {ms[-1]:>8.1f} "
+                f"{r.label:<{width}} {len(ms):>4} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {ms[-1]:>8.1f} "
                 f"{statistics.fmean(ms):>8.1f}"
             )
         else:
-            print(f"{r.label:<32} {len(ms):>4} {'-':>8} {'-':>8} {'-':>8} {'-':>8}")
+            print(f"{r.label:<{width}} {len(ms):>4} {'-':>8} {'-':>8} {'-':>8} {'-':>8} {'-':>8}")
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -663,6 +686,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pickup-latency", action="store_true", help="measure enqueue -> handler-start latency instead"
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="also run the bare pgmq loops of bench/raw_loops.py (drain at each --processes, or the "
+        "pickup modes of pgmq's own wake-ups with --pickup-latency)",
     )
     parser.add_argument(
         "--latency-samples", type=int, default=200, help="single sends per mode (default 200)"
@@ -732,6 +761,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for label, settings in LATENCY_MODES
             ]
+            lat_rows += [
+                latency_run(
+                    db_url,
+                    RAW_QUEUE,
+                    f"bare loop, {label}",
+                    {},
+                    samples=args.latency_samples,
+                    spacing_s=spacing_s,
+                    command=raw_loops.pickup_command(RAW_QUEUE, mode),
+                )
+                for label, mode in (RAW_LATENCY_MODES if args.raw else ())
+            ]
             print_latency(lat_rows, spacing_s)
             failures += [f"{r.label}: {f}" for r in lat_rows for f in r.failures]
         else:
@@ -750,6 +791,25 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print_throughput(rows, args.notify_trigger)
             failures += [f"concurrency {r.concurrency}: {f}" for r in rows for f in r.failures]
+            if args.raw:
+                raw = [
+                    throughput_run(
+                        db_url,
+                        RAW_QUEUE,
+                        args.messages,
+                        raw_loops.READ_BATCH,
+                        settings={},
+                        notify_trigger="none",
+                        processes=n,
+                        command=raw_loops.drain_command(RAW_QUEUE, n),
+                    )
+                    for n in args.processes
+                ]
+                print(
+                    "\nbare loop (bench/raw_loops.py): read(q, 30, 100) + delete(q, ids); concurrency = batch"
+                )
+                print_throughput(raw, "none")
+                failures += [f"bare loop, {r.processes} processes: {f}" for r in raw for f in r.failures]
     for failure in failures:
         print(f"FAILED: {failure}")
     return 1 if failures else 0

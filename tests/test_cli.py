@@ -167,6 +167,10 @@ def test_a_bad_setting_is_a_one_line_error(db_url: str) -> None:
         main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_THREADS": "0"}
     )
     assert_one_line_error(result, "invalid setting", "threads")
+    result = CliRunner().invoke(
+        main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_EVENT_LOOP": "trio"}
+    )
+    assert_one_line_error(result, "invalid setting", "event_loop")
 
 
 def test_send_to_a_queue_without_job_rows_sends_the_message_alone(

@@ -36,6 +36,7 @@ from queues.enqueue import delay_seconds, enqueue, prepare
 from queues.errors import QueueError, UnknownQueue
 from queues.names import dlq_name, is_dlq, validate_queue_name
 from worker.errors import WorkerError
+from worker.loop import run as run_loop
 from worker.registry import Registry, Task, registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
@@ -142,7 +143,7 @@ def run(  # noqa: PLR0917  (click passes every option)
             supervisor = Supervisor(child_argv(args), processes, env=child_env(target.url), burst=burst)
             sys.exit(supervisor.run())
         worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)
-        asyncio.run(worker.run())
+        run_loop(worker.run(), settings.event_loop)
     if worker.executor.busy:
         # A `def` handler is still running after the drain (threads cannot be cancelled). Its
         # message was already released; Python would wait for the thread at exit and a stopping
@@ -361,7 +362,7 @@ def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None,
         _freeze_startup_objects()
         worker = Worker(target, registry, settings, db_settings)
         with _one_line_errors():
-            asyncio.run(_run_beside(worker, web_process))
+            run_loop(_run_beside(worker, web_process), settings.event_loop)
     finally:
         _stop_process(web_process)
     if web_process.returncode not in (0, -signal.SIGINT, -signal.SIGTERM):

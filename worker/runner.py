@@ -33,6 +33,7 @@ from worker.context import Context
 from worker.errors import PoolerMisconfigured, UnknownQueue
 from worker.execute import execute, failed
 from worker.leases import Lease, Leases
+from worker.loop import loop_name
 from worker.outcome import (
     Abandoned,
     DeadLetter,
@@ -592,6 +593,7 @@ class Worker:
                 wakeup="listen+poll" if self._listen_enabled() else "poll",
                 database=self.target.describe(),
                 burst=self.burst,
+                loop=loop_name(),
             )
             self._announcing = self._listen_enabled()
             try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.settings import Duration
+from worker.loop import EventLoop, uvloop_installed
 
 
 class WorkerSettings(BaseSettings):
@@ -36,3 +37,12 @@ class WorkerSettings(BaseSettings):
     webhook_max_tries: int = Field(default=5, ge=1, le=20)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # uvloop where installed (it comes with uvicorn[standard]), as uvicorn's `--loop auto` does.
+    event_loop: EventLoop = "auto"
+
+    @field_validator("event_loop")
+    @classmethod
+    def _uvloop_if_asked(cls, value: EventLoop) -> EventLoop:
+        if value == "uvloop" and not uvloop_installed():
+            raise ValueError("uvloop is not installed (pip install uvloop), or use auto or asyncio")
+        return value
