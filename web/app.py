@@ -149,7 +149,7 @@ def create_app(
         try:
             async with jobs.pool.connection() as conn:
                 sent = await aenqueue(
-                    conn, sub.ref, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
                 )
         except QueueError as exc:
             raise from_queue_error(exc) from exc

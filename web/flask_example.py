@@ -72,7 +72,9 @@ def jobs_blueprint(
         scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
         try:
             with pool.connection() as conn:
-                sent = enqueue(conn, sub.ref, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped)
+                sent = enqueue(
+                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                )
         except QueueError as exc:
             raise from_queue_error(exc) from exc
         # url_for knows every prefix (the factory's, register_blueprint's, the WSGI mount's).

@@ -22,9 +22,13 @@ MAX_DELAY_S = 7 * 24 * 3600
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A checked request: where it goes and what, ready for enqueue/aenqueue."""
+    """A checked request: where it goes and what, ready for enqueue/aenqueue.
 
-    ref: QueueRef
+    `body` is already validated against the queue's model (and dumped to JSON types), so it goes
+    to enqueue/aenqueue with the queue's name: a second validation would only repeat the first.
+    """
+
+    queue: str
     body: dict[str, Any]
     delay: float
     idempotency_key: str | None
@@ -49,12 +53,12 @@ def check(
     spec = catalog.get(queue)
     ref: QueueRef = spec.ref if spec is not None else queue
     try:
-        _, body = prepare(ref, parsed)
+        name, body = prepare(ref, parsed)
     except QueueError as exc:
         raise from_queue_error(exc) from exc
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise ApiError(400, "bad_request", "Idempotency-Key must be 1-200 characters")
-    return Submission(ref, body, _delay(delay), idempotency_key)
+    return Submission(name, body, _delay(delay), idempotency_key)
 
 
 def _delay(value: str | None) -> float:

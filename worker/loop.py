@@ -38,5 +38,5 @@ def run(main: Coroutine[Any, Any, T], kind: EventLoop) -> T:
 
 
 def loop_name() -> str:
-    """ "uvloop" or "asyncio": the running loop's, for the worker.started log line."""
+    """Which loop runs this code, "uvloop" or "asyncio" (the worker.started log line says it)."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
