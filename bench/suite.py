@@ -187,20 +187,11 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
             rates[(rows, processes)] = rate
         if rate and processes == 1:
             one_process[rows] = rate
-        base = batched.get(processes)
         what = (
             f"**pgmq-worker** `run --burst{f' --processes {processes}' if processes > 1 else ''}`, "
             f"concurrency {concurrency}, job rows {rows}: N = {plan.messages:,} no-op jobs"
         )
-        report.rows.append(
-            Row(
-                what,
-                rate,
-                rate / base if rate and base else None,
-                f"batched ceiling, {_clients(processes)}",
-                note=_failed(run.failures),
-            )
-        )
+        report.rows.append(_drain_row(what, rate, batched, processes, run.failures))
         report.notes.append(
             f"{name}: spawn -> exit {run.wall_s:.2f} s ({plan.messages / run.wall_s:,.0f} jobs/s with "
             f"start-up), start-up {_s(run.startup_s)}, worker CPU {run.cpu_s:.2f} s, "
@@ -220,6 +211,20 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
     if batched.get(1) and batched.get(2):
         report.notes.append(f"2 clients / 1 client, pgbench batched ceiling: {batched[2] / batched[1]:.2f}")
     return one_process
+
+
+def _drain_row(
+    what: str, rate: float | None, batched: dict[int, float], processes: int, failures: tuple[str, ...]
+) -> Row:
+    """A drain's row: its rate and its ratio to the batched ceiling at as many clients."""
+    base = batched.get(processes)
+    return Row(
+        what,
+        rate,
+        rate / base if rate and base else None,
+        f"batched ceiling, {_clients(processes)}",
+        note=_failed(failures),
+    )
 
 
 def bare_drain_rows(
@@ -248,28 +253,39 @@ def bare_drain_rows(
         rate = plan.messages / run.work_s if run.work_s else None
         if rate:
             rates[("bare", processes)] = rate
-        base = batched.get(processes)
         what = (
             f"raw pgmq: bare Python loop `read(q,30,100)` + `delete(q, ids)` (psycopg, bench/raw_loops.py), "
             f"{processes} process{'es' if processes > 1 else ''}: N = {plan.messages:,}"
         )
-        report.rows.append(
-            Row(
-                what,
-                rate,
-                rate / base if rate and base else None,
-                f"batched ceiling, {_clients(processes)}",
-                note=_failed(run.failures),
-            )
-        )
+        report.rows.append(_drain_row(what, rate, batched, processes, run.failures))
         report.failures += [f"{name}: {f}" for f in run.failures]
     return rates
 
 
 def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
-    """Part 3: pickup latency with each wake-up mode."""
-    queue = throughput.QUEUES["async"]
-    for label, settings in throughput.LATENCY_MODES:
+    """Part 3: pickup latency with each wake-up mode; then the bare loops on pgmq's own wake-ups."""
+    worker_queue, raw_queue = throughput.QUEUES["async"], throughput.RAW_QUEUE
+    cases: list[tuple[str, str, str, dict[str, str], list[str] | None]] = [
+        (
+            label,
+            "**pgmq-worker** pickup (enqueue -> handler start), idle worker",
+            worker_queue,
+            settings,
+            None,
+        )
+        for label, settings in throughput.LATENCY_MODES
+    ]
+    cases += [
+        (
+            label,
+            "raw pgmq pickup (enqueue -> read returns), bare Python loop",
+            raw_queue,
+            {},
+            raw_loops.pickup_command(raw_queue, mode),
+        )
+        for label, mode in throughput.RAW_LATENCY_MODES
+    ]
+    for label, prefix, queue, settings, command in cases:
         name = f"pickup latency, {label}"
         run = report.part(
             name,
@@ -281,38 +297,12 @@ def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
                 settings,
                 samples=plan.latency_samples,
                 spacing_s=LATENCY_SPACING_S,
+                command=command,
             ),
         )
         if run is None:
             continue
-        what = (
-            f"**pgmq-worker** pickup (enqueue -> handler start), idle worker, {label}, "
-            f"{run.sent} single sends {LATENCY_SPACING_S * 1000:g} ms apart"
-        )
-        cuts = percentiles_ms(run.latencies_s, 50, 95, 99)
-        report.rows.append(Row(what, latency_ms=cuts, note=_failed(run.failures)))
-        report.failures += [f"{name}: {f}" for f in run.failures]
-    for label, mode in throughput.RAW_LATENCY_MODES:
-        name = f"pickup latency, bare loop, {mode}"
-        run = report.part(
-            name,
-            partial(
-                throughput.latency_run,
-                db_url,
-                throughput.RAW_QUEUE,
-                label,
-                {},
-                samples=plan.latency_samples,
-                spacing_s=LATENCY_SPACING_S,
-                command=raw_loops.pickup_command(throughput.RAW_QUEUE, mode),
-            ),
-        )
-        if run is None:
-            continue
-        what = (
-            f"raw pgmq pickup (enqueue -> read returns), bare Python loop, {label}, "
-            f"{run.sent} single sends {LATENCY_SPACING_S * 1000:g} ms apart"
-        )
+        what = f"{prefix}, {label}, {run.sent} single sends {LATENCY_SPACING_S * 1000:g} ms apart"
         cuts = percentiles_ms(run.latencies_s, 50, 95, 99)
         report.rows.append(Row(what, latency_ms=cuts, note=_failed(run.failures)))
         report.failures += [f"{name}: {f}" for f in run.failures]
