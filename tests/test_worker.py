@@ -716,3 +716,39 @@ def test_a_parameter_that_fails_to_bind_counts_as_a_prepared_statement_collision
     assert not _pooler_misconfigured(error("SELECT 1 / 0"))
     assert not _pooler_misconfigured(error("SELECT 'x'::int"))  # a conversion, but not of a parameter
     assert not _pooler_misconfigured(error("SELECT * FROM no_such_table"))
+
+
+def test_a_burst_worker_exits_soon_after_a_message_held_elsewhere_is_gone(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """Burst: a message another consumer holds keeps the worker waiting (it may come back), and once
+    that consumer deletes it the worker exits within a fraction of a second: deletes notify no one,
+    so it must not back off towards its (here 30 s) poll interval meanwhile."""
+    reg = Registry()
+
+    @handler("held", registry=reg)
+    async def held(payload: dict[str, Any], ctx: Context) -> None:
+        raise AssertionError("the held message must not be delivered to this worker")
+
+    [msg_id] = send(conn, "held", {"n": 1})
+    assert _take(conn, "held") == [msg_id]
+    deleted_at: list[float] = []
+
+    def release_later() -> None:
+        time.sleep(3.0)  # long enough for a backed-off poll wait to reach seconds
+        conn.execute("SELECT pgmq.delete(%s, %s::bigint)", ("held", msg_id))
+        deleted_at.append(time.monotonic())
+
+    releaser = threading.Thread(target=release_later)
+    releaser.start()
+    try:
+        run_burst(target, reg, timeout=20, poll_interval=timedelta(seconds=30))
+    finally:
+        releaser.join()
+    exited_after = time.monotonic() - deleted_at[0]
+    assert exited_after < 1.5, f"the burst worker exited {exited_after:.2f} s after the last message went"
+
+
+def _take(conn: psycopg.Connection[Any], queue: str) -> list[int]:
+    """Read (lease) messages as another consumer would: plain pgmq.read, 60 s visibility."""
+    return [int(r[0]) for r in conn.execute("SELECT msg_id FROM pgmq.read(%s, 60, 1)", (queue,)).fetchall()]

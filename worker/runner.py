@@ -51,7 +51,7 @@ from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
 from worker.steps import Steps, run_in_thread
 from worker.threads import HandlerThreads
-from worker.wakeup import Wakeup
+from worker.wakeup import BURST_WAIT_S, Wakeup
 from worker.webhooks import Webhooks
 
 log = get_logger()
@@ -122,7 +122,8 @@ class Worker:
                 if self.burst and await self._queues_empty():
                     log.info("worker.burst_done")
                     break
-                await self._idle(found=bool(messages))
+                # Burst: what is left is held elsewhere or delayed; look again soon, not a poll later.
+                await self._idle(found=bool(messages), cap=BURST_WAIT_S if self.burst else None)
             await self._drain(self.settings.shutdown_grace.total_seconds())
         if self._fatal is not None:
             raise self._fatal
@@ -201,7 +202,7 @@ class Worker:
 
         job.add_done_callback(_done)
 
-    async def _idle(self, *, found: bool) -> None:
+    async def _idle(self, *, found: bool, cap: float | None = None) -> None:
         """Wait for a notification, the (backed-off) poll interval, or a stop.
 
         About to wait while listening, the worker first announces (or renews, every few poll
@@ -212,13 +213,13 @@ class Worker:
         if self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
             return
         if not self._capped:
-            await self.wakeup.wait(self._stopping, found=found)
+            await self.wakeup.wait(self._stopping, found=found, cap=cap)
             return
         # A `def` queue had more than its free threads: the next free slot may start one. The
         # event was cleared before the read, so a handler that ended during it is not missed.
         waiters = {
             asyncio.ensure_future(self._slot_freed.wait()),
-            asyncio.ensure_future(self.wakeup.wait(self._stopping, found=found)),
+            asyncio.ensure_future(self.wakeup.wait(self._stopping, found=found, cap=cap)),
         }
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

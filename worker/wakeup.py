@@ -24,9 +24,13 @@ from db.connect import Target
 from db.listen import listen
 from queues.names import table_name
 
-__all__ = ["REPOLL_S", "Wakeup", "channel"]
+__all__ = ["BURST_WAIT_S", "REPOLL_S", "Wakeup", "channel"]
 
 REPOLL_S = 0.02  # the first wait after a read that found work
+# Burst mode's longest wait while its queues still hold messages it cannot read yet: held by
+# another worker (whose ack sends no notification), or delayed. Such a worker exits this soon
+# after the last one is gone, not up to a poll interval later.
+BURST_WAIT_S = 0.1
 
 
 def channel(queue: str) -> str:
@@ -57,21 +61,21 @@ class Wakeup:
         """The announcement made at monotonic time `at` was committed."""
         self._announced_until = at + self.announce_ttl
 
-    def next_wait(self, found: bool) -> float:
-        """How long to wait before the next read, given whether the last one found work."""
+    def next_wait(self, found: bool, cap: float | None = None) -> float:
+        """How long to wait before the next read, given whether the last one found work (and a cap)."""
         self._backoff = REPOLL_S if found else self._backoff * 2
-        return min(self._backoff, self.poll_interval)
+        return min(self._backoff, self.poll_interval, self.poll_interval if cap is None else cap)
 
     def notify(self) -> None:
         """Something may be new: wake the read loop."""
         self._event.set()
 
-    async def wait(self, stopping: asyncio.Event, *, found: bool = False) -> None:
+    async def wait(self, stopping: asyncio.Event, *, found: bool = False, cap: float | None = None) -> None:
         """Return on a notification, on stop, or after the (backed-off) poll wait, whichever first.
 
-        `found`: the read before this wait found messages (see next_wait).
+        `found`: the read before this wait found messages (see next_wait); `cap`: wait no longer.
         """
-        timeout = self.next_wait(found)
+        timeout = self.next_wait(found, cap)
         if self._event.is_set():
             self._event.clear()
             return
