@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -186,3 +187,14 @@ def test_send_to_a_queue_without_job_rows_sends_the_message_alone(
     assert ran.exit_code == 0, ran.output
     assert rows(conn, "bench_noop_no_job_rows") == []
     assert conn.execute("SELECT count(*) FROM pgmq_worker.jobs").fetchone() == (0,)
+
+
+def test_run_freezes_what_start_up_made(db_url: str) -> None:
+    """`run` moves start-up's objects out of the collector's sight (gc.freeze) before working."""
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        assert cli(db_url, "run", "--burst").exit_code == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process is not a worker

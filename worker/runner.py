@@ -122,8 +122,7 @@ class Worker:
                 if self.burst and await self._queues_empty():
                     log.info("worker.burst_done")
                     break
-                # Burst: what is left is held elsewhere or delayed; look again soon, not a poll later.
-                await self._idle(found=bool(messages), cap=BURST_WAIT_S if self.burst else None)
+                await self._idle(found=bool(messages))
             await self._drain(self.settings.shutdown_grace.total_seconds())
         if self._fatal is not None:
             raise self._fatal
@@ -202,7 +201,7 @@ class Worker:
 
         job.add_done_callback(_done)
 
-    async def _idle(self, *, found: bool, cap: float | None = None) -> None:
+    async def _idle(self, *, found: bool) -> None:
         """Wait for a notification, the (backed-off) poll interval, or a stop.
 
         About to wait while listening, the worker first announces (or renews, every few poll
@@ -213,13 +212,13 @@ class Worker:
         if self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
             return
         if not self._capped:
-            await self.wakeup.wait(self._stopping, found=found, cap=cap)
+            await self.wakeup.wait(self._stopping, found=found)
             return
         # A `def` queue had more than its free threads: the next free slot may start one. The
         # event was cleared before the read, so a handler that ended during it is not missed.
         waiters = {
             asyncio.ensure_future(self._slot_freed.wait()),
-            asyncio.ensure_future(self.wakeup.wait(self._stopping, found=found, cap=cap)),
+            asyncio.ensure_future(self.wakeup.wait(self._stopping, found=found)),
         }
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -554,7 +553,8 @@ class Worker:
             max_size=self.db_settings.pool_max_size,
         )
         self.leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
-        self.wakeup = Wakeup(self.settings.poll_interval.total_seconds())
+        poll = self.settings.poll_interval.total_seconds()
+        self.wakeup = Wakeup(min(poll, BURST_WAIT_S) if self.burst else poll)  # see BURST_WAIT_S
         async with AsyncExitStack() as stack:
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)

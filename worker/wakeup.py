@@ -27,9 +27,9 @@ from queues.names import table_name
 __all__ = ["BURST_WAIT_S", "REPOLL_S", "Wakeup", "channel"]
 
 REPOLL_S = 0.02  # the first wait after a read that found work
-# Burst mode's longest wait while its queues still hold messages it cannot read yet: held by
-# another worker (whose ack sends no notification), or delayed. Such a worker exits this soon
-# after the last one is gone, not up to a poll interval later.
+# Burst mode's poll interval: an idle burst worker waits only while its queues still hold
+# messages it cannot read yet, held by another worker (whose ack, a delete, notifies no one) or
+# delayed. It exits this soon after the last one is gone, not up to a poll interval later.
 BURST_WAIT_S = 0.1
 
 
@@ -61,21 +61,21 @@ class Wakeup:
         """The announcement made at monotonic time `at` was committed."""
         self._announced_until = at + self.announce_ttl
 
-    def next_wait(self, found: bool, cap: float | None = None) -> float:
-        """How long to wait before the next read, given whether the last one found work (and a cap)."""
+    def next_wait(self, found: bool) -> float:
+        """How long to wait before the next read, given whether the last one found work."""
         self._backoff = REPOLL_S if found else self._backoff * 2
-        return min(self._backoff, self.poll_interval, self.poll_interval if cap is None else cap)
+        return min(self._backoff, self.poll_interval)
 
     def notify(self) -> None:
         """Something may be new: wake the read loop."""
         self._event.set()
 
-    async def wait(self, stopping: asyncio.Event, *, found: bool = False, cap: float | None = None) -> None:
+    async def wait(self, stopping: asyncio.Event, *, found: bool = False) -> None:
         """Return on a notification, on stop, or after the (backed-off) poll wait, whichever first.
 
-        `found`: the read before this wait found messages (see next_wait); `cap`: wait no longer.
+        `found`: the read before this wait found messages (see next_wait).
         """
-        timeout = self.next_wait(found, cap)
+        timeout = self.next_wait(found)
         if self._event.is_set():
             self._event.clear()
             return
