@@ -12,7 +12,7 @@ Throughput: per concurrency, recreate the queue, send N no-op messages with ONE 
 then time `pgmq-worker run --burst` from spawn to exit. The handler (bench/noop_handlers.py)
 notes its first and last start, which split the wall time into start-up (spawn -> first job),
 work (first job -> exit) and tail (last job -> exit). The database's own counters give the
-pgmq.read calls and committed transactions per message. --notify-trigger sends into a queue
+committed transactions per message. --notify-trigger sends into a queue
 with an insert-notify trigger: the worker's own (as once a worker has started on the queue), or
 pgmq's enable_notify_insert for comparison.
 
@@ -45,7 +45,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,16 +74,9 @@ RAW_QUEUE = "bench_raw"  # bench/raw_loops.py's: no handler, so no worker trigge
 
 CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
 DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-# Per-database and superuser-only: counts pgmq's plpgsql calls (pgmq.read) without
-# pg_stat_statements, which neither server preloads.
-TRACK_FUNCTIONS = sql.SQL("ALTER DATABASE {} SET track_functions = 'all'")
 DROP_QUEUE = "SELECT pgmq.drop_queue(%s)"
 SERVER_VERSION = "SHOW server_version"
 CLEAR_SNAPSHOT = "SELECT pg_stat_clear_snapshot()"
-READ_CALLS = (
-    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions "
-    "WHERE schemaname = 'pgmq' AND funcname = 'read'"
-)
 COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
 OTHER_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -110,11 +103,10 @@ class Server:
 class Counters:
     """Cumulative database counters, read before and after a run."""
 
-    reads: int
     commits: int
 
     def __sub__(self, other: Counters) -> Counters:
-        return Counters(self.reads - other.reads, self.commits - other.commits)
+        return Counters(self.commits - other.commits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +182,6 @@ def fresh_database(server: Server, *, install: bool = True) -> Iterator[str]:
     name = f"pgmqw_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server.admin_url, autocommit=True) as admin:
         admin.execute(CREATE_DATABASE.format(sql.Identifier(name)))
-        # Without the privilege the read counts stay at zero and are shown as "-".
-        with suppress(psycopg.errors.InsufficientPrivilege):
-            admin.execute(TRACK_FUNCTIONS.format(sql.Identifier(name)))
     try:
         url = server.url_for(name)
         if install:
@@ -215,11 +204,10 @@ def reset_queue(conn: psycopg.Connection[Any], queue: str) -> None:
 
 
 def counters(conn: psycopg.Connection[Any]) -> Counters:
-    """pgmq.read calls and committed transactions in this database so far."""
+    """Committed transactions in this database so far."""
     conn.execute(CLEAR_SNAPSHOT)
-    reads = conn.execute(READ_CALLS).fetchone()
     commits = conn.execute(COMMITS).fetchone()
-    return Counters(int(reads[0]) if reads else 0, int(commits[0]) if commits else 0)
+    return Counters(int(commits[0]) if commits else 0)
 
 
 def settle_stats(conn: psycopg.Connection[Any]) -> None:
@@ -470,8 +458,6 @@ THROUGHPUT_COLUMNS = (
     "tail_s",
     "jobs/s",
     "jobs/s_work",
-    "reads",
-    "msg/read",
     "commit/msg",
 )
 
@@ -487,10 +473,7 @@ def print_throughput(rows: list[ThroughputRow], notify_trigger: str) -> None:
         "startup = spawn -> first handler start; work = first handler start -> exit; "
         "tail = last handler start -> exit"
     )
-    print(
-        "reads = pgmq.read calls, commit/msg = committed transactions in the database per message "
-        "(from pg_stat_user_functions / pg_stat_database)"
-    )
+    print("commit/msg = committed transactions in the database per message (from pg_stat_database)")
     table = [_throughput_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in [*table, list(THROUGHPUT_COLUMNS)]) for i in range(len(table[0]))]
     header = " ".join(name.rjust(w) for name, w in zip(THROUGHPUT_COLUMNS, widths, strict=True))
@@ -501,7 +484,6 @@ def print_throughput(rows: list[ThroughputRow], notify_trigger: str) -> None:
 
 
 def _throughput_cells(r: ThroughputRow) -> list[str]:
-    reads = r.db.reads if r.db and r.db.reads else None
     return [
         str(r.messages),
         str(r.processes),
@@ -514,8 +496,6 @@ def _throughput_cells(r: ThroughputRow) -> list[str]:
         _num(r.tail_s, ".3f"),
         f"{r.messages / r.wall_s:.0f}",
         _num(r.messages / r.work_s if r.work_s else None, ".0f"),
-        _num(reads, "d"),
-        _num(r.messages / reads if reads else None, ".2f"),
         _num(r.db.commits / r.messages if r.db else None, ".2f"),
     ]
 

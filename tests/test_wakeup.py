@@ -28,6 +28,32 @@ def test_the_wait_starts_short_after_work_and_doubles_to_the_poll_interval() -> 
     assert Wakeup(poll_interval=0.01).next_wait(found=True) == 0.01  # never longer than the interval
 
 
+def test_a_wait_ends_on_a_notification_on_stop_or_after_its_interval() -> None:
+    """Whichever comes first ends the wait; a notification nobody waited for ends the next one, once."""
+
+    async def elapsed(wait: Any) -> float:
+        started = time.monotonic()
+        await asyncio.wait_for(wait, 10)
+        return time.monotonic() - started
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        wakeup = Wakeup(poll_interval=30.0)
+        loop.call_later(0.05, wakeup.notify)
+        assert await elapsed(wakeup.wait(stopping)) < 1  # notified while waiting
+        wakeup.notify()  # while nobody waits (the worker is reading)
+        assert await elapsed(wakeup.wait(stopping)) < 0.05
+        with pytest.raises(TimeoutError):  # that notification is spent
+            await asyncio.wait_for(wakeup.wait(stopping), 0.2)
+        assert 0.15 < await elapsed(Wakeup(poll_interval=0.2).wait(stopping)) < 2  # the interval
+        loop.call_later(0.05, stopping.set)
+        assert await elapsed(wakeup.wait(stopping)) < 1  # stopped while waiting
+        assert await elapsed(wakeup.wait(stopping)) < 0.05  # and every wait after
+
+    asyncio.run(go())
+
+
 def test_a_polling_worker_picks_up_the_next_message_long_before_its_poll_interval(
     target: Any, conn: psycopg.Connection[Any]
 ) -> None:
