@@ -136,3 +136,17 @@ def test_a_job_released_on_shutdown_is_queued_again(target: Target, conn: psycop
     row = job(conn, "stuck", msg_id)
     assert row["status"] == "queued"
     assert row["attempts"] == 1
+
+
+def test_job_rows_carry_only_the_indexes_pgmq_worker_asks_by(conn: psycopg.Connection[Any]) -> None:
+    """Every index costs each enqueue and each status change (migration 0015): only those queries use."""
+    names = conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'pgmq_worker' AND tablename = 'jobs'"
+    ).fetchall()
+    assert {n for (n,) in names} == {
+        "jobs_pkey",  # by id: the web's GET /jobs/{id}, streams, progress and steps
+        "jobs_queue_msg_id_key",  # by message: the read's upsert and every settle
+        "jobs_owner_created_idx",  # an owner's jobs, newest first (partial: owner set)
+        "jobs_active_idempotency_key",  # one unfinished job per key (partial: key set)
+        "jobs_parent_idx",  # a fan-out's children (partial: parent set)
+    }
