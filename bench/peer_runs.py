@@ -37,12 +37,31 @@ class Peer:
     settings: str  # as shown in the table
     requirements: tuple[str, ...]
     driver: str  # a file in bench/peers/
+    bulk: str  # how the driver enqueues the jobs it drains, timed as the peer's bulk enqueue
 
 
 PEERS = (
-    Peer("PgQueuer", "asyncpg, 5 consumers, batch 10", ("pgqueuer==1.6.0", "asyncpg"), "pgqueuer_drain.py"),
-    Peer("Procrastinate", "concurrency 10", ("procrastinate==3.10.0",), "procrastinate_drain.py"),
-    Peer("Chancy", "concurrency 100, async executor", ("chancy==0.26.0",), "chancy_drain.py"),
+    Peer(
+        "PgQueuer",
+        "asyncpg, 5 consumers, batch 10",
+        ("pgqueuer==1.6.0", "asyncpg"),
+        "pgqueuer_drain.py",
+        "`Queries.enqueue`, 10,000 a call, no payload",
+    ),
+    Peer(
+        "Procrastinate",
+        "concurrency 10",
+        ("procrastinate==3.10.0",),
+        "procrastinate_drain.py",
+        "`batch_defer_async`, 10,000 a call, no arguments",
+    ),
+    Peer(
+        "Chancy",
+        "concurrency 100, async executor",
+        ("chancy==0.26.0",),
+        "chancy_drain.py",
+        "`push_many`, batches of 10,000, no arguments",
+    ),
 )
 
 
@@ -60,6 +79,12 @@ class PeerResult:
         """Jobs a second from the first handler start to the queue drained."""
         value = self.report.get("jobs_per_s") if self.report else None
         return float(value) if value is not None else None
+
+    @property
+    def enqueue_rate(self) -> float | None:
+        """Jobs a second the driver's bulk enqueue of them took (its own way: `Peer.bulk`)."""
+        seconds = self.report.get("enqueue_s") if self.report else None
+        return float(self.report["jobs"]) / float(seconds) if self.report and seconds else None
 
     @property
     def label(self) -> str:

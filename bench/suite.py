@@ -24,7 +24,8 @@ fresh databases made for this run and dropped afterwards. In one run it measures
    draining 200,000 (--quick: 50,000);
 
 then the peers (bench/peer_runs.py: PgQueuer, Procrastinate, Chancy; --skip-peers to leave them
-out), each draining the same N in its own venv and database. The table is printed as markdown
+out), each draining the same N in its own venv and database, after enqueueing them in bulk its
+own way (timed too: a row per peer, beside `enqueue_batch`). The table is printed as markdown
 and appended to bench/RESULTS.md with the date, machine, PostgreSQL version and the command.
 
 Drain rates (ours and the peers') run from the first handler start to the queue drained, so
@@ -308,12 +309,12 @@ def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
         report.failures += [f"{name}: {f}" for f in run.failures]
 
 
-def enqueue_rows(report: Report, db_url: str, plan: Plan) -> None:
-    """Part 4: enqueue rates as ratios to raw pgmq at the same client count."""
+def enqueue_rows(report: Report, db_url: str, plan: Plan) -> float | None:
+    """Part 4: enqueue rates as ratios to raw pgmq at the same client count; enqueue_batch's rate."""
     sizes = plan.enqueue_sizes
     runs = report.part("enqueue throughput", lambda: enqueue.measure(db_url, sizes))
     if runs is None:
-        return
+        return None
     raw = {(r.kind, r.clients): r.rate for r in runs if r.kind in ("send", "send_batch")}
     order = {kind: i for i, kind in enumerate(enqueue.LABELS)}
     for r in sorted(runs, key=lambda r: (r.kind.endswith("_batch"), r.clients, order[r.kind])):
@@ -339,6 +340,7 @@ def enqueue_rows(report: Report, db_url: str, plan: Plan) -> None:
                 f"`enqueue` at {_producers(r.clients)} / raw `pgmq.send` into a queue without the "
                 f"insert-notify trigger: {r.rate / plain[r.clients]:.2f}"
             )
+    return next((r.rate for r in runs if r.kind == "enqueue_batch" and not r.failures), None)
 
 
 def rss_rows(report: Report, db_url: str, plan: Plan) -> None:
@@ -369,9 +371,19 @@ def rss_rows(report: Report, db_url: str, plan: Plan) -> None:
 
 
 def peer_rows(
-    report: Report, server: Server, plan: Plan, batched: dict[int, float], ours: dict[str, float]
+    report: Report,
+    server: Server,
+    plan: Plan,
+    batched: dict[int, float],
+    ours: dict[str, float],
+    *,
+    our_batch: float | None,
 ) -> None:
-    """The peers, each on its own fresh database; one not run is a row saying why."""
+    """The peers, each on its own fresh database; one not run is a row saying why.
+
+    Each also enqueued its jobs in bulk, its own way, before draining them: a row of its own, and
+    `enqueue_batch` (part 4) as a ratio to it.
+    """
     results = report.part(
         "peers",
         lambda: peer_runs.run_peers(server, plan.messages, plan.peer_timeout_s, progress),
@@ -392,6 +404,21 @@ def peer_rows(
             if rate:
                 report.notes.append(
                     f"pgmq-worker 1 process, job rows {rows} / {result.peer.name}: {our_rate / rate:.2f}"
+                )
+        bulk = result.enqueue_rate
+        if bulk:
+            batch = f"`enqueue_batch`, {plan.enqueue_sizes.batch_size:,} a call"
+            report.rows.append(
+                Row(
+                    f"{result.label}: bulk enqueue of the N jobs ({result.peer.bulk})",
+                    bulk,
+                    bulk / our_batch if our_batch else None,
+                    batch if our_batch else "",
+                )
+            )
+            if our_batch:
+                report.notes.append(
+                    f"{batch} (job rows on) / {result.peer.name} bulk enqueue: {our_batch / bulk:.2f}"
                 )
         report.failures += list(result.failures)
 
@@ -527,12 +554,12 @@ def main(argv: list[str] | None = None) -> int:
             batched = ceiling_rows(report, db_url, plan)
             ours = drain_rows(report, db_url, plan, batched)
             latency_rows(report, db_url, plan)
-            enqueue_rows(report, db_url, plan)
+            our_batch = enqueue_rows(report, db_url, plan)
             rss_rows(report, db_url, plan)
         if args.skip_peers:
             report.rows.append(Row("peers (PgQueuer, Procrastinate, Chancy)", note="not run: --skip-peers"))
         else:
-            peer_rows(report, server, plan, batched, ours)
+            peer_rows(report, server, plan, batched, ours, our_batch=our_batch)
     facts += [
         f"python {platform.python_version()}; worker log level warning; N = {plan.messages:,}"
         + (" (--quick)" if args.quick else ""),
