@@ -389,16 +389,17 @@ def send_batch(
 _SENDABLE: set[tuple[str, int, str, str]] = set()
 
 
-def _sendable_key(
+def _queue_key(
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], queue: str
 ) -> tuple[str, int, str, str]:
+    """One queue in one database: the key of what this process remembers about it."""
     info = conn.info
     return (info.host, info.port, info.dbname, queue)
 
 
 def _sendable(conn: psycopg.Connection[Any], queue: str) -> bool:
     """Whether the queue exists, from pgmq.meta the first time (for this database), then remembered."""
-    key = _sendable_key(conn, queue)
+    key = _queue_key(conn, queue)
     if key in _SENDABLE:
         return True
     if not queue_exists(conn, queue):
@@ -409,7 +410,7 @@ def _sendable(conn: psycopg.Connection[Any], queue: str) -> bool:
 
 async def _asendable(conn: psycopg.AsyncConnection[Any], queue: str) -> bool:
     """_sendable on an async connection."""
-    key = _sendable_key(conn, queue)
+    key = _queue_key(conn, queue)
     if key in _SENDABLE:
         return True
     if not await aqueue_exists(conn, queue):
@@ -428,7 +429,7 @@ def _dropped_as_unknown(
     except psycopg.errors.UndefinedTable as exc:
         if table_name(queue) not in str(exc):
             raise
-        _SENDABLE.discard(_sendable_key(conn, queue))
+        _SENDABLE.discard(_queue_key(conn, queue))
         raise UnknownQueue(
             f"no queue named {queue!r} any more (it was dropped): create it again; the statement "
             "failed, and so has the transaction it ran in"
@@ -568,7 +569,7 @@ _STAMPS_LAST_READ: dict[tuple[str, int, str, str], bool] = {}
 
 async def _read_statement(conn: psycopg.AsyncConnection[Any], queue: str, *, job_rows: bool) -> str:
     """READ (or READ_PLAIN) for the queue's table, asking once per database whether to stamp last_read_at."""
-    key = _sendable_key(conn, queue)
+    key = _queue_key(conn, queue)
     stamp = _STAMPS_LAST_READ.get(key)
     if stamp is None:
         cur = await conn.execute(HAS_LAST_READ_AT, ("pgmq." + table_name(queue),))

@@ -92,7 +92,7 @@ class Wakeup:
             watch.add_done_callback(lambda _: self.notify())
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _resolve, waiter)
+        timer = loop.call_later(timeout, self.notify)  # the poll interval ends it like a notification
         try:
             await waiter
         finally:
@@ -122,8 +122,3 @@ class Wakeup:
             )
         finally:
             self.listening = False
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
