@@ -10,12 +10,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.settings import Duration
 from worker.loop import EventLoop, uvloop_installed
+from worker.webhooks import secret_key
 
 
 class WorkerSettings(BaseSettings):
     """How one worker process reads, leases and stops."""
 
-    model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore")
+    # hide_input_in_errors: a refused webhook_secret must not be echoed by str(ValidationError).
+    model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore", hide_input_in_errors=True)
 
     # Handlers at once. An `async def` slot costs a coroutine, and the read asks for as many
     # messages as slots are free: 100 reads in batches of 100 (README: Configuration).
@@ -39,6 +41,13 @@ class WorkerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # uvloop where installed (it comes with uvicorn[standard]), as uvicorn's `--loop auto` does.
     event_loop: EventLoop = "auto"
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # whsec_<base64>, at least 24 bytes, as receivers read it
+        return value
 
     @field_validator("event_loop")
     @classmethod

@@ -2,18 +2,22 @@
 
 Deliveries follow the Standard Webhooks scheme: headers `webhook-id`, `webhook-timestamp` and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed with the
-secret (`whsec_<base64>`, or any string, used as UTF-8). A delivery is retried with backoff on
-connection errors, timeouts, 429 and 5xx, in the background: the job never waits for it.
+base64-decoded secret `whsec_<base64>` (at least 24 bytes, as the specification advises). A
+delivery is retried with backoff on connection errors, timeouts, 429 and 5xx, in the background:
+the job never waits for it. Redirects are not followed (a 3xx fails the delivery).
 
 A user-supplied URL must not reach inside the network: a host that resolves to a private,
 loopback, link-local (cloud metadata), reserved or multicast address is refused unless
-PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE=true.
+PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE=true, and so is an IPv6 address that embeds such an IPv4
+address (mapped, IPv4-compatible, NAT64, 6to4, Teredo). The name is resolved and checked on every
+try, and the connection goes to the address that was checked (DNS rebinding cannot swap it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -23,7 +27,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,6 +36,14 @@ from worker.backoff import Backoff
 
 log = get_logger()
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+WHSEC = "whsec_"
+MIN_SECRET_BYTES = 24  # the Standard Webhooks specification: "between 24 bytes and 64 bytes"
+MAKE_ONE = "python -c 'import base64,os; print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())'"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d (deprecated, RFC 4291)
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: translated to the IPv4 in the low 32 bits
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a translator inside this network
 
 
 class WebhookRefused(ValueError):
@@ -40,35 +51,114 @@ class WebhookRefused(ValueError):
 
 
 def secret_key(secret: str) -> bytes:
-    """The HMAC key: the base64 after `whsec_` (Standard Webhooks), else the string's bytes."""
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
-    return secret.encode()
+    """The HMAC key of a `whsec_<base64>` secret; ValueError (never echoing it) for anything else."""
+    if not secret.startswith(WHSEC):
+        raise ValueError(f"must be whsec_ followed by base64 (Standard Webhooks); make one with: {MAKE_ONE}")
+    text = secret.removeprefix(WHSEC).strip()  # a newline pasted in with it is not part of the key
+    try:  # padding optional, as the reference implementation reads it; anything else not base64 is refused
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"the part after whsec_ is not base64; make one with: {MAKE_ONE}") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"decodes to {len(key)} bytes, fewer than {MIN_SECRET_BYTES}; make one with: {MAKE_ONE}"
+        )
+    return key
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` header value for one delivery."""
+    # Hand-written rather than standardwebhooks.Webhook.sign: it is one HMAC over bytes we already
+    # hold, where the package's sign takes the body as str and the time as a datetime (a naive one
+    # is silently read as UTC), and it would be a runtime dependency of every worker for four lines.
+    # The package is the receiving side's reference: tests/test_webhooks.py verifies real deliveries
+    # with it, so any drift from the specification fails there.
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
-async def check_destination(url: str, *, allow_private: bool) -> None:
-    """WebhookRefused unless every address the host resolves to is a public one (or allowed)."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise WebhookRefused(f"not an http(s) URL: {url!r}")
-    if allow_private:
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, IPv4-compatible, NAT64, 6to4, Teredo."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    found = [low32] if address in IPV4_COMPATIBLE or address in NAT64 else []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)  # (server, client): the client's bits are un-obfuscated for us
+    return found
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether a connection to `address` stays on the public internet (IPv4 it embeds included)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # the IPv4 address itself, spelled as IPv6
+            return is_public(address.ipv4_mapped)
+        if address in NAT64_LOCAL:
+            return False
+        if not all(is_public(inner) for inner in embedded_ipv4(address)):
+            return False
+    return address.is_global and not address.is_multicast
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the resolver's order of preference, without repeats."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A webhook URL and the address checked for it: the one its connection goes to."""
+
+    url: httpx.URL
+    address: IPAddress
+    pinned: httpx.URL  # the URL with the checked address for its host
+
+    def request(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Request:
+        """A POST to the checked address, with the Host header and TLS server name of the URL's host."""
+        # The URL names the IP, so nothing resolves the name again between the check and the
+        # connect; the Host header and the sni_hostname extension keep the original name, and
+        # httpcore verifies the certificate against that name (ssl's server_hostname).
+        extensions = {"sni_hostname": self.url.raw_host.decode("ascii")} if self.url.scheme == "https" else {}
+        headers = {**headers, "host": self.url.netloc.decode("ascii")}
+        return client.build_request("POST", self.pinned, content=body, headers=headers, extensions=extensions)
+
+
+async def check_destination(url: str, *, allow_private: bool, timeout_s: float = 10.0) -> Destination:
+    """The address to connect to: WebhookRefused unless every address the host resolves to is public.
+
+    A name that cannot be resolved (or not within `timeout_s`) raises httpx.ConnectError: a try
+    that failed to connect, retried like one.
+    """
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise WebhookRefused(f"cannot resolve {parts.hostname!r}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
-            raise WebhookRefused(f"{parts.hostname!r} resolves to a non-public address ({address})")
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise WebhookRefused(f"not a valid URL: {exc}") from None
+    if parsed.scheme not in {"http", "https"} or not parsed.raw_host:
+        raise WebhookRefused(f"not an http(s) URL: {url!r}")
+    host = parsed.raw_host.decode("ascii")  # IDNA-encoded: the name DNS and TLS see
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not 0 < port < 65536:  # getaddrinfo would wrap 99999 round to 34463
+        raise WebhookRefused(f"port {port} is out of range")
+    try:
+        async with asyncio.timeout(timeout_s):
+            addresses = await resolve(host, port)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise httpx.ConnectError(f"cannot resolve {host!r}: {exc or 'timed out'}") from exc
+    if not addresses:
+        raise httpx.ConnectError(f"{host!r} resolves to no address")
+    if not allow_private:
+        for address in addresses:  # every one: the connection must not pick another than was checked
+            if not is_public(address):
+                raise WebhookRefused(f"{host!r} resolves to a non-public address ({address})")
+    try:
+        pinned = parsed.copy_with(host=str(addresses[0]))
+    except httpx.InvalidURL as exc:  # e.g. an IPv6 zone httpx will not spell
+        raise WebhookRefused(f"cannot connect to {addresses[0]}: {exc}") from None
+    return Destination(parsed, addresses[0], pinned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +183,8 @@ class Webhooks:
         max_tries: int = 5,
         backoff: Backoff | None = None,
     ) -> None:
+        if secret is not None:
+            secret_key(secret)  # a malformed secret fails here, at start, not inside each delivery
         self.secret = secret
         self.allow_private = allow_private
         self.timeout_s = timeout_s
@@ -129,11 +221,6 @@ class Webhooks:
             self._client = None
 
     async def _deliver(self, event: Event, secret: str) -> None:
-        try:
-            await check_destination(event.url, allow_private=self.allow_private)
-        except WebhookRefused as exc:
-            log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
-            return
         msg_id = f"msg_{uuid.uuid4().hex}"
         body = json.dumps(
             {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data},
@@ -141,7 +228,7 @@ class Webhooks:
             default=str,
         ).encode()
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+            self._client = self._new_client()
         for attempt in range(1, self.max_tries + 1):
             timestamp = int(time.time())
             headers = {
@@ -151,12 +238,22 @@ class Webhooks:
                 "webhook-signature": sign(secret, msg_id, timestamp, body),
             }
             try:
-                response = await self._client.post(event.url, content=body, headers=headers)
+                # Resolved and checked on every try, and sent to the address that was checked: a
+                # name that answered a public address first cannot point a retry at loopback.
+                destination = await check_destination(
+                    event.url, allow_private=self.allow_private, timeout_s=self.timeout_s
+                )
+                response = await self._client.send(destination.request(self._client, body, headers))
                 if response.status_code < 300:
                     self.delivered += 1
                     return
                 retry = response.status_code in RETRY_STATUSES
                 why = f"HTTP {response.status_code}"
+                if response.is_redirect:
+                    why += " (redirects are not followed)"
+            except WebhookRefused as exc:
+                log.warning("webhook.refused", job_id=event.job_id, tries=attempt, error=str(exc))
+                return
             except httpx.HTTPError as exc:
                 retry, why = True, f"{type(exc).__name__}: {exc}"
             if not retry or attempt == self.max_tries:
@@ -165,6 +262,18 @@ class Webhooks:
                 )
                 return
             await asyncio.sleep(self.backoff.delay(attempt))
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # No keep-alive: the pool keys connections by origin, here the pinned IP, so a connection
+        # opened (and its certificate verified) for one name could carry another name's request to
+        # the same IP. No trust_env: a proxy from the environment would connect to some other
+        # address than the one checked, and .netrc credentials are not ours to send.
+        return httpx.AsyncClient(
+            timeout=self.timeout_s,
+            follow_redirects=False,  # a redirect could name any address; the receiver fixes its URL
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
 
 def started(message: Message) -> Event | None:
