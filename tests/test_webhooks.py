@@ -7,23 +7,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
+import ssl
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import certifi
 import psycopg
+import pydantic
 import pytest
+import standardwebhooks
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from db.connect import Target
 from queues import InvalidPayload, enqueue, pgmq
 from tests.helpers import captured, job, run_burst
 from worker import Context, Registry, handler
-from worker.webhooks import WebhookRefused, check_destination, sign
+from worker import webhooks as webhooks_module
+from worker.backoff import Backoff
+from worker.settings import WorkerSettings
+from worker.webhooks import Event, WebhookRefused, Webhooks, check_destination, sign
 
 SECRET = "whsec_" + base64.b64encode(b"a-test-secret-of-some-length").decode()
 
@@ -81,20 +96,31 @@ class Receiver(BaseHTTPRequestHandler):
         server: Any = self.server
         body = self.rfile.read(int(self.headers["content-length"]))
         time.sleep(server.delay_s)
-        server.received.append((dict(self.headers), body))
+        server.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
         self.send_response(server.answers.pop(0) if server.answers else 200)
+        if server.location:
+            self.send_header("location", server.location)
         self.end_headers()
 
     def log_message(self, *_args: Any) -> None:
         pass
 
 
+def serve(tls: ssl.SSLContext | None = None) -> Any:
+    """A Receiver on 127.0.0.1 (an ephemeral port), in a thread; stop it with `server.shutdown()`."""
+    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    server.received, server.answers, server.delay_s, server.location = [], [], 0.0, None
+    server.port = server.server_address[1]
+    server.url = f"http://127.0.0.1:{server.port}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def receiver() -> Iterator[Any]:
-    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    server.received, server.answers, server.delay_s = [], [], 0.0
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve()
     try:
         yield server
     finally:
@@ -184,3 +210,314 @@ def test_without_a_secret_nothing_is_sent(
         hooked_job(target, conn, receiver.url, webhook_secret=None)
     assert receiver.received == []
     assert [e["event"] for e in logs].count("webhook.no_secret") == 1
+
+
+# --- Checked against the reference implementation (standardwebhooks, the spec's Python library) ---
+
+
+def test_real_deliveries_verify_with_the_standard_webhooks_package(
+    target: Target, conn: psycopg.Connection[Any], receiver: Any
+) -> None:
+    """What the receiver got verifies with standardwebhooks; a tampered body or an old timestamp does not."""
+    hooked_job(target, conn, receiver.url)
+    reference = standardwebhooks.Webhook(SECRET)
+    assert len(receiver.received) == 2
+    for headers, body in receiver.received:
+        assert reference.verify(body, headers)["type"] in {"job.running", "job.succeeded"}
+        with pytest.raises(standardwebhooks.WebhookVerificationError, match="No matching signature"):
+            reference.verify(body.replace(b'"attempt":1', b'"attempt":2'), headers)
+        old = str(int(headers["webhook-timestamp"]) - 600)
+        with pytest.raises(standardwebhooks.WebhookVerificationError, match="too old"):
+            reference.verify(body, headers | {"webhook-timestamp": old})
+    # Signed 10 minutes ago with our own signer: the reference refuses it on the timestamp alone.
+    stale = int(time.time()) - 600
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(stale)}
+    headers["webhook-signature"] = sign(SECRET, "msg_1", stale, b"{}")
+    with pytest.raises(standardwebhooks.WebhookVerificationError, match="too old"):
+        reference.verify(b"{}", headers)
+
+
+def test_an_unpadded_whsec_secret_signs_as_the_reference_reads_it(
+    target: Target, conn: psycopg.Connection[Any], receiver: Any
+) -> None:
+    """`whsec_` base64 without its `=` padding (the reference accepts it): delivered and verifiable."""
+    unpadded = SECRET.rstrip("=")
+    assert unpadded != SECRET
+    hooked_job(target, conn, receiver.url, webhook_secret=unpadded)
+    assert len(receiver.received) == 2
+    for headers, body in receiver.received:
+        standardwebhooks.Webhook(unpadded).verify(body, headers)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "correct horse battery staple and more",  # a password: receivers would base64-decode it
+        "c2hvcnQ=",  # base64 without the prefix
+        "whsec_" + base64.b64encode(b"short").decode(),  # 5 bytes: the specification asks for 24 or more
+        "whsec_not base64 at all!!",
+        "whsec_",
+    ],
+)
+def test_secrets_the_receivers_would_read_differently_are_refused_at_start(secret: str) -> None:
+    """A secret that is not `whsec_<base64 of 24+ bytes>` is refused by the settings, without echoing it."""
+    with pytest.raises(pydantic.ValidationError, match="whsec_") as refused:
+        WorkerSettings(webhook_secret=secret)
+    if len(secret) > len("whsec_"):
+        assert secret not in str(refused.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.binary(max_size=80).map(lambda key: "whsec_" + base64.b64encode(key).decode()),
+        st.binary(max_size=80).map(lambda key: "whsec_" + base64.b64encode(key).decode().rstrip("=")),
+    )
+)
+def test_every_secret_is_refused_or_signs_as_the_reference_does(secret: str) -> None:
+    """Any string: refused at start, or our signature is the one standardwebhooks computes with it."""
+    try:
+        WorkerSettings(webhook_secret=secret)
+    except pydantic.ValidationError:
+        return
+    expected = standardwebhooks.Webhook(secret).sign(
+        "msg_x", datetime.fromtimestamp(1700000000, UTC), '{"a":1}'
+    )
+    assert sign(secret, "msg_x", 1700000000, b'{"a":1}') == expected
+
+
+# --- The address check: DNS rebinding, IPv4 inside IPv6 ---
+
+PUBLIC = "93.184.216.34"  # never connected to: the test's outside network refuses every connection
+
+
+@pytest.fixture
+def no_outside_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Connections to anything but loopback fail as unreachable (recorded): this machine has no outside."""
+    attempted: list[str] = []
+    real = asyncio.base_events.BaseEventLoop.create_connection
+
+    async def loopback_only(self: Any, factory: Any, host: Any = None, port: Any = None, **kw: Any) -> Any:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            attempted.append(str(host))
+            raise OSError(errno.ENETUNREACH, "no outside network in tests")
+        return await real(self, factory, host, port, **kw)
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "create_connection", loopback_only)
+    return attempted
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, name: str, answers: Callable[[int], list[str]]) -> list[str]:
+    """socket.getaddrinfo answers `answers(n)` for the n-th (0-based) query of `name`; real for the rest."""
+    queries: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        asked = host.decode() if isinstance(host, bytes) else host
+        if asked != name:
+            return real(host, port, *args, **kwargs)
+        addresses = answers(len(queries))
+        queries.append(asked)
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, int(port)))
+            for a in addresses
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return queries
+
+
+def deliver(url: str, *, allow_private: bool = False, max_tries: int = 3) -> list[dict[str, Any]]:
+    """One event through a Webhooks sender (fast backoff), waited for; the log events."""
+
+    async def go() -> None:
+        hooks = Webhooks(
+            SECRET, allow_private=allow_private, max_tries=max_tries, backoff=Backoff(0.05, cap=0.05)
+        )
+        hooks.send(Event(url, "job-1", "running", {"id": "job-1"}))
+        await hooks.close(grace_s=20)
+
+    with captured() as logs:
+        asyncio.run(go())
+    return logs
+
+
+def test_a_name_that_rebinds_to_loopback_never_gets_the_body(
+    monkeypatch: pytest.MonkeyPatch, receiver: Any, no_outside_network: list[str]
+) -> None:
+    """DNS answers a public address for the check, then 127.0.0.1: no try reaches the loopback server."""
+    queries = fake_dns(monkeypatch, "rebind.example", lambda n: [PUBLIC] if n == 0 else ["127.0.0.1"])
+    logs = deliver(f"http://rebind.example:{receiver.port}/hook")
+    assert receiver.received == []
+    assert no_outside_network == [PUBLIC]  # the first try went to the address that was checked
+    assert len(queries) == 2  # the second try resolved again, and that answer was checked too
+    refused = [e for e in logs if e["event"] == "webhook.refused"]
+    assert len(refused) == 1
+    assert "127.0.0.1" in refused[0]["error"]
+
+
+def test_every_address_a_name_resolves_to_is_checked(
+    monkeypatch: pytest.MonkeyPatch, receiver: Any, no_outside_network: list[str]
+) -> None:
+    """A name with a public and a loopback address is refused before any connection."""
+    fake_dns(monkeypatch, "both.example", lambda _n: [PUBLIC, "127.0.0.1"])
+    logs = deliver(f"http://both.example:{receiver.port}/hook")
+    assert receiver.received == []
+    assert no_outside_network == []
+    assert [e["event"] for e in logs] == ["webhook.refused"]
+
+
+def test_a_pinned_delivery_keeps_the_host_header(monkeypatch: pytest.MonkeyPatch, receiver: Any) -> None:
+    """Allowed destinations still work: the connection goes to the checked IP, Host names the URL's host."""
+    fake_dns(monkeypatch, "hooks.internal", lambda _n: ["127.0.0.1"])
+    logs = deliver(f"http://hooks.internal:{receiver.port}/hook", allow_private=True)
+    assert logs == []
+    [(headers, body)] = receiver.received
+    assert headers["host"] == f"hooks.internal:{receiver.port}"
+    standardwebhooks.Webhook(SECRET).verify(body, headers)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate (and key, in the same folder) for the name `hooks.test`."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-days", "1",
+         "-subj", "/CN=hooks.test", "-addext", "subjectAltName=DNS:hooks.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize("name", ["hooks.test", "other.test"])
+def test_https_to_the_pinned_address_verifies_the_original_name(
+    monkeypatch: pytest.MonkeyPatch, certificate: Path, name: str
+) -> None:
+    """Over TLS the server name (SNI) and the certificate check are the URL's host, not the pinned IP."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    names: list[str | None] = []
+    tls.sni_callback = lambda _sock, server_name, _ctx: names.append(server_name)  # type: ignore[func-returns-value]
+    server = serve(tls)
+    monkeypatch.setattr(
+        certifi, "where", lambda: str(certificate / "cert.pem")
+    )  # trust the test's certificate
+    fake_dns(monkeypatch, name, lambda _n: ["127.0.0.1"])
+    try:
+        logs = deliver(f"https://{name}:{server.port}/hook", allow_private=True, max_tries=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert names == [name]
+    if name == "hooks.test":
+        assert logs == []
+        [(headers, _body)] = server.received
+        assert headers["host"] == f"hooks.test:{server.port}"
+    else:  # the certificate is for hooks.test: refused though the pinned IP is the same server
+        assert server.received == []
+        [failed] = logs
+        assert failed["event"] == "webhook.failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in failed["error"]
+
+
+def test_redirects_are_not_followed(receiver: Any) -> None:
+    """A 3xx fails the delivery (not retried): its Location, which could name any address, gets nothing."""
+    other = serve()
+    try:
+        receiver.answers, receiver.location = [307], other.url
+        logs = deliver(receiver.url, allow_private=True)
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert len(receiver.received) == 1
+    assert other.received == []
+    [failed] = logs
+    assert failed["event"] == "webhook.failed"
+    assert failed["tries"] == 1
+    assert "redirects are not followed" in failed["error"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 (RFC 6052) of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the cloud metadata service
+        "64:ff9b:1::808:808",  # local-use NAT64 (RFC 8215): translated inside this network
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::127.0.0.1",  # IPv4-compatible
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "::ffff:169.254.169.254",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    ],
+)
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address: str) -> None:
+    """An IPv6 address that embeds a loopback, private or link-local IPv4 address is refused."""
+    with pytest.raises(WebhookRefused, match="non-public"):
+        asyncio.run(check_destination(f"http://[{address}]/hook", allow_private=False))
+
+
+NON_PUBLIC_V4 = [
+    ipaddress.IPv4Network(n)
+    for n in [
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+        "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    ]
+]  # fmt: skip
+non_public_v4 = st.sampled_from(NON_PUBLIC_V4).flatmap(lambda net: st.ip_addresses(network=net))
+public_v4 = st.ip_addresses(v=4).filter(
+    lambda a: not any(a in net for net in NON_PUBLIC_V4) and a.is_global and not a.is_multicast
+)
+
+
+def spellings(v4: ipaddress.IPv4Address, rest: int) -> dict[str, ipaddress.IPv6Address]:
+    """Each IPv6 form that carries `v4` (rest: bits for the parts the form leaves free)."""
+    n = int(v4)
+    return {
+        "mapped": ipaddress.IPv6Address(0xFFFF << 32 | n),
+        "compatible": ipaddress.IPv6Address(n),
+        "nat64": ipaddress.IPv6Address(0x64FF9B << 96 | n),
+        "6to4": ipaddress.IPv6Address(0x2002 << 112 | n << 80 | rest & (1 << 80) - 1),
+        "teredo client": ipaddress.IPv6Address(
+            0x20010000 << 96 | (rest & (1 << 64) - 1) << 32 | n ^ 0xFFFFFFFF
+        ),
+        "teredo server": ipaddress.IPv6Address(0x20010000 << 96 | n << 64 | rest & (1 << 64) - 1),
+    }
+
+
+def verdict(address: ipaddress.IPv6Address) -> bool:
+    """Whether check_destination lets the literal address through."""
+    try:
+        asyncio.run(check_destination(f"http://[{address}]/", allow_private=False))
+    except WebhookRefused:
+        return False
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(non_public_v4, st.integers(min_value=0, max_value=(1 << 80) - 1))
+def test_every_ipv6_spelling_of_a_non_public_ipv4_address_is_refused(v4: Any, rest: int) -> None:
+    """Loopback, private, link-local, reserved, multicast IPv4: refused in every IPv6 form that carries it."""
+    allowed = {form for form, address in spellings(v4, rest).items() if verdict(address)}
+    assert allowed == set()
+
+
+@settings(max_examples=150, deadline=None)
+@given(public_v4, st.integers(min_value=0, max_value=(1 << 80) - 1))
+def test_ipv6_spellings_of_a_public_ipv4_address_pass(v4: Any, rest: int) -> None:
+    """A public IPv4 address passes mapped, compatible, NAT64 and 6to4 (Teredo, 2001::/32, is not global)."""
+    forms = spellings(v4, rest)
+    assert {form for form, address in forms.items() if verdict(address)} == {
+        "mapped",
+        "compatible",
+        "nat64",
+        "6to4",
+    }
+    assert webhooks_module.is_public(v4)

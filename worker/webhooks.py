@@ -44,6 +44,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d (deprecated, RFC 4291)
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: translated to the IPv4 in the low 32 bits
 NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a translator inside this network
+# Not reachable on the public internet: the IANA special-purpose registries (globally reachable:
+# false). ipaddress's is_global covers them on a current Python, but older patch releases miss some
+# (3.11.7 calls 192.0.0.8 global), so they are spelled out; is_global is checked as well.
+NON_PUBLIC = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16",
+        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
 
 
 class WebhookRefused(ValueError):
@@ -100,7 +113,7 @@ def is_public(address: IPAddress) -> bool:
             return False
         if not all(is_public(inner) for inner in embedded_ipv4(address)):
             return False
-    return address.is_global and not address.is_multicast
+    return address.is_global and not address.is_multicast and not any(address in n for n in NON_PUBLIC)
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
