@@ -23,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import certifi
 import psycopg
 import pydantic
 import pytest
@@ -403,11 +402,9 @@ def test_https_to_the_pinned_address_verifies_the_original_name(
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
     names: list[str | None] = []
-    tls.sni_callback = lambda _sock, server_name, _ctx: names.append(server_name)  # type: ignore[func-returns-value]
+    tls.sni_callback = lambda _sock, server_name, _ctx: names.append(server_name)
     server = serve(tls)
-    monkeypatch.setattr(
-        certifi, "where", lambda: str(certificate / "cert.pem")
-    )  # trust the test's certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate / "cert.pem"))  # trust the test's certificate
     fake_dns(monkeypatch, name, lambda _n: ["127.0.0.1"])
     try:
         logs = deliver(f"https://{name}:{server.port}/hook", allow_private=True, max_tries=1)

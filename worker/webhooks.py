@@ -280,11 +280,13 @@ class Webhooks:
         # No keep-alive: the pool keys connections by origin, here the pinned IP, so a connection
         # opened (and its certificate verified) for one name could carry another name's request to
         # the same IP. No trust_env: a proxy from the environment would connect to some other
-        # address than the one checked, and .netrc credentials are not ours to send.
+        # address than the one checked, and .netrc credentials are not ours to send; the CA bundle
+        # from SSL_CERT_FILE / SSL_CERT_DIR is still honoured (create_ssl_context reads them).
         return httpx.AsyncClient(
             timeout=self.timeout_s,
             follow_redirects=False,  # a redirect could name any address; the receiver fixes its URL
             trust_env=False,
+            verify=httpx.create_ssl_context(),
             limits=httpx.Limits(max_keepalive_connections=0),
         )
 
