@@ -9,6 +9,13 @@ gen_random_uuid() call: 3 us a row, a third of a batch's job-row insert.
 
 Layout: 48 bits of Unix milliseconds, the version (7), 74 random bits and the variant. Ids made in
 the same millisecond are unordered among themselves (the random part is not a counter).
+
+Why not uuid-utils (Rust, PyPI): timed here (timeit, best of 7, 2026-12-01), n ids as the one bytes
+string the SQL takes cost 8 us per 100 against 15 us for 100 `uuid_utils.uuid7().bytes` (69 against
+153 us per 1,000); one id as a stdlib UUID costs 2.3 us against 0.8 us (`uuid_utils.compat.uuid7`),
+1.5 us on an enqueue that then waits for a database round trip. Its ids are monotonic within a
+millisecond, but only within one process; several workers and web processes make ids at once, so
+nothing may rely on that order anyway. Not worth a compiled dependency in every install for this.
 """
 
 from __future__ import annotations
