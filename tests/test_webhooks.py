@@ -22,11 +22,14 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
+import httpx
 import psycopg
 import pydantic
 import pytest
 import standardwebhooks
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +39,7 @@ from tests.helpers import captured, job, run_burst
 from worker import Context, Registry, handler
 from worker import webhooks as webhooks_module
 from worker.backoff import Backoff
+from worker.cli import main
 from worker.settings import WorkerSettings
 from worker.webhooks import Event, WebhookRefused, Webhooks, check_destination, sign
 
@@ -266,6 +270,18 @@ def test_secrets_the_receivers_would_read_differently_are_refused_at_start(secre
         assert secret not in str(refused.value)
 
 
+def test_the_worker_will_not_start_with_a_plain_password_as_secret(db_url: str) -> None:
+    """`pgmq-worker run` with a non-whsec_ secret: a one-line error naming the setting, not the secret."""
+    env = {"DATABASE_URL": db_url, "PGMQ_WORKER_WEBHOOK_SECRET": "hunter2-but-longer-and-secret"}
+    result = CliRunner().invoke(main, ["run", "--burst"], env=env)
+    assert result.exit_code == 1, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert "invalid setting" in error
+    assert "webhook_secret" in error
+    assert "whsec_" in error
+    assert "hunter2" not in result.output
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.one_of(
@@ -344,6 +360,31 @@ def deliver(url: str, *, allow_private: bool = False, max_tries: int = 3) -> lis
     with captured() as logs:
         asyncio.run(go())
     return logs
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.builds("{}://{}/{}".format, st.sampled_from(["http", "https", "HTTP", ""]), st.text(), st.text()),
+    )
+)
+def test_any_url_is_pinned_or_refused_never_a_surprise(url: str) -> None:
+    """Whatever the URL: a Destination pinned to a checked address, WebhookRefused, or a ConnectError."""
+
+    async def public(_host: str, _port: int) -> list[Any]:
+        return [ipaddress.ip_address(PUBLIC)]  # DNS is outside: every name answers one public address
+
+    with patch.object(webhooks_module, "resolve", public):
+        try:
+            destination = asyncio.run(check_destination(url, allow_private=False))
+        except (WebhookRefused, httpx.ConnectError):
+            return
+    assert destination.url.scheme in {"http", "https"}
+    assert destination.pinned.host == PUBLIC
+    request = destination.request(httpx.AsyncClient(), b"{}", {"webhook-id": "msg_1"})
+    assert request.url.host == PUBLIC
+    assert request.headers["host"] == destination.url.netloc.decode()
 
 
 def test_a_name_that_rebinds_to_loopback_never_gets_the_body(
