@@ -381,8 +381,8 @@ def test_any_url_is_pinned_or_refused_never_a_surprise(url: str) -> None:
         except (WebhookRefused, httpx.ConnectError):
             return
     assert destination.url.scheme in {"http", "https"}
-    assert destination.pinned.host == PUBLIC
-    request = destination.request(httpx.AsyncClient(), b"{}", {"webhook-id": "msg_1"})
+    [pinned] = destination.pinned
+    request = destination.request(httpx.AsyncClient(), pinned, b"{}", {"webhook-id": "msg_1"})
     assert request.url.host == PUBLIC
     assert request.headers["host"] == destination.url.netloc.decode()
 
@@ -420,6 +420,16 @@ def test_a_pinned_delivery_keeps_the_host_header(monkeypatch: pytest.MonkeyPatch
     [(headers, body)] = receiver.received
     assert headers["host"] == f"hooks.internal:{receiver.port}"
     standardwebhooks.Webhook(SECRET).verify(body, headers)
+
+
+def test_the_next_checked_address_is_tried_when_one_refuses(
+    monkeypatch: pytest.MonkeyPatch, receiver: Any
+) -> None:
+    """A name whose first address refuses connections is delivered through the next, as httpx would."""
+    fake_dns(monkeypatch, "two.internal", lambda _n: ["127.0.0.2", "127.0.0.1"])  # nothing listens on .2
+    logs = deliver(f"http://two.internal:{receiver.port}/hook", allow_private=True, max_tries=1)
+    assert logs == []
+    assert len(receiver.received) == 1
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from worker.backoff import Backoff
 
 log = get_logger()
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_ADDRESSES = 3  # of a name's checked addresses, tried in turn within one try
 WHSEC = "whsec_"
 MIN_SECRET_BYTES = 24  # the Standard Webhooks specification: "between 24 bytes and 64 bytes"
 MAKE_ONE = "python -c 'import base64,os; print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())'"
@@ -124,20 +125,21 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """A webhook URL and the address checked for it: the one its connection goes to."""
+    """A webhook URL and the addresses checked for it: the only ones its connection may go to."""
 
     url: httpx.URL
-    address: IPAddress
-    pinned: httpx.URL  # the URL with the checked address for its host
+    pinned: tuple[httpx.URL, ...]  # the URL with each checked address for its host, in order
 
-    def request(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Request:
-        """A POST to the checked address, with the Host header and TLS server name of the URL's host."""
+    def request(
+        self, client: httpx.AsyncClient, pinned: httpx.URL, body: bytes, headers: dict[str, str]
+    ) -> httpx.Request:
+        """A POST to one checked address, with the Host header and TLS server name of the URL's host."""
         # The URL names the IP, so nothing resolves the name again between the check and the
         # connect; the Host header and the sni_hostname extension keep the original name, and
         # httpcore verifies the certificate against that name (ssl's server_hostname).
         extensions = {"sni_hostname": self.url.raw_host.decode("ascii")} if self.url.scheme == "https" else {}
         headers = {**headers, "host": self.url.netloc.decode("ascii")}
-        return client.build_request("POST", self.pinned, content=body, headers=headers, extensions=extensions)
+        return client.build_request("POST", pinned, content=body, headers=headers, extensions=extensions)
 
 
 async def check_destination(url: str, *, allow_private: bool, timeout_s: float = 10.0) -> Destination:
@@ -160,18 +162,18 @@ async def check_destination(url: str, *, allow_private: bool, timeout_s: float =
         async with asyncio.timeout(timeout_s):
             addresses = await resolve(host, port)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise httpx.ConnectError(f"cannot resolve {host!r}: {exc or 'timed out'}") from exc
+        raise httpx.ConnectError(f"cannot resolve {host!r}: {str(exc) or type(exc).__name__}") from exc
     if not addresses:
         raise httpx.ConnectError(f"{host!r} resolves to no address")
     if not allow_private:
         for address in addresses:  # every one: the connection must not pick another than was checked
             if not is_public(address):
                 raise WebhookRefused(f"{host!r} resolves to a non-public address ({address})")
-    try:
-        pinned = parsed.copy_with(host=str(addresses[0]))
+    try:  # the first few, tried in the resolver's order when one cannot be connected to
+        pinned = tuple(parsed.copy_with(host=str(address)) for address in addresses[:MAX_ADDRESSES])
     except httpx.InvalidURL as exc:  # e.g. an IPv6 zone httpx will not spell
-        raise WebhookRefused(f"cannot connect to {addresses[0]}: {exc}") from None
-    return Destination(parsed, addresses[0], pinned)
+        raise WebhookRefused(f"cannot connect to {host!r}: {exc}") from None
+    return Destination(parsed, pinned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +242,6 @@ class Webhooks:
             separators=(",", ":"),
             default=str,
         ).encode()
-        if self._client is None:
-            self._client = self._new_client()
         for attempt in range(1, self.max_tries + 1):
             timestamp = int(time.time())
             headers = {
@@ -256,7 +256,7 @@ class Webhooks:
                 destination = await check_destination(
                     event.url, allow_private=self.allow_private, timeout_s=self.timeout_s
                 )
-                response = await self._client.send(destination.request(self._client, body, headers))
+                response = await self._post(destination, body, headers)
                 if response.status_code < 300:
                     self.delivered += 1
                     return
@@ -275,6 +275,18 @@ class Webhooks:
                 )
                 return
             await asyncio.sleep(self.backoff.delay(attempt))
+
+    async def _post(self, destination: Destination, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST to the checked addresses in turn until one connects (httpx alone would try them all)."""
+        client = self._client or self._new_client()
+        self._client = client
+        *others, last = destination.pinned
+        for pinned in others:
+            try:
+                return await client.send(destination.request(client, pinned, body, headers))
+            except httpx.ConnectError:
+                continue
+        return await client.send(destination.request(client, last, body, headers))
 
     def _new_client(self) -> httpx.AsyncClient:
         # No keep-alive: the pool keys connections by origin, here the pinned IP, so a connection
