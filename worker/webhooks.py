@@ -143,7 +143,7 @@ class Destination:
 
 
 async def check_destination(url: str, *, allow_private: bool, timeout_s: float = 10.0) -> Destination:
-    """The address to connect to: WebhookRefused unless every address the host resolves to is public.
+    """The addresses to connect to: WebhookRefused unless every one the host resolves to is public.
 
     A name that cannot be resolved (or not within `timeout_s`) raises httpx.ConnectError: a try
     that failed to connect, retried like one.
