@@ -254,7 +254,7 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [run] = build.of("RUN")
     command = expand(run.args, values).replace("/venv", str(venv))
     done = subprocess.run(
-        ["/bin/sh", "-c", command], cwd=src, env=env, capture_output=True, text=True, check=False
+        ["/bin/sh", "-c", command], cwd=src, env=env, capture_output=True, text=True, timeout=240, check=False
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return venv
@@ -324,6 +324,7 @@ def language_tools_missing() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # the first one also builds the venv (a pip install, ~20-60 s)
 def test_the_image_install_runs_the_cli_the_migrations_and_the_reference_handlers(
     image_venv: Path, empty_db_url: str, tmp_path: Path
 ) -> None:
@@ -350,6 +351,7 @@ def test_the_image_install_runs_the_cli_the_migrations_and_the_reference_handler
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # the first one also builds the venv (a pip install, ~20-60 s)
 def test_the_image_install_serves_the_web_process(
     image_venv: Path, empty_db_url: str, tmp_path: Path
 ) -> None:
