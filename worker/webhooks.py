@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-import json
 import socket
 import time
 import uuid
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from db import storable
 from db.logs import get_logger
 from queues.pgmq import Message
 from worker.backoff import Backoff
@@ -135,11 +135,13 @@ class Webhooks:
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
             return
         msg_id = f"msg_{uuid.uuid4().hex}"
-        body = json.dumps(
-            {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data},
-            separators=(",", ":"),
-            default=str,
-        ).encode()
+        try:  # the one encoder: the result in the body reads as the job row holds it
+            body = storable.dumps_bytes(
+                {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data}
+            )
+        except storable.Unstorable as exc:  # not expected: results and errors were checked before
+            log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
+            return
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
         for attempt in range(1, self.max_tries + 1):
