@@ -140,20 +140,42 @@ def safe_text(text: str) -> str:
 def loads(data: bytes | str) -> Any:
     """Parse JSON from outside; InvalidJson for bad syntax or encoding, NaN/Infinity, too deep.
 
-    The value still has to pass `jsonable` where it is stored (a `"\\u0000"` escape is valid JSON).
+    Nesting deeper than MAX_DEPTH is refused before parsing, the same wherever it is called
+    (a RecursionError would depend on how deep the caller's stack already is). The value still
+    has to pass `jsonable` where it is stored (a `"\\u0000"` escape is valid JSON).
     """
     try:
-        return json.loads(data, parse_constant=_no_constant)
-    except RecursionError:
-        raise InvalidJson("nested too deeply to read") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of too many digits
+        text = data if isinstance(data, str) else data.decode(json.detect_encoding(data), "surrogatepass")
+    except UnicodeDecodeError as exc:
         raise InvalidJson(str(exc)) from None
+    if _too_deep(text):
+        raise InvalidJson(f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:  # not expected after _too_deep; kept so it can never be a 500
+        raise InvalidJson("nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, an int of too many digits
+        raise InvalidJson(str(exc)) from None
+
+
+def _too_deep(text: str) -> bool:
+    """Whether brackets outside strings nest deeper than MAX_DEPTH (cheap unless there are many)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKET.finditer(_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
 
 
 # -- how ---------------------------------------------------------------------------------------
 
 _NUL: Final = "contains NUL (U+0000), which Postgres text and jsonb cannot hold"
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET: Final = re.compile(r"[\[\]{}]")
 
 
 def _no_constant(name: str) -> Any:
