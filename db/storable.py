@@ -229,6 +229,19 @@ def _dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
         raise Unstorable(f"nested deeper than {MAX_DEPTH} levels (or the value contains itself)")
     out: dict[str, Any] | None = None
     for i, (key, item) in enumerate(value.items()):
+        # The common member inline, without a call: an ASCII key to a short ASCII string, an
+        # int, None or a bool (a batch of a thousand payloads is mostly these).
+        if type(key) is str and key.isascii() and "\x00" not in key:
+            cls = type(item)
+            if (
+                (cls is str and item.isascii() and "\x00" not in item)
+                or item is None
+                or cls is bool
+                or (cls is int and _MIN_INT64 <= item <= _MAX_UINT64)
+            ):
+                if out is not None:
+                    out[key] = item
+                continue
         if type(key) is not str:
             key = _plain_key(key)  # noqa: PLW2901  a str subclass (StrEnum): its text
             if out is None:

@@ -233,7 +233,7 @@ def test_loads_reads_json_or_says_it_is_not_json_never_anything_else(data: bytes
         value = storable.loads(data)
     except InvalidJson:
         return
-    assert "NaN" not in json.dumps(value) and "Infinity" not in json.dumps(value)
+    json.dumps(value, allow_nan=False)  # raises ValueError for a NaN or an Infinity let through
 
 
 @pytest.mark.parametrize("text", ["[" * 1000, "[" * 100_000, "[" * 5000 + "]" * 5000, "[NaN]", "[1e400]"])
