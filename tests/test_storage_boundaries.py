@@ -380,3 +380,14 @@ def test_errors_holding_nul_or_surrogates_and_payloads_python_cannot_rewrite_sti
     assert record["payload"]["n"] == 1 and record["payload"]["huge"] == 10**400
     [(status,)] = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE queue = %s", (QUEUE,))
     assert status == "dead"
+
+
+def test_an_artifact_name_with_a_nul_finds_nothing_instead_of_failing(
+    web: tuple[TestClient, Any], conn: psycopg.Connection[Any]
+) -> None:
+    """`GET /jobs/{id}/artifacts/a%00b` on a job the caller may see: 404, not a failed statement."""
+    fastapi, _ = web
+    sent = enqueue(conn, QUEUE, {"s": "x"})
+    for name in ["a%00b.wav", "%ED%A0%80.wav", "ok.wav"]:
+        answer = fastapi.get(f"/jobs/{sent.job_id}/artifacts/{name}")
+        assert answer.status_code == 404, (name, answer.text)
