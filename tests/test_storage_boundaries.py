@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -391,3 +395,91 @@ def test_an_artifact_name_with_a_nul_finds_nothing_instead_of_failing(
     for name in ["a%00b.wav", "%ED%A0%80.wav", "ok.wav"]:
         answer = fastapi.get(f"/jobs/{sent.job_id}/artifacts/{name}")
         assert answer.status_code == 404, (name, answer.text)
+
+
+# -- ctx.enqueue, ctx.fan_out, webhook bodies ----------------------------------------------------
+
+
+def test_ctx_enqueue_and_fan_out_refuse_a_bad_payload_before_sending_anything(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """InvalidPayload at the call, naming the path; the delivery is dead (`invalid_payload`), and no
+    handoff or child was sent."""
+    reg = Registry()
+    seen: list[str] = []
+
+    @handler(QUEUE, registry=reg, max_attempts=3, backoff=FAST)
+    async def parent(payload: dict[str, Any], ctx: Context) -> None:
+        try:
+            if payload["how"] == "enqueue":
+                ctx.enqueue("children", {"ok": 1})  # would be sent with the ack: there is none
+                ctx.enqueue("children", {"text": "a\x00b"})
+            else:
+                await ctx.fan_out("kids", "children", [{"n": 1}, {"blob": b"\x00\x01"}])
+        except InvalidPayload as exc:
+            seen.append(str(exc))
+            raise
+
+    @handler("children", registry=reg)
+    async def child(payload: dict[str, Any], ctx: Context) -> None:
+        pass
+
+    pgmq.ensure_queue(conn, "children")
+    send(conn, QUEUE, {"how": "enqueue"}, {"how": "fan_out"})
+    run_burst(target, reg)
+    assert sorted(seen) == sorted(
+        [
+            "the payload cannot be stored: $.text: contains NUL (U+0000), which Postgres text and jsonb"
+            " cannot hold",
+            "the payload cannot be stored: $.blob: bytes are not JSON: encode them (base64) or store the file"
+            " with ctx.artifact",
+        ]
+    )
+    assert {r["reason"] for r in dead(conn, QUEUE)} == {"invalid_payload"}
+    assert rows(conn, "children") == []
+    assert conn.execute("SELECT count(*) FROM pgmq_worker.fan_outs").fetchone() == (0,)
+
+
+def test_webhook_bodies_use_the_same_encoding_as_the_job_row(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """The `succeeded` body's result reads exactly as the job row's (ISO datetimes, UUID strings),
+    and a `dead` body's error is the sanitised text."""
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    reg = Registry()
+
+    @handler(QUEUE, registry=reg, max_attempts=1)
+    async def hooked(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        if payload["fail"]:
+            raise RuntimeError("page \x00 broke")
+        return {"at": datetime(2026, 12, 1, 21, 46, tzinfo=UTC), "id": UUID(int=5), "n": (1, 2)}
+
+    pgmq.ensure_queue(conn, QUEUE)
+    ok = enqueue(conn, QUEUE, {"fail": False}, webhook_url=url)
+    enqueue(conn, QUEUE, {"fail": True}, webhook_url=url)
+    try:
+        run_burst(target, reg, webhook_secret="whsec_" + "A" * 32, webhook_allow_private=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_type = {e["type"]: e["data"] for e in received}
+    assert by_type["job.succeeded"]["result"] == job(conn, QUEUE, ok.msg_id)["result"]
+    assert by_type["job.succeeded"]["result"] == {
+        "at": "2026-12-01T21:46:00Z",
+        "id": "00000000-0000-0000-0000-000000000005",
+        "n": [1, 2],
+    }
+    assert by_type["job.dead"]["error"]["message"] == "page \\u0000 broke"
