@@ -16,7 +16,7 @@ The rule (README, "What may be stored"):
   their fields; tuples, lists, sets and frozensets as arrays (a set in no particular order);
   subclasses of str, int, float, dict and list as their base type.
 
-Error text is the exception: an exception message may hold anything, and a dead letter must
+Error text is the one exception: an exception message may hold anything, and a dead letter must
 always be writable, so `safe_text` makes text storable (NUL and lone surrogates written as
 visible `\\u0000`-style escapes) instead of refusing it.
 """

@@ -95,7 +95,13 @@ def encode_batch(ref: QueueRef, payloads: Sequence[Any]) -> str:
     size limit every member is, else each is measured to name the one over it.
     """
     if isinstance(ref, Contract) or not all(type(p) is dict for p in payloads):
-        return "[" + ",".join(encode(ref, p) for p in payloads) + "]"
+        texts = []
+        for i, payload in enumerate(payloads):
+            try:
+                texts.append(encode(ref, payload))
+            except InvalidPayload as exc:  # the same error, saying which payload
+                raise type(exc)(f"payload {i}: {exc}") from exc.__cause__
+        return "[" + ",".join(texts) + "]"
     try:
         data = storable.dumps_bytes(list(payloads))
     except storable.Unstorable as exc:
