@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from db import storable
 from db.connect import Target, sync_pool
 from queues import aenqueue, enqueue, enqueue_batch, pgmq
 from queues.errors import InvalidPayload
-from tests.helpers import dead, job, rows, run_burst, send
+from tests.helpers import dead, job, rows, run_burst, send, spawned, worker_process
 from tests.values import TEXT, TOO_DEEP, anything, json_like, nested, same
 from web import create_app
 from web.flask_example import jobs_blueprint
@@ -36,6 +37,7 @@ from worker.cli import main
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
 DB = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 QUEUE = "stored"
+CLI_QUEUE = "stored_cli"  # tests/storage_handlers.py's (not imported here: it would register globally)
 
 
 def expected(value: Any) -> tuple[Any, storable.Unstorable | None]:
@@ -483,3 +485,35 @@ def test_webhook_bodies_use_the_same_encoding_as_the_job_row(
         "n": [1, 2],
     }
     assert by_type["job.dead"]["error"]["message"] == "page \\u0000 broke"
+
+
+CLI_ERRORS = {
+    "nul_result": "the handler returned what may not be stored: result.text: contains NUL (U+0000)",
+    "bytes_result": "result.blob: bytes are not JSON: encode them (base64) or store the file with ctx.",
+    "nan_result": "result.score: NaN is not JSON",
+    "bad_step": "ctx.progress: step: contains NUL",
+    "bad_detail": "ctx.progress: detail.pages[0].text: contains NUL",
+    "bad_output": "step 'ocr' returned what may not be stored: output.pages[3].text: contains NUL",
+}
+
+
+def test_a_burst_worker_process_over_good_and_bad_jobs_exits_0(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The issue's run, as a user would: `pgmq-worker run --burst` exits 0 (it exited 1, blaming a
+    pooler, on a NUL in a result); every good job succeeded, every bad one dead with its path."""
+    kinds = ["nul_result", "bytes_result", "nan_result", "bad_step", "bad_detail", "bad_output"]
+    payloads = [{"kind": "good", "n": n} for n in range(18)]
+    payloads[1::3] = [{"kind": k, "n": n} for n, k in enumerate(kinds, start=100)]
+    ids = send(conn, CLI_QUEUE, *payloads)
+    argv, env = worker_process(db_url, "tests.storage_handlers", PGMQ_WORKER_CONCURRENCY="8")
+    with spawned([*argv, "--burst"], env, tmp_path / "worker.log") as proc:
+        assert proc.wait(120) == 0, (tmp_path / "worker.log").read_text()
+    assert rows(conn, CLI_QUEUE) == []
+    for msg_id, payload in zip(ids, payloads, strict=True):
+        row = job(conn, CLI_QUEUE, msg_id)
+        if payload["kind"] == "good":
+            assert (row["status"], row["result"]) == ("succeeded", {"n": payload["n"], "ok": True})
+        else:
+            assert (row["status"], row["attempts"]) == ("dead", 1), row
+            assert CLI_ERRORS[payload["kind"]] in row["error"]["message"], row["error"]
