@@ -173,7 +173,8 @@ BODIES = st.one_of(
     json_like().map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
     st.integers(1, 100_000).map(lambda n: b"[" * n),
-    st.integers(1, 3000).map(lambda n: json.dumps(nested(n)).encode()),
+    st.integers(1, 3000).map(lambda n: b'{"v":' + b"[" * n + b"0" + b"]" * n + b"}"),  # balanced, deep
+    st.integers(1, 3000).map(lambda n: b'{"k":' * n + b"0" + b"}" * n),
     st.sampled_from([b'{"v": NaN}', b'{"v": 1e400}', b'{"v": "\\u0000"}', b"\xff\xfe", b"{" * 1000]),
 )
 
