@@ -20,6 +20,7 @@ import httpx
 import psycopg
 from pydantic import ValidationError
 
+from db import storable
 from db.connect import Target, connect, resolve
 from db.embedded import pgdata_path, stop_embedded
 from db.errors import DatabaseError
@@ -184,9 +185,9 @@ def migrate(show_status: bool) -> None:
 def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> None:
     """Send one JSON object to QUEUE (validated against its handler's model when one is known)."""
     try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from exc
+        body = storable.loads(payload)
+    except storable.InvalidJson as exc:
+        raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from None
     db_settings = _settings(DatabaseSettings)
     _import_handlers(imports)
     with _one_line_errors():
