@@ -1,0 +1,102 @@
+"""Keeping secrets out of what we print: the one place that knows what a secret looks like.
+
+A secret is the password in DATABASE_URL (found even when the URL is malformed, because that is
+when libpq echoes it back: `invalid percent-encoded token: "S3cr3t%Passw0rd!"`), PGPASSWORD, and
+the value of any setting whose name says it is one (`*_SECRET`, `*_API_KEY`, `*_TOKEN`,
+`*_PASSWORD`). Error messages are scrubbed where they are made (db.connect, the CLI, the
+provider calls); `Redactor` is also the structlog processor that scrubs every log event, the
+last line of defence for a message we did not foresee.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+MASK = "***"
+MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; such a "secret" is no secret anyway
+SECRET_NAME = re.compile(r"(?:^|_)(?:SECRET|API_KEY|TOKEN|PASSWORD)$|^PGPASSWORD$", re.IGNORECASE)
+# scheme://user:password@rest. The password runs to the LAST "@": one typed with an unescaped "@"
+# is still all masked, although libpq would split it there and call the tail the host.
+URL_USERINFO = re.compile(r"^(?P<head>\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(?P<password>.*)@(?P<tail>[^@]*)$", re.DOTALL)
+URL_RESERVED = re.compile(r"[@/?#]")
+PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The password of a Postgres URL or key=value conninfo string, as written and decoded."""
+    found: list[str] = []
+    userinfo = URL_USERINFO.match(url)
+    if userinfo and userinfo["password"]:
+        found.append(userinfo["password"])
+        # libpq splits a password holding a reserved character and may quote a piece of it
+        # (as the host, the port, the database): each piece is a secret too.
+        found += URL_RESERVED.split(userinfo["password"])
+    for param in PASSWORD_PARAM.finditer(url):
+        value = param["value"]
+        found.append(value)
+        if value.startswith("'") and value.endswith("'") and len(value) > 1:
+            found.append(value[1:-1])
+    decoded = [unquote(s) for s in found]
+    return _worth_masking([*found, *decoded])
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages that must name it."""
+    masked = URL_USERINFO.sub(lambda m: f"{m['head']}{MASK}@{m['tail']}" if m["password"] else m[0], url)
+    return PASSWORD_PARAM.sub(lambda m: f"{m['key']}{MASK}", masked)
+
+
+def reserved_in_password(url: str) -> bool:
+    """True when a URL's password holds "@", "/", "?" or "#" unescaped (libpq would split it there)."""
+    userinfo = URL_USERINFO.match(url)
+    return bool(userinfo and URL_RESERVED.search(userinfo["password"]))
+
+
+def environment_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Every secret the process's environment holds: DATABASE_URL's password and secret-named values."""
+    found: list[str] = list(url_secrets(environ.get("DATABASE_URL", "")))
+    for name, value in environ.items():
+        if SECRET_NAME.search(name):
+            found.append(value)
+    return _worth_masking(found)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each secret replaced by ***."""
+    for secret in sorted(set(secrets), key=len, reverse=True):  # longest first: one may contain another
+        if len(secret) >= MIN_SECRET_LENGTH:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class Redactor:
+    """A structlog processor that masks known secret values anywhere in an event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        ordered = sorted(_worth_masking(secrets), key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, _logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Mask secrets in every string value of the event (nested lists and dicts too)."""
+        if self._pattern is None:
+            return event
+        return {key: self._scrub(value) for key, value in event.items()}
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            # One search per string: this runs for every log line of a busy worker.
+            return self._pattern.sub(MASK, value) if self._pattern and self._pattern.search(value) else value
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, BaseException) and self._pattern and self._pattern.search(str(value)):
+            return self._scrub(f"{type(value).__name__}: {value}")
+        return value
+
+
+def _worth_masking(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if len(v) >= MIN_SECRET_LENGTH))
