@@ -11,7 +11,7 @@ last line of defence for a message we did not foresee.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,7 +20,9 @@ MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; such a "secre
 SECRET_NAME = re.compile(r"(?:^|_)(?:SECRET|API_KEY|TOKEN|PASSWORD)$|^PGPASSWORD$", re.IGNORECASE)
 # scheme://user:password@rest. The password runs to the LAST "@": one typed with an unescaped "@"
 # is still all masked, although libpq would split it there and call the tail the host.
-URL_USERINFO = re.compile(r"^(?P<head>\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(?P<password>.*)@(?P<tail>[^@]*)$", re.DOTALL)
+URL_USERINFO = re.compile(
+    r"^(?P<head>\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(?P<password>.*)@(?P<tail>[^@]*)$", re.DOTALL
+)
 URL_RESERVED = re.compile(r"[@/?#]")
 PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
@@ -79,7 +81,7 @@ class Redactor:
         ordered = sorted(_worth_masking(secrets), key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
-    def __call__(self, _logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: object, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         """Mask secrets in every string value of the event (nested lists and dicts too)."""
         if self._pattern is None:
             return event

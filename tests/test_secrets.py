@@ -33,9 +33,9 @@ from tests.helpers import REPO, worker_process
 from tests.standins import serving
 from worker.cli import main
 
-PASSWORD = "S3cr3t%Passw0rd!"  # noqa: S105  (the secret the tests look for)
-JWT_SECRET = "jwt-secret-0123456789-abcdef"  # noqa: S105
-WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM="  # noqa: S105
+PASSWORD = "S3cr3t%Passw0rd!"
+JWT_SECRET = "jwt-secret-0123456789-abcdef"
+WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM="
 LLM_KEY = "sk-llm-key-0123456789abcdef"
 IMAGE_KEY = "sk-image-key-0123456789abcdef"
 SECRET_ENV = {
@@ -95,12 +95,12 @@ def test_no_password_survives_resolving_any_url(tail: str) -> None:
     password = "Pw-" + tail
     url = f"postgresql://app:{password}@db.example.com:5432/app"
     try:
-        target = resolve(DatabaseSettings(DATABASE_URL=url))
+        message = resolve(DatabaseSettings(DATABASE_URL=url)).describe()
     except DatabaseUnavailable as exc:
-        message = str(exc)
-        assert exc.__cause__ is None
+        message, cause = str(exc), exc.__cause__
     else:
-        message = target.describe()
+        cause = None
+    assert cause is None  # a cause would carry libpq's own message into tracebacks
     assert password not in message
     assert "Pw-" not in message
 
@@ -124,8 +124,14 @@ def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
     }
     assert set(environment_secrets(env)) >= {"pa ss word", "pgpass-1234", WEBHOOK_SECRET, "k-123456"}
     assert "debug" not in environment_secrets(env)
-    assert mask_url("postgresql://db/app?user=app&password=hunter22") == "postgresql://db/app?user=app&password=***"
-    assert redact("failed for hunter22", url_secrets("postgresql://db/app?password=hunter22")) == "failed for ***"
+    assert (
+        mask_url("postgresql://db/app?user=app&password=hunter22")
+        == "postgresql://db/app?user=app&password=***"
+    )
+    assert (
+        redact("failed for hunter22", url_secrets("postgresql://db/app?password=hunter22"))
+        == "failed for ***"
+    )
 
 
 # --- connection failures ---------------------------------------------------------------------
@@ -144,8 +150,10 @@ def password_role(server_url: str) -> Iterator[tuple[str, str]]:
     with psycopg.connect(server_url, autocommit=True) as admin:
         hba = Path(str(admin.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
         port = str(admin.execute("SHOW port").fetchone()[0])  # type: ignore[index]
-        lines = [f"{kind} all {role} {where} scram-sha-256" for kind, where in
-                 (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))]
+        lines = [
+            f"{kind} all {role} {where} scram-sha-256"
+            for kind, where in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+        ]
         try:
             original = hba.read_text()
             hba.write_text("\n".join(lines) + "\n" + original)
@@ -186,7 +194,7 @@ def test_the_right_password_is_not_logged_by_a_running_worker(
     url = url_of(role, PASSWORD.replace("%", "%25"), where, str(dbname))
     argv, env = worker_process(url, "handlers", **WORKER_ENV)
     # The role can log in but owns nothing: the worker stops at its first query, after logging in.
-    done = subprocess.run(argv + ["--burst"], cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
+    done = subprocess.run([*argv, "--burst"], cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode != 0, output
     assert_no_secret(output)
@@ -201,9 +209,11 @@ def test_an_unreachable_server_is_reported_without_the_password() -> None:
 
 def test_log_events_are_scrubbed_of_the_environments_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     """The last line of defence: a log event that carries a secret prints it masked."""
-    configure_logging("json", "info", environment_secrets({"DATABASE_URL": f"postgresql://a:{PASSWORD}@h/d", **SECRET_ENV}))
+    configure_logging(
+        "json", "info", environment_secrets({"DATABASE_URL": f"postgresql://a:{PASSWORD}@h/d", **SECRET_ENV})
+    )
     try:
-        raise RuntimeError(f"boom with {LLM_KEY}")
+        raise RuntimeError(f"boom with {LLM_KEY}")  # noqa: TRY301  (an exception with a secret, logged)
     except RuntimeError:
         get_logger().exception("test.leak", url=f"postgresql://a:{PASSWORD}@h/d", nested={"k": [JWT_SECRET]})
     err = capsys.readouterr().err
@@ -220,7 +230,9 @@ class EchoesTheKey(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        body = json.dumps({"error": f"Incorrect API key provided: {self.headers.get('Authorization')}"}).encode()
+        body = json.dumps(
+            {"error": f"Incorrect API key provided: {self.headers.get('Authorization')}"}
+        ).encode()
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -248,10 +260,14 @@ def test_a_refused_provider_key_reaches_no_log_job_row_or_dead_letter(
         argv, env = worker_process(
             db_url, "tests.secret_handlers", **WORKER_ENV, PGMQ_WORKER_LLM_BASE_URL=base_url
         )
-        sent = CliRunner().invoke(main, ["send", "secret_llm", '{"text": "hi"}', "--import", "tests.secret_handlers"], env={"DATABASE_URL": db_url})
+        sent = CliRunner().invoke(
+            main,
+            ["send", "secret_llm", '{"text": "hi"}', "--import", "tests.secret_handlers"],
+            env={"DATABASE_URL": db_url},
+        )
         assert sent.exit_code == 0, sent.output
         done = subprocess.run(
-            argv + ["--burst"], cwd=REPO, env=env, capture_output=True, timeout=120, check=False
+            [*argv, "--burst"], cwd=REPO, env=env, capture_output=True, timeout=120, check=False
         )
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, output
