@@ -9,8 +9,6 @@ against what the database says each role holds.
 
 from __future__ import annotations
 
-import asyncio
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from psycopg import conninfo, sql
 
@@ -27,6 +26,7 @@ from queues.catalog import Catalog
 from tests.helpers import dead, run_burst
 from web import create_app
 from worker import Backoff, Context, Limit, Registry, handler
+from worker.cli import main
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -82,7 +82,8 @@ def test_no_role_is_a_superuser_or_owns_anything(db_url: str, roles: dict[str, s
             ).fetchone()
             assert flags == (False, False, False, False)
             owned = admin.execute(
-                "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                "SELECT count(*) FROM pg_class"
+                " WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = %s)",
                 (name,),
             ).fetchone()
             assert owned == (0,)
@@ -291,7 +292,7 @@ def readme_table() -> dict[str, set[tuple[str, str]]]:
     table: dict[str, set[tuple[str, str]]] = {kind: set() for kind in KINDS}
     for line in block.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] in KINDS:  # noqa: PLR2004
+        if len(cells) == 3 and cells[0] in KINDS:
             table[cells[0]].add((cells[1], cells[2]))
     return table
 
@@ -305,10 +306,6 @@ def test_the_readme_lists_exactly_the_grants_each_role_holds(db_url: str, roles:
 
 def test_the_worker_role_runs_from_the_cli(db_url: str, roles: dict[str, str]) -> None:
     """`pgmq-worker queues` and a burst run of the reference handlers' queues work as the worker."""
-    from click.testing import CliRunner  # noqa: PLC0415
-
-    from worker.cli import main  # noqa: PLC0415
-
     with psycopg.connect(db_url, autocommit=True) as admin:
         pgmq.ensure_queue(admin, "text_stats")
         enqueue(admin, "text_stats", {"text": "to be or not to be"})
@@ -319,4 +316,3 @@ def test_the_worker_role_runs_from_the_cli(db_url: str, roles: dict[str, str]) -
         assert admin.execute("SELECT status FROM pgmq_worker.jobs WHERE queue = 'text_stats'").fetchone() == (
             "succeeded",
         )
-    asyncio.set_event_loop(None)
