@@ -251,8 +251,8 @@ def test_grant_access_refuses_a_bad_kind_or_an_unknown_role(conn: psycopg.Connec
 # --- the README's table is what the database says ---------------------------------------------
 
 
-def held(admin: psycopg.Connection[Any], role: str) -> set[tuple[str, str]]:
-    """(object, privileges) the role holds; the queue priv_early's objects written as <queue>."""
+def held(admin: psycopg.Connection[Any], role: str, queue: str = "priv_early") -> set[tuple[str, str]]:
+    """(object, privileges) the role holds; the objects of `queue` written as <queue>."""
     schemas = admin.execute(
         "SELECT 'schema ' || nspname, 'USAGE' FROM pg_namespace"
         " WHERE nspname IN ('pgmq', 'pgmq_worker') AND has_schema_privilege(%s, oid, 'USAGE')",
@@ -281,7 +281,7 @@ def held(admin: psycopg.Connection[Any], role: str) -> set[tuple[str, str]]:
     ).fetchall()
     merged: dict[str, list[str]] = {}
     for obj, privileges in [*schemas, *tables, *columns]:  # a table's own grants, then its columns'
-        merged.setdefault(str(obj).replace("priv_early", "<queue>"), []).append(str(privileges))
+        merged.setdefault(str(obj).replace(queue, "<queue>"), []).append(str(privileges))
     return {(obj, ", ".join(parts)) for obj, parts in merged.items()}
 
 
