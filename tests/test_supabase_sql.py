@@ -87,7 +87,7 @@ def test_the_data_api_roles_see_the_schema_and_rls_still_decides(pasted: tuple[s
         mine = enqueue(conn, "sb_work", {"n": 1}, owner=alice)
         enqueue(conn, "sb_work", {"n": 2}, owner=uuid.uuid4())
         assert as_user(conn, "authenticated", alice) == [(mine.job_id,)]
-        assert len(as_user(conn, "service_role", None)) == 2  # noqa: PLR2004
+        assert len(as_user(conn, "service_role", None)) == 2
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             as_user(conn, "anon", None)
 
