@@ -31,6 +31,7 @@ from db.settings import DatabaseSettings
 from queues import pgmq
 from tests.helpers import REPO, worker_process
 from tests.standins import serving
+from web.__main__ import main as web_main
 from worker.cli import main
 
 PASSWORD = "S3cr3t%Passw0rd!"
@@ -86,6 +87,18 @@ def test_a_malformed_database_url_is_reported_without_its_password(
     assert expect in output, output
     assert "Traceback" not in output
     assert_no_secret(output, (*SECRETS, "S3cr3tPassw0rd!"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"postgresql://app:{PASSWORD}@127.0.0.1:1/db", f"postgresql://app:{PASSWORD[:6]}@x@127.0.0.1:1/db"],
+)
+def test_the_web_process_reports_a_bad_url_without_its_password(url: str) -> None:
+    """`python -m web` (what `pgmq-worker web` runs) fails at start with the password masked."""
+    result = CliRunner().invoke(web_main, [], env={"DATABASE_URL": url, **SECRET_ENV})
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: DATABASE_URL"), result.output
+    assert_no_secret(result.output, (*SECRETS, PASSWORD[:6]))
 
 
 @settings(max_examples=200, deadline=None)
