@@ -7,10 +7,11 @@ everything the process printed and what it stored, and looks for every secret in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -155,7 +156,8 @@ def password_role(server_url: str) -> Iterator[tuple[str, str]]:
     """A login role with PASSWORD whose logins the server checks by password; (role, host:port).
 
     The test servers trust local connections, so a wrong password would be let in: pg_hba lines
-    for this role alone ask for scram-sha-256, and are taken out again afterwards.
+    for this role alone ask for scram-sha-256. The file may be a shared server's: it is edited
+    under a lock, and only our lines are taken out again.
     """
     role = f"pgmqw_pw_{uuid.uuid4().hex[:10]}"
     params = conninfo.conninfo_to_dict(server_url)
@@ -163,13 +165,9 @@ def password_role(server_url: str) -> Iterator[tuple[str, str]]:
     with psycopg.connect(server_url, autocommit=True) as admin:
         hba = Path(str(admin.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
         port = str(admin.execute("SHOW port").fetchone()[0])  # type: ignore[index]
-        lines = [
-            f"{kind} all {role} {where} scram-sha-256"
-            for kind, where in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
-        ]
+        ours = [f"{kind} all {role} {where} scram-sha-256" for kind, where in HBA_LINES]
         try:
-            original = hba.read_text()
-            hba.write_text("\n".join(lines) + "\n" + original)
+            edit_hba(hba, lambda lines: [*ours, *lines])
         except OSError as exc:
             pytest.skip(f"cannot make the server check passwords ({hba}: {exc})")
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), PASSWORD))
@@ -177,9 +175,22 @@ def password_role(server_url: str) -> Iterator[tuple[str, str]]:
         try:
             yield role, f"{host}:{port}" if not host.startswith("/") else f"?host={host}&port={port}"
         finally:
-            hba.write_text(original)
+            edit_hba(hba, lambda lines: [line for line in lines if line not in ours])
             admin.execute("SELECT pg_reload_conf()")
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+HBA_LINES = (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+
+
+def edit_hba(hba: Path, change: Callable[[list[str]], list[str]]) -> None:
+    """Rewrite pg_hba.conf under an exclusive lock (another test session may edit it too)."""
+    with hba.open("r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        lines = f.read().splitlines()
+        f.seek(0)
+        f.write("\n".join(change(lines)) + "\n")
+        f.truncate()
 
 
 def url_of(role: str, password: str, where: str, dbname: str) -> str:

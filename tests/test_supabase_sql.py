@@ -63,8 +63,8 @@ def test_the_file_is_plain_sql_for_the_editor() -> None:
 def test_the_roles_hold_the_readme_grants_and_cannot_log_in_yet(pasted: tuple[str, dict[str, str]]) -> None:
     """Each role holds exactly its README row set, and is NOLOGIN until given a password."""
     url, names = pasted
-    table = readme_table()
     with psycopg.connect(url, autocommit=True) as conn:
+        table = readme_table(conn)
         for kind in KINDS:
             assert held(conn, names[kind], "sb_work") == table[kind]
             login = conn.execute(
