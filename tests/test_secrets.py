@@ -209,18 +209,29 @@ def test_a_wrong_password_is_refused_without_printing_either(password_role: tupl
     assert_no_secret(output, (*SECRETS, "S3cr3t%25Passw0rd!-wrong"))
 
 
-def test_the_right_password_is_not_logged_by_a_running_worker(
-    password_role: tuple[str, str], db_url: str, tmp_path: Path
-) -> None:
-    """`run --burst` as a password role: worker.started names the database, not the password."""
+def test_a_worker_with_a_password_never_logs_it(password_role: tuple[str, str], db_url: str) -> None:
+    """`run --burst` as a password role with worker grants: it runs a job and logs where it runs
+    (worker.started's `database`), never the password; nor does a role without grants that fails."""
     role, where = password_role
     dbname = conninfo.conninfo_to_dict(db_url)["dbname"]
     url = url_of(role, PASSWORD.replace("%", "%25"), where, str(dbname))
     argv, env = worker_process(url, "handlers", **WORKER_ENV)
-    # The role can log in but owns nothing: the worker stops at its first query, after logging in.
-    done = subprocess.run([*argv, "--burst"], cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
+    argv += ["--burst", "--queue", "text_stats"]
+    refused = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
+    output = refused.stdout.decode() + refused.stderr.decode()
+    assert refused.returncode == 1, output  # logged in, but may not read pgmq_worker's tables yet
+    assert_no_secret(output)
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        pgmq.ensure_queue(admin, "text_stats")
+        pgmq.send(admin, "text_stats", {"text": "to be or not to be"})
+        admin.execute("SELECT pgmq_worker.grant_access(%s, 'worker')", (role,))
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
     output = done.stdout.decode() + done.stderr.decode()
-    assert done.returncode != 0, output
+    assert done.returncode == 0, output
+    started = [json.loads(line) for line in output.splitlines() if '"worker.started"' in line]
+    assert started, output
+    assert started[0]["database"].startswith(f"{role}@"), started
+    assert '"job.succeeded"' in output
     assert_no_secret(output)
 
 
