@@ -19,7 +19,7 @@ def configure_logging(
     level: Literal["debug", "info", "warning", "error"] = "info",
     secrets: Iterable[str] = (),
 ) -> None:
-    """Configure structlog once, at the CLI edge; `secrets` are masked in every event."""
+    """Configure structlog once, at the CLI edge; `secrets` are masked in every line logged."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer(_orjson_dumps)
@@ -30,8 +30,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if not use_console else _identity,
-            Redactor(secrets),  # after format_exc_info: a traceback's messages are scrubbed too
-            renderer,
+            Redactor(renderer, secrets),  # the rendered line, tracebacks included
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         # One write per event (message and newline together): the worker processes of
