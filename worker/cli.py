@@ -63,16 +63,16 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _error_line(message: str) -> click.ClickException:
-    return click.ClickException(redact(message, environment_secrets(os.environ)))
+    return click.ClickException(redact(message, _secrets()))
 
 
-def _log_secrets() -> tuple[str, ...]:
-    """What configure_logging masks: the secrets of this process's environment (db.redact)."""
+def _secrets() -> tuple[str, ...]:
+    """What is never printed or logged: the secrets of this process's environment (db.redact)."""
     return environment_secrets(os.environ)
 
 
 def _first(exc: BaseException) -> str:
-    text = redact(str(exc), environment_secrets(os.environ)).strip()  # masked before it is cut
+    text = redact(str(exc), _secrets()).strip()  # masked before it is cut
     return " ".join(text.splitlines()[:2]) if text else type(exc).__name__
 
 
@@ -136,7 +136,7 @@ def run(  # noqa: PLR0917  (click passes every option)
         poll_interval=None if poll_interval is None else timedelta(seconds=poll_interval),
     )
     db_settings = _settings(DatabaseSettings)
-    configure_logging(settings.log_format, settings.log_level, _log_secrets())
+    configure_logging(settings.log_format, settings.log_level, _secrets())
     _import_handlers(imports)
     with _one_line_errors():
         for q in queues:
@@ -355,7 +355,7 @@ def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None,
     """
     settings = _settings(WorkerSettings, concurrency=concurrency, threads=threads)
     db_settings = _settings(DatabaseSettings)
-    configure_logging(settings.log_format, settings.log_level, _log_secrets())
+    configure_logging(settings.log_format, settings.log_level, _secrets())
     _import_handlers(imports)
     with _one_line_errors():
         if not registry:
