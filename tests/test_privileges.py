@@ -9,6 +9,7 @@ against what the database says each role holds.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ from psycopg import conninfo, sql
 
 from db.connect import Target
 from queues import enqueue, pgmq
+from queues.artifacts import aget_artifact
 from queues.catalog import Catalog
+from queues.jobs import load_steps, renew_watches, unwatch, unwatch_all, watch
 from tests.helpers import dead, run_burst
 from web import create_app
 from worker import Backoff, Context, Limit, Registry, handler
@@ -193,6 +196,19 @@ def test_the_web_role_enqueues_and_reads_status(db_url: str, roles: dict[str, st
         assert client.get("/healthz").status_code == 200
     with psycopg.connect(target.url, autocommit=True) as conn:
         assert enqueue(conn, "priv_early", {"n": 2}).created
+    asyncio.run(stream_bookkeeping(target.url, uuid.UUID(answer.json()["job_id"])))
+
+
+async def stream_bookkeeping(url: str, job_id: uuid.UUID) -> None:
+    """What an event stream does besides LISTEN: register, renew and drop its watch; read steps
+    and artifacts of the job it serves."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await watch(conn, job_id, "web-1", 30)
+        await renew_watches(conn, "web-1", 30)
+        assert await load_steps(conn, job_id) == {}
+        assert await aget_artifact(conn, job_id, "out.txt") is None
+        await unwatch(conn, job_id, "web-1")
+        await unwatch_all(conn, "web-1")
 
 
 def test_the_web_role_may_not_read_take_or_delete_messages(db_url: str, roles: dict[str, str]) -> None:
