@@ -127,6 +127,14 @@ def test_mask_url_hides_any_password(password: str) -> None:
     assert password in url_secrets(f"postgresql://app:{password}@db.example.com/app")
 
 
+def test_an_at_sign_in_the_query_is_not_taken_for_the_password() -> None:
+    """`application_name=me@laptop` is a query's "@": the URL is accepted, its password masked."""
+    url = "postgresql://app:pw-1234@db.example.com/app?application_name=me@laptop"
+    assert resolve(DatabaseSettings(DATABASE_URL=url)).secrets() == ("pw-1234",)
+    assert mask_url(url) == "postgresql://app:***@db.example.com/app?application_name=me@laptop"
+    assert url_secrets("postgresql://app:pa?ss-word@db/app") == ("pa?ss-word", "ss-word")
+
+
 def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
     """`password=` in a conninfo string or URL query, PGPASSWORD and *_SECRET/*_API_KEY values."""
     env = {
