@@ -19,33 +19,27 @@ from urllib.parse import unquote
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; such a "secret" is no secret anyway
 SECRET_NAME = re.compile(r"(?:^|_)(?:SECRET|API_KEY|TOKEN|PASSWORD)$|^PGPASSWORD$", re.IGNORECASE)
-# scheme://user:password@rest. The password runs to the LAST "@" (see _userinfo): one typed with
+# scheme://user:password@rest. The password runs to the LAST "@" (see _passwords): one typed with
 # an unescaped "@" is still all masked, although libpq would split it there and call the tail the host.
 URL_USERINFO = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:(?P<password>.*)@[^@]*$", re.DOTALL)
 URL_RESERVED = re.compile(r"[@/?#]")
 PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
 
-def _userinfo(url: str) -> re.Match[str] | None:
-    """The user:password part of a URL, its password running to the last "@" before the query.
+def _passwords(url: str) -> list[re.Match[str]]:
+    """Where a URL's password may be: up to the last "@" before the query, or the last "@" at all.
 
-    A query may hold an "@" of its own (`application_name=me@laptop`); a password may hold a "?".
+    A query may hold an "@" of its own (`application_name=me@laptop`), a password a "?": both
+    readings are kept, the first preferred, so neither hides a password.
     """
-    head, query_mark, _ = url.partition("?")
-    match = URL_USERINFO.match(head)
-    if match or not query_mark:
-        return match
-    whole = URL_USERINFO.match(url)  # the "?" is the password's, unless a path comes before it
-    if whole and "/" not in whole["password"].partition("?")[0]:
-        return whole
-    return None
+    head = url.partition("?")[0]
+    return [m for m in (URL_USERINFO.match(head), URL_USERINFO.match(url)) if m and m["password"]]
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
     """The password of a Postgres URL or key=value conninfo string, as written and decoded."""
     found: list[str] = []
-    userinfo = _userinfo(url)
-    if userinfo and userinfo["password"]:
+    for userinfo in _passwords(url):
         found.append(userinfo["password"])
         # libpq splits a password holding a reserved character and may quote a piece of it
         # (as the host, the port, the database): each piece is a secret too.
@@ -61,16 +55,16 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for messages that must name it."""
-    userinfo = _userinfo(url)
-    if userinfo and userinfo["password"]:
-        url = url[: userinfo.start("password")] + MASK + url[userinfo.end("password") :]
+    readings = _passwords(url)
+    if readings:
+        url = url[: readings[0].start("password")] + MASK + url[readings[0].end("password") :]
     return PASSWORD_PARAM.sub(lambda m: f"{m['key']}{MASK}", url)
 
 
 def reserved_in_password(url: str) -> bool:
     """True when a URL's password holds "@", "/", "?" or "#" unescaped (libpq would split it there)."""
-    userinfo = _userinfo(url)
-    return bool(userinfo and URL_RESERVED.search(userinfo["password"]))
+    readings = _passwords(url)
+    return bool(readings) and URL_RESERVED.search(readings[0]["password"]) is not None
 
 
 def environment_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -102,7 +102,7 @@ def test_the_web_process_reports_a_bad_url_without_its_password(url: str) -> Non
     assert_no_secret(result.output, (*SECRETS, PASSWORD[:6]))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(tail=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")))
 def test_no_password_survives_resolving_any_url(tail: str) -> None:
     """Whatever a password holds, resolve() either works or fails without it; describe() masks it."""
@@ -130,7 +130,8 @@ def test_mask_url_hides_any_password(password: str) -> None:
 def test_an_at_sign_in_the_query_is_not_taken_for_the_password() -> None:
     """`application_name=me@laptop` is a query's "@": the URL is accepted, its password masked."""
     url = "postgresql://app:pw-1234@db.example.com/app?application_name=me@laptop"
-    assert resolve(DatabaseSettings(DATABASE_URL=url)).secrets() == ("pw-1234",)
+    # Both readings are secrets (the other one, up to the query's "@", costs masking a little more).
+    assert resolve(DatabaseSettings(DATABASE_URL=url)).secrets()[0] == "pw-1234"
     assert mask_url(url) == "postgresql://app:***@db.example.com/app?application_name=me@laptop"
     assert url_secrets("postgresql://app:pa?ss-word@db/app") == ("pa?ss-word", "ss-word")
 
