@@ -78,9 +78,10 @@ def resolve(settings: DatabaseSettings) -> Target:
         )
     try:
         info = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
+    except (psycopg.ProgrammingError, UnicodeDecodeError) as exc:
         # libpq quotes the bad part, often the password itself; `from None` keeps the original
-        # message out of tracebacks too.
+        # message out of tracebacks too. A percent-escape that is not UTF-8 (`%80`) fails in
+        # psycopg's decoding of what libpq parsed.
         raise DatabaseUnavailable(
             f"DATABASE_URL is not a valid Postgres URL: {_first_line(exc, url_secrets(url))}"
         ) from None
