@@ -136,6 +136,13 @@ def test_an_at_sign_in_the_query_is_not_taken_for_the_password() -> None:
     assert url_secrets("postgresql://app:pa?ss-word@db/app") == ("pa?ss-word", "ss-word")
 
 
+def test_database_settings_do_not_show_the_url() -> None:
+    """A settings object in a log line or a traceback (its repr) leaves DATABASE_URL out."""
+    settings = DatabaseSettings(DATABASE_URL=f"postgresql://app:{PASSWORD}@db/app")
+    assert_no_secret(repr(settings))
+    assert_no_secret(str(settings))
+
+
 def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
     """`password=` in a conninfo string or URL query, PGPASSWORD and *_SECRET/*_API_KEY values."""
     env = {
