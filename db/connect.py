@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -21,7 +21,7 @@ SUPAVISOR_TRANSACTION_PORT = 6543
 class Target:
     """A resolved database: its URL and what the connection path between us allows."""
 
-    url: str
+    url: str = field(repr=False)  # it holds the password: describe() is what may be shown
     transaction_pooler: bool
     embedded: bool = False
     application_name: str = "pgmq-worker"

@@ -137,10 +137,11 @@ def test_an_at_sign_in_the_query_is_not_taken_for_the_password() -> None:
 
 
 def test_database_settings_do_not_show_the_url() -> None:
-    """A settings object in a log line or a traceback (its repr) leaves DATABASE_URL out."""
-    settings = DatabaseSettings(DATABASE_URL=f"postgresql://app:{PASSWORD}@db/app")
+    """A settings object or a Target in a log line or a traceback (its repr) leaves the URL out."""
+    settings = DatabaseSettings(DATABASE_URL=f"postgresql://app:{PASSWORD.replace('%', '%25')}@db/app")
     assert_no_secret(repr(settings))
     assert_no_secret(str(settings))
+    assert_no_secret(repr(resolve(settings)))  # the Target too
 
 
 def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
