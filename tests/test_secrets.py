@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,26 +18,31 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import jwt
 import psycopg
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import conninfo, sql
 
-from db.connect import resolve
+from db.connect import Target, resolve
 from db.errors import DatabaseUnavailable
 from db.logs import configure_logging, get_logger
 from db.redact import MASK, environment_secrets, mask_url, redact, url_secrets
 from db.settings import DatabaseSettings
 from queues import pgmq
-from tests.helpers import REPO, worker_process
+from queues.catalog import Catalog
+from tests.helpers import REPO, captured, worker_process
 from tests.standins import serving
+from web import create_app
 from web.__main__ import main as web_main
+from web.settings import WebSettings
 from worker.cli import main
 
 PASSWORD = "S3cr3t%Passw0rd!"
-JWT_SECRET = "jwt-secret-0123456789-abcdef"
+JWT_SECRET = "jwt-secret-0123456789-abcdef-0123456789"
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM="
 LLM_KEY = "sk-llm-key-0123456789abcdef"
 IMAGE_KEY = "sk-image-key-0123456789abcdef"
@@ -272,6 +278,34 @@ def test_log_events_are_scrubbed_of_the_environments_secrets(capsys: pytest.Capt
     assert "test.leak" in err
     assert_no_secret(err)
     assert json.loads(err.splitlines()[-1])["nested"] == {"k": [MASK]}
+
+
+# --- the web process: callers' tokens and the JWT secret -------------------------------------
+
+
+def test_refused_tokens_and_the_jwt_secret_reach_no_answer_or_log(target: Target) -> None:
+    """Bad, expired and foreign tokens get 401s that quote neither the token nor the secret."""
+    catalog = Catalog()
+    catalog.declare("secret_web")
+    now = int(time.time())
+    claims = {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": now + 60}
+    tokens = [
+        jwt.encode(claims, "another-secret-0123456789-0123456789", algorithm="HS256"),  # wrong key
+        jwt.encode({**claims, "exp": now - 60}, JWT_SECRET, algorithm="HS256"),  # expired
+        jwt.encode({**claims, "aud": "anon"}, JWT_SECRET, algorithm="HS256"),  # audience
+        "not.a.jwt-but-long-enough",
+    ]
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "secret_web")
+    settings = WebSettings(PGMQ_WORKER_JWT_SECRET=JWT_SECRET)
+    with captured() as logs, TestClient(create_app(target, settings=settings, catalog=catalog)) as client:
+        answers = [
+            client.post("/jobs/secret_web", json={}, headers={"Authorization": f"Bearer {t}"}) for t in tokens
+        ]
+        answers += [client.get(f"/jobs/{uuid.uuid4()}/events", params={"access_token": t}) for t in tokens]
+    assert [a.status_code for a in answers] == [401] * len(answers)
+    text = json.dumps([a.text for a in answers]) + json.dumps(logs, default=str)
+    assert_no_secret(text, (*SECRETS, *tokens, *(t.split(".")[2] for t in tokens[:3])))
 
 
 # --- a provider that refuses the key and echoes it -------------------------------------------
