@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import subprocess
 import time
 import uuid
@@ -34,7 +35,7 @@ from db.redact import MASK, environment_secrets, mask_url, redact, url_secrets
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
-from tests.helpers import REPO, captured, worker_process
+from tests.helpers import REPO, captured, spawned, worker_process
 from tests.standins import serving
 from web import create_app
 from web.__main__ import main as web_main
@@ -255,6 +256,36 @@ def test_a_worker_with_a_password_never_logs_it(password_role: tuple[str, str], 
     assert started, output
     assert started[0]["database"].startswith(f"{role}@"), started
     assert '"job.succeeded"' in output
+    assert_no_secret(output)
+
+
+CUT_CONNECTIONS = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
+
+
+def test_a_worker_losing_its_database_logs_why_without_the_password(
+    password_role: tuple[str, str], db_url: str, tmp_path: Path
+) -> None:
+    """Its connections cut again and again: worker.database_unavailable and the listener's
+    reconnects say what failed, never with the password; the worker stops cleanly after."""
+    role, where = password_role
+    url = url_of(role, PASSWORD.replace("%", "%25"), where, str(conninfo.conninfo_to_dict(db_url)["dbname"]))
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        pgmq.ensure_queue(admin, "text_stats")
+        admin.execute("SELECT pgmq_worker.grant_access(%s, 'worker')", (role,))
+    argv, env = worker_process(url, "handlers", **WORKER_ENV, PGMQ_WORKER_RECONNECT_MAX="0.3")
+    log = tmp_path / "worker.log"
+    with spawned([*argv, "--queue", "text_stats"], env, log) as proc, psycopg.connect(db_url) as admin:
+        admin.autocommit = True
+        deadline = time.monotonic() + 30
+        while "worker.started" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while "worker.database_unavailable" not in log.read_text() and time.monotonic() < deadline:
+            admin.execute(CUT_CONNECTIONS, (role,))
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    output = log.read_text()
+    assert "worker.database_unavailable" in output, output
     assert_no_secret(output)
 
 
