@@ -42,6 +42,7 @@ class DatabaseSettings(BaseSettings):
         default=None,
         validation_alias="DATABASE_URL",
         description="Postgres URL; unset means the embedded PostgreSQL under data_dir.",
+        repr=False,  # it holds the password: a settings object in a log or traceback must not show it
     )
     pooler: PoolerMode = PoolerMode.AUTO
     data_dir: Path = Path(".pgmq-worker")

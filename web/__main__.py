@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -14,6 +15,7 @@ from db.connect import resolve
 from db.embedded import pgdata_path
 from db.errors import DatabaseError
 from db.logs import configure_logging
+from db.redact import environment_secrets, redact
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues.catalog import import_modules
@@ -36,15 +38,16 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         db_settings = DatabaseSettings()
     except ValidationError as exc:
         raise click.ClickException(f"invalid setting: {describe_validation_error(exc)}") from exc
-    configure_logging()
+    secrets = environment_secrets(os.environ)
+    configure_logging(secrets=secrets)
     try:
         import_modules(imports)
         target = resolve(db_settings)
         prepare_schema(target)
     except (QueueError, DatabaseError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(redact(str(exc), secrets)) from exc
     except psycopg.OperationalError as exc:
-        raise click.ClickException(f"database error: {exc}".strip().splitlines()[0]) from exc
+        raise click.ClickException(redact(f"database error: {exc}".strip().splitlines()[0], secrets)) from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
     if settings.jwt_secret is None:
