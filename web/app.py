@@ -229,6 +229,19 @@ def create_app(
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
 
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """200 when the database answers, else 503."""
+        try:
+            async with jobs.pool.connection(timeout=3) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:  # any failure to reach the database is "unhealthy"
+            body = {"status": "unavailable", "error": str(exc).strip()[:200]}
+            return JSONResponse(body, 503)
+        return JSONResponse(
+            {"status": "ok", "listening": jobs.events.listening, "streams": jobs.events.streams}
+        )
+
     html = resources.files("web").joinpath("static/index.html").read_text(encoding="utf-8")
     page_headers = {"Content-Security-Policy": page_policy(html)}
 
