@@ -229,6 +229,13 @@ def create_app(
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
 
+    _add_health_and_page(app, jobs)
+    return app
+
+
+def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
+    """/healthz and the page, the two answers that need no token."""
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """200 when the database answers, else 503."""
@@ -249,8 +256,6 @@ def create_app(
     async def page() -> Response:
         """The progress page."""
         return HTMLResponse(html, headers=page_headers)
-
-    return app
 
 
 def _add_docs(app: FastAPI, jobs: Jobs) -> None:
