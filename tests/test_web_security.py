@@ -16,12 +16,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 import jwt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from db.connect import Target
@@ -30,7 +33,9 @@ from tests.test_web import ALICE, BOB, SECRET, app_on, bearer, serve, token
 from tests.test_web_cli import env_for, free_port, one_line_error, wait_healthy
 from web.__main__ import is_loopback
 from web.app import artifact_response
-from web.auth import REFUSAL_MESSAGE
+from web.auth import REFUSAL_MESSAGE, Auth
+from web.errors import ApiError
+from web.security import REDACTED, redact_query
 
 WEB = [sys.executable, "-m", "web"]
 
@@ -81,7 +86,34 @@ def test_the_request_log_never_holds_an_access_token(db_url: str, tmp_path: Path
     assert len([r for r in requests if "access_token=[redacted]&x=1" in r]) == 2, logged[-2000:]
 
 
+any_text = st.text(st.characters(codec=None), max_size=40)  # the whole of Unicode, NUL included
+query_pairs = st.lists(
+    st.tuples(st.sampled_from(["access_token", "x", "delay", "a b"]), any_text), max_size=6
+)
+
+
+@given(query_pairs)
+def test_the_redacted_query_holds_every_parameter_but_the_token(pairs: list[tuple[str, str]]) -> None:
+    """Whatever the query holds, read back it is the same with each access_token value redacted."""
+    query = urlencode(pairs).encode("ascii")
+    expected = [(k, REDACTED if k == "access_token" else v) for k, v in pairs]
+    assert parse_qsl(redact_query(query), keep_blank_values=True) == expected
+
+
 # ---------------------------------------------------------------- uniform 401s
+
+
+@given(st.one_of(any_text, st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode())))
+def test_any_string_as_a_token_is_one_uniform_401(text: str) -> None:
+    """An arbitrary string (all of Unicode, JWT-looking or not) is refused with the one message."""
+    auth = Auth(SECRET)
+    for attempt in (text, f"{text}.{text}.{text}"):
+        with pytest.raises(ApiError) as refused:
+            auth.caller(None, attempt)
+        assert refused.value.status == 401
+        assert refused.value.message == REFUSAL_MESSAGE or (
+            not attempt and "required" in refused.value.message
+        )
 
 
 def forged_none(sub: uuid.UUID) -> str:
@@ -179,6 +211,18 @@ def test_an_artifact_name_with_a_nul_is_a_404_for_the_owner(authed: TestClient) 
         answer = authed.get(f"{job['status_url']}/artifacts/{name}", headers=bearer(ALICE))
         assert answer.status_code == 404, (name, answer.text)
         assert answer.json()["error"]["code"] == "unknown_artifact"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(st.characters(codec=None), min_size=1, max_size=30))
+def test_any_artifact_name_in_the_url_is_a_404_never_a_5xx(authed: TestClient, name: str) -> None:
+    """Any text as the artifact segment (percent-encoded) is the owner's plain 404, never a 500."""
+    job = authed.get("/healthz") and authed.post(
+        "/jobs/text_stats", json={"text": "x"}, headers=bearer(ALICE)
+    )
+    url = f"{job.json()['status_url']}/artifacts/{quote(name, safe='')}"
+    answer = authed.get(url, headers=bearer(ALICE))
+    assert answer.status_code == 404, (name, answer.text)
 
 
 def test_requests_get_a_fast_503_with_retry_after_while_the_database_is_gone(
@@ -285,7 +329,8 @@ def test_docs_are_off_by_default_and_behind_the_token_when_on(target: Target) ->
             assert c.get(path).status_code == 401
             assert c.get(path, headers=bearer(BOB)).status_code == 200
         docs = c.get("/docs", headers=bearer(BOB))
-        assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+        [inline] = re.findall(r"<script>(.*?)</script>", docs.text, flags=re.DOTALL)
+        assert f"https://cdn.jsdelivr.net {sha256_source(inline)};" in docs.headers["content-security-policy"]
         assert "/jobs/{queue}" in c.get("/openapi.json", headers=bearer(BOB)).json()["paths"]
 
 
