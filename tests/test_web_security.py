@@ -217,10 +217,7 @@ def test_an_artifact_name_with_a_nul_is_a_404_for_the_owner(authed: TestClient) 
 @given(name=st.text(st.characters(codec=None), min_size=1, max_size=30))
 def test_any_artifact_name_in_the_url_is_a_404_never_a_5xx(authed: TestClient, name: str) -> None:
     """Any text as the artifact segment (percent-encoded) is the owner's plain 404, never a 500."""
-    job = authed.get("/healthz") and authed.post(
-        "/jobs/text_stats", json={"text": "x"}, headers=bearer(ALICE)
-    )
-    url = f"{job.json()['status_url']}/artifacts/{quote(name, safe='')}"
+    url = f"{alice_job(authed)['status_url']}/artifacts/{quote(name, safe='')}"
     answer = authed.get(url, headers=bearer(ALICE))
     assert answer.status_code == 404, (name, answer.text)
 
