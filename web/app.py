@@ -61,7 +61,8 @@ INLINE_TYPES = frozenset(
     }
 )
 # Request handlers wait this long for a database connection, then answer 503 with Retry-After:
-# a caller retries sooner than a 30 s pool timeout would let it, and no worker thread piles up.
+# the caller hears at once that it should retry, instead of after psycopg_pool's 30 s default
+# while requests pile up behind it.
 REQUEST_DB_TIMEOUT_S = 3.0
 RETRY_AFTER_S = 5
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -155,12 +156,12 @@ def create_app(
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(psycopg.InterfaceError)
-    @app.exception_handler(PoolTimeout)
-    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("web.database_unavailable", error=type(exc).__name__, detail=str(exc).strip()[:200])
-        return await api_error(_request, database_unavailable(RETRY_AFTER_S))
+        return await api_error(request, database_unavailable(RETRY_AFTER_S))
+
+    for error in DB_ERRORS:
+        app.add_exception_handler(error, database_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
