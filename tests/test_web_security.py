@@ -341,6 +341,7 @@ def test_oversized_headers_and_queries_are_refused_before_decoding(authed: TestC
     assert (
         authed.get(f"/jobs/{uuid.uuid4()}/events", params={"access_token": "t" * 20_000}).status_code == 414
     )
+    assert authed.get(f"/jobs/{'j' * 20_000}").status_code == 414
     assert authed.get("/queues", headers={"Authorization": "Bearer " + "a" * 5000}).status_code == 401
 
 

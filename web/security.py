@@ -26,7 +26,7 @@ from db.logs import get_logger
 log = get_logger()
 MAX_AUTHORIZATION_BYTES: Final = 8 * 1024  # a Supabase access token is under 2 KB
 MAX_HEADER_BYTES: Final = 32 * 1024  # all request headers together
-MAX_QUERY_BYTES: Final = 16 * 1024  # ?access_token= and ?delay= need far less
+MAX_URL_BYTES: Final = 16 * 1024  # path and query: ?access_token= and ?delay= need far less
 SECRET_PARAMETERS: Final = frozenset({"access_token"})
 REDACTED: Final = "[redacted]"
 # The API answers JSON and files: nothing it serves may load anything, run in a frame or tell
@@ -87,7 +87,8 @@ class Guard:
                     headers.setdefault(name, value)
             await send(message)
 
-        refusal = _oversized(scope["headers"], scope["query_string"])
+        url_bytes = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+        refusal = _oversized(scope["headers"], url_bytes)
         try:
             if refusal is not None:
                 await refusal(scope, receive, send_with_headers)
@@ -97,17 +98,15 @@ class Guard:
             log.info(
                 "http.request",
                 method=scope["method"],
-                path=scope["path"],
-                query=redact_query(scope["query_string"])
-                if len(scope["query_string"]) <= MAX_QUERY_BYTES
-                else "[too long]",
+                path=scope["path"] if url_bytes <= MAX_URL_BYTES else "[too long]",
+                query=redact_query(scope["query_string"]) if url_bytes <= MAX_URL_BYTES else "[too long]",
                 status=status,
                 client=scope["client"][0] if scope.get("client") else None,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
 
 
-def _oversized(headers: Iterable[tuple[bytes, bytes]], query: bytes) -> JSONResponse | None:
+def _oversized(headers: Iterable[tuple[bytes, bytes]], url_bytes: int) -> JSONResponse | None:
     total = 0
     for name, value in headers:
         total += len(name) + len(value)
@@ -115,8 +114,8 @@ def _oversized(headers: Iterable[tuple[bytes, bytes]], query: bytes) -> JSONResp
             return _refuse(431, f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes")
     if total > MAX_HEADER_BYTES:
         return _refuse(431, f"the request headers are over {MAX_HEADER_BYTES} bytes")
-    if len(query) > MAX_QUERY_BYTES:
-        return _refuse(414, f"the query string is over {MAX_QUERY_BYTES} bytes")
+    if url_bytes > MAX_URL_BYTES:
+        return _refuse(414, f"the URL is over {MAX_URL_BYTES} bytes")
     return None
 
 
