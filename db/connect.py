@@ -110,8 +110,12 @@ async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncC
         raise _unavailable(target, exc) from None
 
 
-def async_pool(target: Target, *, min_size: int, max_size: int, check: bool = False) -> AsyncConnectionPool:
+def async_pool(
+    target: Target, *, min_size: int, max_size: int, check: bool = False, timeout: float = 30.0
+) -> AsyncConnectionPool:
     """An autocommit async pool; `check` tests each connection at checkout (web requests).
+
+    `timeout`: how long `connection()` waits for a connection by default (web requests: seconds).
 
     The worker passes check=False: a check costs a round trip per ack (18% of a no-op worker's
     time), so it retries on connection errors and calls pool.check() to purge the rest.
@@ -123,6 +127,7 @@ def async_pool(target: Target, *, min_size: int, max_size: int, check: bool = Fa
         kwargs={"autocommit": True, **target.connect_kwargs()},
         check=AsyncConnectionPool.check_connection if check else None,
         open=False,
+        timeout=timeout,
         reconnect_timeout=24 * 3600,  # keep trying: a worker outlives database restarts
     )
 

@@ -126,6 +126,8 @@ def test_procfile_commands_start_and_stop_cleanly(name: str, db_url: str, tmp_pa
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_")}
     env.update({"DATABASE_URL": db_url, "PGMQ_WORKER_LOG_FORMAT": "json", "PORT": str(port)})
+    # As a deploy sets it: the web line binds 0.0.0.0, where it refuses to serve without a secret.
+    env["SUPABASE_JWT_SECRET"] = "deploy-test-secret-of-32-characters!"
     log = tmp_path / f"{name}.log"
     with log.open("wb") as out:
         # exec: the shell becomes the command, so the signal reaches it (as with honcho/foreman).

@@ -176,3 +176,20 @@ def test_a_failing_broadcast_never_fails_the_write(supabase_db: str) -> None:
         assert broadcasts(conn, sent.job_id) == []
         row = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE id = %s", (sent.job_id,)).fetchone()
         assert row == ("queued",)
+
+
+def test_a_user_cannot_read_another_jobs_topic_while_joined_to_their_own(supabase_db: str) -> None:
+    """Joined to `job:<her job>`, Alice reads that topic's broadcasts only: Bob's job's rows stay
+    hidden (the policy compares each row's topic with realtime.topic(), migration 0016)."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        hers = enqueue(conn, "work", {"n": 1}, owner=alice)
+        his = enqueue(conn, "work", {"n": 2}, owner=bob)
+        conn.execute("UPDATE pgmq_worker.jobs SET status = 'running' WHERE id = %s", (his.job_id,))
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE authenticated")
+            conn.execute("SELECT set_config('request.jwt.claim.sub', %s, true)", (str(alice),))
+            conn.execute("SELECT set_config('realtime.topic', %s, true)", (f"job:{hers.job_id}",))
+            topics = conn.execute("SELECT DISTINCT topic FROM realtime.messages").fetchall()
+    assert topics == [(f"job:{hers.job_id}",)]

@@ -17,13 +17,29 @@ class WebSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore", populate_by_name=True)
 
-    # Set it and every endpoint but / and /healthz needs a Supabase access token; unset, the
-    # endpoints are open (a private service behind your own network or proxy).
+    # Set it and every endpoint but / and /healthz needs a Supabase access token (/queues, /docs
+    # and /openapi.json too); unset, the endpoints are open, which `python -m web` allows on a
+    # loopback address, or anywhere with web_private=true (a private service behind your own
+    # network or proxy).
     jwt_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PGMQ_WORKER_JWT_SECRET", "SUPABASE_JWT_SECRET"),
     )
     jwt_audience: str = "authenticated"
+    web_private: bool = Field(
+        default=False,
+        description=(
+            "Serve the job endpoints without a JWT secret on a non-loopback address: this process"
+            " is a private service that only trusted callers can reach (PGMQ_WORKER_WEB_PRIVATE)."
+        ),
+    )
+    web_docs: bool = Field(
+        default=False,
+        description=(
+            "Serve the OpenAPI schema and Swagger UI at /openapi.json and /docs (PGMQ_WORKER_WEB_DOCS)."
+            " Off by default: Swagger UI loads its script from a CDN onto this origin."
+        ),
+    )
 
     @field_validator("jwt_secret")
     @classmethod
