@@ -44,7 +44,7 @@ from worker.cli import main
 
 PASSWORD = "S3cr3t%Passw0rd!"
 JWT_SECRET = "jwt-secret-0123456789-abcdef-0123456789"
-WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM="
+WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM0NTY3ODlhYg=="  # 31 bytes: valid
 LLM_KEY = "sk-llm-key-0123456789abcdef"
 IMAGE_KEY = "sk-image-key-0123456789abcdef"
 SECRET_ENV = {
