@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 from db.connect import Target, aconnect
+from db.pgmq_install import detect
 from queues import pgmq
 from queues.names import table_name
 from queues.pgmq import Message
@@ -71,7 +72,7 @@ def test_the_read_stamps_last_read_at_like_pgmq_1_10(target: Target, conn: psyco
     """pgmq 1.10+ notes when a message was last read; the read keeps that column true."""
     pgmq.ensure_queue(conn, "stamped")
     if not has_last_read_at(conn, "stamped"):
-        pytest.skip("this pgmq makes queue tables without last_read_at (pgmq 1.10+ has it)")
+        pytest.skip(f"pgmq {detect(conn).version} makes queue tables without last_read_at (1.10+ has it)")
     sent = pgmq.send(conn, "stamped", {"i": 1})
     assert last_read_at(conn, "stamped") == {sent: None}
 
