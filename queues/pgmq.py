@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from db import storable
+from db.pgmq_install import PgmqFeatures, detect
 from queues.errors import InvalidPayload, UnknownQueue
 from queues.ids import uuid7, uuid7_batch, uuid7_bytes
 from queues.names import dlq_name, table_name, validate_queue_name
@@ -135,6 +136,12 @@ ACTIVE_JOB = (
     " AND status IN ('queued', 'running', 'failed')"
 )
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
+# pgmq 1.4's metrics() has no visible count (PgmqFeatures.metrics_visible): counted as 1.5 counts it.
+METRICS_COUNTING_VISIBLE = sql.SQL(
+    "SELECT m.queue_length, (SELECT count(*) FROM pgmq.{q} WHERE vt <= now()), m.oldest_msg_age_sec"
+    " FROM pgmq.metrics(%s) AS m"
+)
+QUEUE_LENGTH = "SELECT queue_length FROM pgmq.metrics(%s)"
 INSERT_TRIGGER = "pgmq_worker_notify_insert"
 HAS_INSERT_TRIGGER = (
     "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s) AND NOT tgisinternal"
@@ -368,16 +375,22 @@ async def withdraw_waiting(conn: psycopg.AsyncConnection[Any], worker: str) -> N
     await conn.execute(WITHDRAW_WAITING, (worker,))
 
 
-def metrics(conn: psycopg.Connection[Any], queue: str) -> QueueMetrics:
-    """Depth, visible, in-flight and oldest age of a queue, and its dead-letter depth."""
-    row = conn.execute(METRICS, (queue,)).fetchone()
+def metrics(conn: psycopg.Connection[Any], queue: str, features: PgmqFeatures | None = None) -> QueueMetrics:
+    """Depth, visible, in-flight and oldest age of a queue, and its dead-letter depth.
+
+    `features`: what db.pgmq_install.detect found (detected here when not given).
+    """
+    visible_reported = (features or detect(conn)).metrics_visible
+    statement = METRICS if visible_reported else METRICS_COUNTING_VISIBLE.format(q=_q(queue))
+    row = conn.execute(statement, (queue,)).fetchone()
     assert row is not None  # noqa: S101  pgmq.metrics returns exactly one row
     depth, visible, oldest = int(row[0]), int(row[1]), row[2]
     dead = 0
     if queue_exists(conn, dlq_name(queue)):
-        dead_row = conn.execute(METRICS, (dlq_name(queue),)).fetchone()
+        dead_row = conn.execute(QUEUE_LENGTH, (dlq_name(queue),)).fetchone()
         dead = int(dead_row[0]) if dead_row else 0
-    return QueueMetrics(queue, depth, visible, depth - visible, oldest, dead)
+    # max: the count and the depth may come from two snapshots (pgmq.metrics reads in its own).
+    return QueueMetrics(queue, depth, visible, max(depth - visible, 0), oldest, dead)
 
 
 # -- sending ----------------------------------------------------------------------------------

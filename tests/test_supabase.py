@@ -11,9 +11,8 @@ import pytest
 from psycopg import sql
 
 from db.migrate import migrate
-from db.pgmq_install import ensure_installed
 from queues import enqueue, pgmq
-from tests.conftest import with_dbname
+from tests.conftest import install_pgmq_under_test, with_dbname
 
 # What Supabase has before any migration of ours runs: the API roles, auth.uid() reading the
 # request's JWT subject, and the Realtime publication. Roles are cluster-wide, hence IF NOT EXISTS.
@@ -63,7 +62,7 @@ def supabase_db(server_url: str) -> Iterator[str]:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SUPABASE_STAND_IN)
-            ensure_installed(conn)
+            install_pgmq_under_test(conn)
             migrate(conn)
         yield url
     finally:

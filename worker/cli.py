@@ -252,10 +252,10 @@ def list_queues(as_json: bool) -> None:
     db_settings = _settings(DatabaseSettings)
     with _one_line_errors():
         target = _target(db_settings)
-        prepare_schema(target)
+        features = prepare_schema(target)
         with connect(target) as conn:
             names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
-            rows = [pgmq.metrics(conn, q) for q in names]
+            rows = [pgmq.metrics(conn, q, features) for q in names]
     if as_json:
         for r in rows:
             click.echo(
