@@ -48,6 +48,7 @@ class Acks:
         # The connection's errors (database trouble, a pooler), not a member's: no split helps.
         self.batch_errors = batch_errors
         self._pending: dict[tuple[str, bool], list[Pending]] = {}  # by (queue, job rows)
+        self._writing: list[Pending] = []  # the batch being written
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever nothing is pending
         self._task: asyncio.Task[None] | None = None
@@ -72,8 +73,9 @@ class Acks:
 
     def abandon(self) -> list[Message]:
         """Take back every pending delivery, callbacks not called (the flusher died; release them)."""
-        taken = [m for items in self._pending.values() for m, _, _ in items]
+        taken = [m for items in [self._writing, *self._pending.values()] for m, _, _ in items]
         self._pending.clear()
+        self._writing = []
         self.pending = 0
         self._drained.set()
         return taken
@@ -130,7 +132,9 @@ class Acks:
                     self._pending[batch] = rest
                 else:
                     del self._pending[batch]
+                self._writing = items
                 await self._flush(*batch, items)
+                self._writing = []
             self._drained.set()
 
     async def _flush(self, queue: str, job_rows: bool, items: list[Pending]) -> None:

@@ -580,7 +580,7 @@ class Worker:
         self.leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
         poll = self.settings.poll_interval.total_seconds()
         self.wakeup = Wakeup(min(poll, BURST_WAIT_S) if self.burst else poll)  # see BURST_WAIT_S
-        self.side_tasks = SideTasks(self._side_task_failed)
+        self.side_tasks = SideTasks(self._stopping, self._side_task_failed)
         async with AsyncExitStack() as stack:
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)

@@ -23,14 +23,16 @@ log = get_logger()
 class SideTasks:
     """Starts the worker's long-running side tasks and watches those and any short ones."""
 
-    def __init__(self, on_failure: Callable[[SideTaskFailed], object]) -> None:
+    def __init__(self, stopping: asyncio.Event, on_failure: Callable[[SideTaskFailed], object]) -> None:
+        self._worker_stopping = stopping  # once set, a lasting task may return (the loop stops them)
         self._on_failure = on_failure
         self._long: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.failure: SideTaskFailed | None = None
 
     def start(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run `coro` for the worker's life: ending before stop(), however it ends, is a failure."""
+        """Run `coro` for the worker's life: raising before stop(), or returning before the worker
+        stops, is a failure."""
         task = asyncio.create_task(coro, name=name)
         self._long.append(task)
         task.add_done_callback(self._long_ended)
@@ -55,8 +57,10 @@ class SideTasks:
             return
         if task.cancelled():
             self._failed(task, asyncio.CancelledError("cancelled while the worker was running"))
-            return
-        self._failed(task, task.exception() or RuntimeError("ended while the worker was running"))
+        elif (exc := task.exception()) is not None:
+            self._failed(task, exc)
+        elif not self._worker_stopping.is_set():
+            self._failed(task, RuntimeError("ended while the worker was running"))
 
     def _short_ended(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
