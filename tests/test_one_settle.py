@@ -21,6 +21,7 @@ from tests.helpers import captured, dead, job, make_worker, rows, send
 from worker import Backoff, Context, Registry, handler
 from worker import runner as runner_module
 from worker.acks import Acks
+from worker.errors import PoolerMisconfigured
 from worker.outcome import Outcome, Succeeded
 from worker.progress import ProgressReporter, Report
 from worker.registry import Task
@@ -267,3 +268,27 @@ def test_a_nul_result_on_a_direct_connection_does_not_stop_the_worker(
     assert "worker.pooler_misconfigured" not in [e["event"] for e in logs]
     assert [r["reason"] for r in dead(conn, "scans")] == ["invalid_result"]
     assert rows(conn, "scans") == []
+
+
+def test_an_undeclared_transaction_pooler_stops_the_worker_before_it_reads(
+    pgbouncer_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Through a real PgBouncer in transaction mode, told nothing (a direct Target): the start-up
+    probe sees it and run() raises PoolerMisconfigured naming the setting, before any message is
+    read; the same PgBouncer, declared, serves the queue."""
+    reg = Registry()
+
+    @handler("via_bouncer", registry=reg)
+    async def noop(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    send(conn, "via_bouncer", {"n": 1})
+    undeclared = make_worker(Target(pgbouncer_url, transaction_pooler=False), reg)
+    with captured() as logs, pytest.raises(PoolerMisconfigured, match="PGMQ_WORKER_POOLER=transaction"):
+        asyncio.run(asyncio.wait_for(undeclared.run(), 30))
+    [failure] = [e for e in logs if e["event"] == "worker.pooler_misconfigured"]
+    assert "server session" in failure["evidence"]
+    [untouched] = rows(conn, "via_bouncer")
+    assert untouched["read_ct"] == 0
+    asyncio.run(asyncio.wait_for(make_worker(Target(pgbouncer_url, transaction_pooler=True), reg).run(), 30))
+    assert rows(conn, "via_bouncer") == []

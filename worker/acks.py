@@ -84,11 +84,11 @@ class Acks:
         """Stop the flusher once everything handed to it has been written (or failed)."""
         if self._task is None:
             return
-        if not self._task.done():
+        if not self._task.done():  # a dead flusher was reported by whoever watched it
             await self.flushed()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         self._task = None
 
     def ack_then(self, message: Message, result: Any, landed: Landed) -> None:
