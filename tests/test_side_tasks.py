@@ -19,7 +19,7 @@ import pytest
 from db.connect import Target
 from queues import enqueue, pgmq
 from tests.helpers import REPO, captured, job, make_worker, rows, run_burst, worker_process
-from tests.runtime_handlers import GUARDED
+from tests.runtime_handlers import GUARDED, MIXED
 from worker import Context, Registry, handler
 from worker import wakeup as wakeup_module
 from worker.acks import Acks
@@ -134,3 +134,34 @@ def test_pgmq_worker_run_exits_non_zero_when_a_side_task_dies(
     assert len(errors) == 1 and "leases" in errors[0], done.stderr[-3000:]
     [left] = rows(conn, GUARDED)
     assert left["visible"] and left["read_ct"] == 1
+
+
+def test_a_burst_run_over_bad_jobs_among_good_ones_exits_0(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """`pgmq-worker run --burst` over good jobs with bad ones among them (a result with a NUL, a
+    handler that raises, one that calls sys.exit()): exit 0, every good job `succeeded`, every bad
+    delivery `dead` with a readable error, nothing about a pooler."""
+    pgmq.ensure_queue(conn, MIXED)
+    kinds = ["ok", "nul", "ok", "raise", "ok", "exit", "ok"]
+    sent = [enqueue(conn, MIXED, {"kind": kind, "n": i}) for i, kind in enumerate(kinds)]
+    argv, env = worker_process(db_url, "tests.runtime_handlers", PGMQ_WORKER_LOG_LEVEL="info")
+    done = subprocess.run(
+        [*argv, "--queue", MIXED, "--burst", "--concurrency", "8"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pooler" not in done.stderr + done.stdout
+    statuses = {kind: set() for kind in kinds}
+    for kind, e in zip(kinds, sent, strict=True):
+        row = job(conn, MIXED, e.msg_id)
+        statuses[kind].add(row["status"])
+        if kind != "ok":
+            assert row["error"]["message"], row
+    assert statuses == {"ok": {"succeeded"}, "nul": {"dead"}, "raise": {"dead"}, "exit": {"dead"}}
+    assert rows(conn, MIXED) == []
