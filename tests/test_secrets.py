@@ -35,7 +35,7 @@ from db.redact import MASK, environment_secrets, mask_url, redact, url_secrets
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
-from tests.helpers import REPO, captured, spawned, worker_process
+from tests.helpers import REPO, captured, dead, spawned, worker_process
 from tests.standins import serving
 from web import create_app
 from web.__main__ import main as web_main
@@ -44,7 +44,7 @@ from worker.cli import main
 
 PASSWORD = "S3cr3t%Passw0rd!"
 JWT_SECRET = "jwt-secret-0123456789-abcdef-0123456789"
-WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM="
+WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM0NTY3ODlhYmM="  # 32 bytes: a valid one
 LLM_KEY = "sk-llm-key-0123456789abcdef"
 IMAGE_KEY = "sk-image-key-0123456789abcdef"
 SECRET_ENV = {
@@ -397,3 +397,55 @@ def test_a_refused_provider_key_reaches_no_log_job_row_or_dead_letter(
     for text in (output, stored, letters):
         assert_no_secret(text)
         assert "Bearer sk-" not in text
+
+
+# --- a handler that raises with the secrets in its message ------------------------------------
+
+
+def test_a_handler_raising_with_secrets_stores_and_logs_them_masked(
+    password_role: tuple[str, str], db_url: str, tmp_path: Path
+) -> None:
+    """A handler raises with the API key, DATABASE_URL and its password in the message, chained to
+    an httpx error whose URL carries the webhook secret: retried and dead-lettered, the job rows'
+    errors, the dead-letter record, `dlq list` and the log hold none of them, only `***`."""
+    role, where = password_role
+    url = url_of(role, PASSWORD.replace("%", "%25"), where, str(conninfo.conninfo_to_dict(db_url)["dbname"]))
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("SELECT pgmq_worker.grant_access(%s, 'worker')", (role,))
+    for queue in ("secret_retried", "secret_dead"):
+        sent = CliRunner().invoke(
+            main, ["send", queue, "{}", "--import", "tests.secret_handlers"], env={"DATABASE_URL": db_url}
+        )
+        assert sent.exit_code == 0, sent.output
+    argv, env = worker_process(url, "tests.secret_handlers", **WORKER_ENV)
+    argv += ["--queue", "secret_retried", "--queue", "secret_dead"]
+    log = tmp_path / "worker.log"
+    errors = "SELECT queue, status, error::text FROM pgmq_worker.jobs WHERE error IS NOT NULL ORDER BY queue"
+    with spawned(argv, env, log) as proc, psycopg.connect(db_url, autocommit=True) as admin:
+        deadline = time.monotonic() + 60
+        while len(stored := admin.execute(errors).fetchall()) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+        letters = dead(admin, "secret_dead")
+    assert [(q, s) for q, s, _ in stored] == [("secret_dead", "dead"), ("secret_retried", "failed")], stored
+    listed = CliRunner().invoke(main, ["dlq", "list", "secret_dead"], env={"DATABASE_URL": db_url})
+    assert listed.exit_code == 0, listed.output
+    assert len(letters) == 1, letters
+    output = log.read_text()
+    assert '"job.retry_scheduled"' in output, output
+    assert '"job.dead_lettered"' in output, output
+    texts = {
+        "log": output,
+        "job rows": json.dumps(stored),
+        "dead letter": json.dumps(letters),
+        "dlq list": listed.output,
+    }
+    for name, text in texts.items():
+        assert_no_secret(text, (*SECRETS, PASSWORD.replace("%", "%25"), WEBHOOK_SECRET.replace("=", "%3D")))
+        if name != "log":
+            assert f"call failed with key {MASK}" in text, (name, text)
+    record = letters[0]["error"]
+    assert "HTTPStatusError" in record["traceback"], record  # the chain kept, masked
+    assert f"key={MASK}" in record["traceback"], record
