@@ -89,16 +89,20 @@ def process_secrets() -> tuple[str, ...]:
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """`text` with each secret replaced by ***, as written and as a URL carries it (percent-encoded)."""
+    for form in _written_forms(secrets):
+        text = text.replace(form, MASK)
+    return text
+
+
+def _written_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Each secret as written and percent-encoded, longest first (one may contain another)."""
     forms = {
         form
-        for secret in secrets
-        if len(secret) >= MIN_SECRET_LENGTH
+        for secret in _worth_masking(secrets)
         # An HTTP client's error names the URL: a key sent as a query parameter is escaped there.
         for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""))
     }
-    for form in sorted(forms, key=len, reverse=True):  # longest first: one may contain another
-        text = text.replace(form, MASK)
-    return text
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 class Redactor:
@@ -112,9 +116,9 @@ class Redactor:
     def __init__(self, renderer: Callable[..., Any], secrets: Iterable[str]) -> None:
         self._renderer = renderer
         forms: list[str] = []
-        for secret in _worth_masking(secrets):
+        for form in _written_forms(secrets):
             # As the JSON renderers write it: escaped, and escaped to ASCII (the stdlib fallback).
-            forms += [secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]]
+            forms += [form, json.dumps(form, ensure_ascii=False)[1:-1], json.dumps(form)[1:-1]]
         self._forms = tuple(sorted(set(forms), key=len, reverse=True))  # longest first
 
     def __call__(self, logger: object, name: str, event: MutableMapping[str, Any]) -> Any:

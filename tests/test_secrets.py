@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import jwt
 import psycopg
 import pytest
+import structlog
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
@@ -31,7 +33,7 @@ from psycopg import conninfo, sql
 from db.connect import Target, resolve
 from db.errors import DatabaseUnavailable
 from db.logs import configure_logging, get_logger
-from db.redact import MASK, environment_secrets, mask_url, redact, url_secrets
+from db.redact import MASK, Redactor, environment_secrets, mask_url, redact, url_secrets
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
@@ -169,6 +171,15 @@ def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
     assert (
         redact("failed for hunter22", url_secrets("postgresql://db/app?password=hunter22"))
         == "failed for ***"
+    )
+
+
+def test_a_secret_is_masked_percent_encoded_too() -> None:
+    """A key sent as a URL parameter is escaped in the URL an HTTP error names: masked in that form too."""
+    url = f"https://api.example.com/v1?key={quote(WEBHOOK_SECRET, safe='')}&q={quote_plus('pa ss+word')}"
+    assert redact(url, [WEBHOOK_SECRET, "pa ss+word"]) == f"https://api.example.com/v1?key={MASK}&q={MASK}"
+    assert Redactor(structlog.processors.JSONRenderer(), [WEBHOOK_SECRET])(None, "info", {"url": url}) == (
+        f'{{"url": "https://api.example.com/v1?key={MASK}&q=pa+ss%2Bword"}}'
     )
 
 
