@@ -37,6 +37,7 @@ from db.redact import MASK, Redactor, environment_secrets, mask_url, redact, url
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
+from queues.enqueue import enqueue
 from tests.helpers import REPO, captured, dead, spawned, worker_process
 from tests.standins import serving
 from web import create_app
@@ -418,27 +419,22 @@ def test_a_handler_raising_with_secrets_stores_and_logs_them_masked(
 ) -> None:
     """A handler raises with the API key, DATABASE_URL and its password in the message, chained to
     an httpx error whose URL carries the webhook secret: retried and dead-lettered, the job rows'
-    errors, the dead-letter record, `dlq list` and the log hold none of them, only `***`."""
+    errors, the dead-letter record, `dlq list`, the webhook bodies and the log hold none of them,
+    only `***`."""
     role, where = password_role
     url = url_of(role, PASSWORD.replace("%", "%25"), where, str(conninfo.conninfo_to_dict(db_url)["dbname"]))
-    with psycopg.connect(db_url, autocommit=True) as admin:
+    hooks: list[bytes] = []
+    with serving(RecordsWebhooks, hooks) as base, psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute("SELECT pgmq_worker.grant_access(%s, 'worker')", (role,))
-    for queue in ("secret_retried", "secret_dead"):
-        sent = CliRunner().invoke(
-            main, ["send", queue, "{}", "--import", "tests.secret_handlers"], env={"DATABASE_URL": db_url}
+        for queue in ("secret_retried", "secret_dead"):
+            pgmq.ensure_queue(admin, queue)
+            enqueue(admin, queue, {}, webhook_url=f"{base}/hook")
+        argv, env = worker_process(
+            url, "tests.secret_handlers", **WORKER_ENV, PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE="1"
         )
-        assert sent.exit_code == 0, sent.output
-    argv, env = worker_process(url, "tests.secret_handlers", **WORKER_ENV)
-    argv += ["--queue", "secret_retried", "--queue", "secret_dead"]
-    log = tmp_path / "worker.log"
-    errors = "SELECT queue, status, error::text FROM pgmq_worker.jobs WHERE error IS NOT NULL ORDER BY queue"
-    with spawned(argv, env, log) as proc, psycopg.connect(db_url, autocommit=True) as admin:
-        deadline = time.monotonic() + 60
-        while len(stored := admin.execute(errors).fetchall()) < 2 and proc.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
+        argv += ["--queue", "secret_retried", "--queue", "secret_dead"]
+        log = tmp_path / "worker.log"
+        stored = run_until_both_failed(argv, env, log, admin, hooks)
         letters = dead(admin, "secret_dead")
     assert [(q, s) for q, s, _ in stored] == [("secret_dead", "dead"), ("secret_retried", "failed")], stored
     listed = CliRunner().invoke(main, ["dlq", "list", "secret_dead"], env={"DATABASE_URL": db_url})
@@ -452,6 +448,7 @@ def test_a_handler_raising_with_secrets_stores_and_logs_them_masked(
         "job rows": json.dumps(stored),
         "dead letter": json.dumps(letters),
         "dlq list": listed.output,
+        "webhooks": b"\n".join(hooks).decode(),
     }
     for name, text in texts.items():
         assert_no_secret(text, (*SECRETS, PASSWORD.replace("%", "%25"), WEBHOOK_SECRET.replace("=", "%3D")))
@@ -460,3 +457,34 @@ def test_a_handler_raising_with_secrets_stores_and_logs_them_masked(
     record = letters[0]["error"]
     assert "HTTPStatusError" in record["traceback"], record  # the chain kept, masked
     assert f"key={MASK}" in record["traceback"], record
+
+
+class RecordsWebhooks(BaseHTTPRequestHandler):
+    """Keeps each POSTed body in the server's state (a list); answers 200."""
+
+    def do_POST(self) -> None:
+        self.server.state.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def run_until_both_failed(
+    argv: list[str], env: dict[str, str], log: Path, admin: psycopg.Connection[Any], hooks: list[bytes]
+) -> list[tuple[Any, ...]]:
+    """Run the worker until both jobs have an error and their failed/dead webhooks came; stop it."""
+    errors = "SELECT queue, status, error::text FROM pgmq_worker.jobs WHERE error IS NOT NULL ORDER BY queue"
+    stored: list[tuple[Any, ...]] = []
+    with spawned(argv, env, log) as proc:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:
+            stored = admin.execute(errors).fetchall()
+            if len(stored) == 2 and sum(b'"error"' in h for h in hooks) == 2:
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    return stored
