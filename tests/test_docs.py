@@ -1,21 +1,32 @@
-"""The tutorial's code (docs/tutorial/myapp) runs as the tutorial says: enqueue, work, progress."""
+"""The documentation's code runs: the tutorial's apps, the how-to examples, every Python block parses."""
 
 from __future__ import annotations
 
+import ast
+import base64
 import importlib
+import json
+import re
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from db.connect import Target
-from tests.helpers import run_burst
+from queues import enqueue
+from tests.helpers import job, run_burst
 from worker import registry
 
-MYAPP = Path(__file__).resolve().parents[1] / "docs" / "tutorial" / "myapp"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+MYAPP = DOCS / "tutorial" / "myapp"
+EXAMPLES = DOCS / "how-to" / "examples"
 TEXT = "to be or not to be, that is the question"
 
 
@@ -104,3 +115,123 @@ def test_a_retry_resumes_at_the_second_step(target: Target, myapp: dict[str, Mod
     assert calls == ["count", "rank", "rank"]
     assert job["attempts"] == 2
     finished(job)
+
+
+def test_the_handoff_example_sends_the_next_message_with_the_ack(
+    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/how-to/examples/handoff.py: the page's words reach index_words, whose job then succeeds."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    handoff = importlib.import_module("handoff")
+    from queues import pgmq  # noqa: PLC0415
+
+    for queue in ("pages", "index_words"):
+        pgmq.ensure_queue(conn, queue)
+    sent = enqueue(conn, handoff.PAGES, {"page_id": "p1", "text": "The cat saw the other cat"})
+    run_burst(target, registry, queues=("pages", "index_words"))
+    assert job(conn, "pages", sent.msg_id)["result"] == {"words": 4}
+    row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE queue = 'index_words'").fetchall()
+    assert row == [("succeeded", {"page_id": "p1", "indexed": 4})]
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Keeps each webhook delivery as it arrived (headers and raw body), to replay into the example."""
+
+    def do_POST(self) -> None:
+        server: Any = self.server
+        body = self.rfile.read(int(self.headers["content-length"]))
+        server.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Any]:
+    """A local HTTP endpoint (the outside world of a webhook) on an ephemeral port."""
+    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_webhook_receiver_example_verifies_real_deliveries(
+    target: Target, conn: psycopg.Connection[Any], recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real signed deliveries from a worker verify in docs/how-to/examples/webhook_receiver.py.
+
+    A repeat of a delivery (same webhook-id) is acknowledged but acted on once; a tampered body
+    or a wrong secret is refused with 400.
+    """
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    receiver = importlib.import_module("webhook_receiver")
+    secret = "whsec_" + base64.b64encode(b"documentation-example-secret!").decode()
+    monkeypatch.syspath_prepend(str(MYAPP))
+    jobs = importlib.import_module("jobs")
+    from queues import pgmq  # noqa: PLC0415
+
+    pgmq.ensure_queue(conn, "word_report")
+    url = f"http://127.0.0.1:{recorder.server_address[1]}/hooks/jobs"
+    sent = enqueue(conn, jobs.WORD_REPORT, {"text": "hooked"}, webhook_url=url)
+    run_burst(target, registry, queues=("word_report",), webhook_secret=secret, webhook_allow_private=True)
+    assert len(recorder.received) == 2
+
+    client = TestClient(receiver.create_app(secret))
+    for headers, body in recorder.received + recorder.received:  # every delivery twice
+        assert client.post("/hooks/jobs", content=body, headers=headers).status_code == 204
+    job_id = str(sent.job_id)
+    assert client.app.state.events == [
+        ("job.running", job_id, "running"),
+        ("job.succeeded", job_id, "succeeded"),
+    ]
+
+    headers, body = recorder.received[-1]
+    tampered = body.replace(b'"succeeded"', b'"dead"')
+    assert client.post("/hooks/jobs", content=tampered, headers=headers).status_code == 400
+    other = TestClient(receiver.create_app("whsec_" + base64.b64encode(b"another-secret-entirely!").decode()))
+    assert other.post("/hooks/jobs", content=body, headers=headers).status_code == 400
+    assert json.loads(body)["data"]["status"] == "succeeded"
+
+
+FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+INCLUDE = re.compile(r'^--8<-- "(?P<path>[^":]+)(?::[a-z_]+)?"$')
+
+
+def python_blocks() -> list[tuple[str, str, str]]:
+    """(page, info string, code) of every Python block in docs/."""
+    return [
+        (str(page.relative_to(DOCS)), m["info"], m["code"])
+        for page in sorted(DOCS.rglob("*.md"))
+        for m in FENCE.finditer(page.read_text())
+    ]
+
+
+def test_docs_have_python_blocks() -> None:
+    """The scan below finds the blocks (a changed fence style must not make it pass vacuously)."""
+    blocks = python_blocks()
+    assert len(blocks) > 10
+    assert any(INCLUDE.match(code.strip()) for _, _, code in blocks)
+
+
+@pytest.mark.parametrize(("page", "info", "code"), python_blocks(), ids=lambda v: str(v)[:40])
+def test_every_python_block_is_included_or_an_excerpt_and_parses(page: str, info: str, code: str) -> None:
+    """A block includes a file that tests import (handlers/, docs/), or is marked an excerpt; all parse."""
+    lines = [line for line in code.strip().splitlines() if line.strip()]
+    includes = [INCLUDE.match(line) for line in lines]
+    if all(includes):
+        for m in includes:
+            assert m is not None
+            path = DOCS.parent / m["path"]
+            assert path.is_file(), f"{page}: {m['path']} does not exist"
+            assert m["path"].startswith(("handlers/", "docs/")), f"{page}: include from a tested module"
+            ast.parse(path.read_text(), m["path"])
+        return
+    assert 'title="excerpt' in info, f"{page}: a Python block that is neither an include nor an excerpt"
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # excerpts may await, as handler bodies do
+    compile(code, page, "exec", flags=flags)

@@ -4,11 +4,13 @@ A page asks for a table with a line `<!-- generated: NAME -->`; NAME is one of G
 configuration comes from the pydantic-settings classes (a field without a description fails the
 build), the HTTP API from the FastAPI app's OpenAPI document (built without a database), the
 database objects from a throwaway embedded PostgreSQL migrated with db/migrations, and the
-benchmark table from the latest run in bench/RESULTS.md.
+benchmark table from the latest run in bench/RESULTS.md, the log events from the logging calls in
+the packages' source.
 """
 
 from __future__ import annotations
 
+import ast
 import enum
 import json
 import re
@@ -281,6 +283,40 @@ def _leading_comment(text: str) -> str:
     return "\n".join(lines).strip() or "(no description)"
 
 
+# --- log events ------------------------------------------------------------------------------
+
+LEVELS = ("debug", "info", "warning", "error", "exception", "critical")
+EVENT = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
+
+
+def log_events() -> str:
+    """Every `log.<level>("noun.verb", ...)` call in the packages: the event, its levels, its modules."""
+    found: dict[str, tuple[set[str], set[str]]] = {}
+    for package in ("worker", "queues", "db", "web", "handlers"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                if node.func.attr not in LEVELS or not node.args:
+                    continue
+                first = node.args[0]
+                if (
+                    isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                    and EVENT.match(first.value)
+                ):
+                    levels, modules = found.setdefault(first.value, (set(), set()))
+                    levels.add("error" if node.func.attr == "exception" else node.func.attr)
+                    modules.add(module.removesuffix(".__init__"))
+    out = ["| event | level | logged by |", "|---|---|---|"]
+    for event in sorted(found):
+        levels, modules = found[event]
+        ordered = [lv for lv in LEVELS if lv in levels]
+        out.append(f"| `{event}` | {', '.join(ordered)} | {', '.join(f'`{m}`' for m in sorted(modules))} |")
+    return "\n".join(out) + "\n"
+
+
 # --- benchmarks ------------------------------------------------------------------------------
 
 
@@ -299,6 +335,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "http-api": http_api,
     "database": database,
     "benchmarks": benchmarks,
+    "log-events": log_events,
 }
 
 
