@@ -120,17 +120,17 @@ def test_a_retry_resumes_at_the_second_step(target: Target, myapp: dict[str, Mod
 def test_the_handoff_example_sends_the_next_message_with_the_ack(
     target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/how-to/examples/handoff.py: the page's words reach index_words, whose job then succeeds."""
+    """docs/how-to/examples/handoff.py: the page's words reach word_index, whose job then succeeds."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     handoff = importlib.import_module("handoff")
     from queues import pgmq  # noqa: PLC0415
 
-    for queue in ("pages", "index_words"):
+    for queue in ("page_words", "word_index"):
         pgmq.ensure_queue(conn, queue)
     sent = enqueue(conn, handoff.PAGES, {"page_id": "p1", "text": "The cat saw the other cat"})
-    run_burst(target, registry, queues=("pages", "index_words"))
-    assert job(conn, "pages", sent.msg_id)["result"] == {"words": 4}
-    row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE queue = 'index_words'").fetchall()
+    run_burst(target, registry, queues=("page_words", "word_index"))
+    assert job(conn, "page_words", sent.msg_id)["result"] == {"words": 4}
+    row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE queue = 'word_index'").fetchall()
     assert row == [("succeeded", {"page_id": "p1", "indexed": 4})]
 
 

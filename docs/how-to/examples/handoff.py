@@ -1,4 +1,4 @@
-"""A two-queue pipeline: `read_page` hands each page's words to `index_words` with its ack."""
+"""A two-queue pipeline: `read_page` hands each page's words to the `word_index` queue with its ack."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ class PageRead(BaseModel):
     words: list[str]
 
 
-PAGES: Final = Contract("pages", PageUploaded)
-INDEX: Final = Contract("index_words", PageRead)
+PAGES: Final = Contract("page_words", PageUploaded)
+INDEX: Final = Contract("word_index", PageRead)
 
 
 @handler(PAGES, max_attempts=3)
