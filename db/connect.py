@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from db.embedded import embedded_url, pgdata_path
 from db.errors import DatabaseUnavailable
+from db.redact import mask_url, redact, reserved_in_password, url_secrets
 from db.settings import DatabaseSettings, PoolerMode
 
 SUPAVISOR_TRANSACTION_PORT = 6543
@@ -20,7 +21,7 @@ SUPAVISOR_TRANSACTION_PORT = 6543
 class Target:
     """A resolved database: its URL and what the connection path between us allows."""
 
-    url: str
+    url: str = field(repr=False)  # it holds the password: describe() is what may be shown
     transaction_pooler: bool
     embedded: bool = False
     application_name: str = "pgmq-worker"
@@ -43,6 +44,10 @@ class Target:
             kwargs["prepare_threshold"] = None
         return kwargs
 
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be printed: the URL's password (see db.redact)."""
+        return url_secrets(self.url)
+
     def describe(self) -> str:
         """Where this points, with any password masked, for logs and CLI output."""
         info = conninfo.conninfo_to_dict(self.url)
@@ -63,10 +68,23 @@ def resolve(settings: DatabaseSettings) -> Target:
                 f"could not start the embedded PostgreSQL under {pgdata_path(settings.data_dir)}: {exc}"
             ) from exc
         return Target(url, False, True, settings.application_name, timeout)
+    url = settings.database_url
+    if reserved_in_password(url):
+        # libpq would split the password there, take its tail for the host (or port, or
+        # database) and print it in every error.
+        raise DatabaseUnavailable(
+            "DATABASE_URL's password holds '@', '/', '?' or '#': percent-encode them "
+            f"(%40, %2F, %3F, %23): {mask_url(url)}"
+        )
     try:
-        info = conninfo.conninfo_to_dict(settings.database_url)
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(f"DATABASE_URL is not a valid Postgres URL: {exc}") from exc
+        info = conninfo.conninfo_to_dict(url)
+    except (psycopg.ProgrammingError, UnicodeDecodeError) as exc:
+        # libpq quotes the bad part, often the password itself; `from None` keeps the original
+        # message out of tracebacks too. A percent-escape that is not UTF-8 (`%80`) fails in
+        # psycopg's decoding of what libpq parsed.
+        raise DatabaseUnavailable(
+            f"DATABASE_URL is not a valid Postgres URL: {_first_line(exc, url_secrets(url))}"
+        ) from None
     if settings.pooler is PoolerMode.AUTO:
         pooled = str(info.get("port", "")) == str(SUPAVISOR_TRANSACTION_PORT)
     else:
@@ -78,8 +96,8 @@ def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[An
     """One synchronous connection, with a one-line error when the database cannot be reached."""
     try:
         return psycopg.connect(target.url, autocommit=autocommit, **target.connect_kwargs())
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
+        raise _unavailable(target, exc) from None
 
 
 async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
@@ -88,12 +106,16 @@ async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncC
         return await psycopg.AsyncConnection.connect(
             target.url, autocommit=autocommit, **target.connect_kwargs()
         )
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc)}") from exc
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
+        raise _unavailable(target, exc) from None
 
 
-def async_pool(target: Target, *, min_size: int, max_size: int, check: bool = False) -> AsyncConnectionPool:
+def async_pool(
+    target: Target, *, min_size: int, max_size: int, check: bool = False, timeout: float = 30.0
+) -> AsyncConnectionPool:
     """An autocommit async pool; `check` tests each connection at checkout (web requests).
+
+    `timeout`: how long `connection()` waits for a connection by default (web requests: seconds).
 
     The worker passes check=False: a check costs a round trip per ack (18% of a no-op worker's
     time), so it retries on connection errors and calls pool.check() to purge the rest.
@@ -105,6 +127,7 @@ def async_pool(target: Target, *, min_size: int, max_size: int, check: bool = Fa
         kwargs={"autocommit": True, **target.connect_kwargs()},
         check=AsyncConnectionPool.check_connection if check else None,
         open=False,
+        timeout=timeout,
         reconnect_timeout=24 * 3600,  # keep trying: a worker outlives database restarts
     )
 
@@ -121,6 +144,12 @@ def sync_pool(target: Target, *, min_size: int, max_size: int) -> ConnectionPool
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+def _unavailable(target: Target, exc: psycopg.Error) -> DatabaseUnavailable:
+    """A one-line error without the password (`from None` at the raise: the cause may quote it)."""
+    return DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc, target.secrets())}")
+
+
+def _first_line(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    # Masked before it is cut: a password may hold a line break of its own (U+0085).
+    text = redact(str(exc), secrets).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
 import structlog
 
+from db.redact import Redactor
+
 
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: Literal["debug", "info", "warning", "error"] = "info",
+    secrets: Iterable[str] = (),
 ) -> None:
-    """Configure structlog once, at the CLI edge."""
+    """Configure structlog once, at the CLI edge; `secrets` are masked in every line logged."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer(_orjson_dumps)
@@ -26,7 +30,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if not use_console else _identity,
-            renderer,
+            Redactor(renderer, secrets),  # the rendered line, tracebacks included
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         # One write per event (message and newline together): the worker processes of

@@ -39,6 +39,12 @@ MESSAGE_RECORD_COLUMNS = """
 SELECT a.attname FROM pg_attribute a
 WHERE a.attrelid = 'pgmq.message_record'::regclass AND a.attnum > 0 AND NOT a.attisdropped
 """
+# The columns of what pgmq.metrics(text) returns: queue_visible_length came with pgmq 1.5.
+METRICS_COLUMNS = """
+SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid
+WHERE t.oid = (SELECT prorettype FROM pg_proc WHERE oid = to_regprocedure('pgmq.metrics(text)'))
+    AND a.attnum > 0 AND NOT a.attisdropped
+"""
 
 REQUIRED_FUNCTIONS = ("create", "read", "send", "send_batch", "delete", "archive", "set_vt", "metrics")
 
@@ -53,6 +59,7 @@ class PgmqFeatures:
     batch_set_vt: bool  # set_vt(queue, bigint[], ...)
     headers: bool  # messages carry a headers column (1.5+)
     pop_qty: bool
+    metrics_visible: bool  # pgmq.metrics() reports queue_visible_length (1.5+)
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
@@ -87,6 +94,7 @@ def detect(conn: psycopg.Connection[Any]) -> PgmqFeatures:
     if missing:
         raise PgmqUnsupported(f"pgmq {version} lacks {', '.join(missing)}: pgmq-worker needs pgmq >= 1.4")
     columns = {str(r[0]) for r in conn.execute(MESSAGE_RECORD_COLUMNS).fetchall()}
+    metrics_columns = {str(r[0]) for r in conn.execute(METRICS_COLUMNS).fetchall()}
     return PgmqFeatures(
         version=version,
         source=source,
@@ -94,6 +102,7 @@ def detect(conn: psycopg.Connection[Any]) -> PgmqFeatures:
         batch_set_vt=any(s.startswith("set_vt(") and "bigint[]" in s for s in signatures),
         headers="headers" in columns,
         pop_qty=any(s.startswith("pop(") and "integer" in s for s in signatures),
+        metrics_visible="queue_visible_length" in metrics_columns,
     )
 
 
@@ -121,6 +130,11 @@ def _install(conn: psycopg.Connection[Any]) -> None:
     if available is not None:
         conn.execute(CREATE_EXTENSION)
         return
+    install_sql(conn)
+
+
+def install_sql(conn: psycopg.Connection[Any]) -> None:
+    """Install the `pgmq` package's SQL (1.13) and record its version; for a database without pgmq."""
     try:
         script = get_embedded_install_sql()
         version = get_embedded_sql_version()

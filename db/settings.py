@@ -43,6 +43,7 @@ class DatabaseSettings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="Postgres URL; unset means the embedded PostgreSQL under `PGMQ_WORKER_DATA_DIR`. On "
         "Supabase: the direct connection or the session pooler (port 5432) for workers.",
+        repr=False,  # it holds the password: a settings object in a log or traceback must not show it
     )
     pooler: PoolerMode = Field(
         default=PoolerMode.AUTO,

@@ -13,8 +13,9 @@ resumes at the first unfinished one and the LLM is never paid twice for the same
 
 With no LLM configured (PGMQ_WORKER_LLM_BASE_URL unset), `translate` and `sentences` finish as
 `{"skipped": "<why>"}` and the result lists them under `skipped`: nothing is made up. Tesseract
-and espeak-ng are programs (Debian: tesseract-ocr, tesseract-ocr-deu, espeak-ng); the module
-imports without them and a job that needs a missing one fails with what to install.
+and espeak-ng are programs (`TESSERACT`, `ESPEAK`: Debian tesseract-ocr with tesseract-ocr-<code>
+for each language's data, and espeak-ng; deploy/Dockerfile installs them); the module imports
+without them and a job that needs a missing one fails with what to install.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from handlers.llm import NOT_CONFIGURED, LlmSettings, chat
+from handlers.programs import Program
 from handlers.provider import ProviderError
 from handlers.report import split_sentences
 from handlers.text import WORD
@@ -58,6 +60,9 @@ LLM_STEP_TIMEOUT_S: Final = 300  # includes waiting for a slot of the shared `ll
 DATA_URL = re.compile(r"^data:image/[a-z]+;base64,", re.IGNORECASE)
 HYPHENATED = re.compile(r"(\w)-\n(\w)")
 SAMPLE: Final = "page_de.png"
+# pytesseract runs `tesseract` from PATH (its default command); espeak-ng is run by `speak`.
+TESSERACT: Final = Program("tesseract", "tesseract-ocr")
+ESPEAK: Final = Program("espeak-ng", "espeak-ng")
 
 LanguageCode = Literal["de", "en", "fr", "es", "it"]
 
@@ -67,9 +72,14 @@ class Language:
     """One language as each tool names it, and the lemmas too common to teach."""
 
     name: str
-    tesseract: str  # Debian package tesseract-ocr-<this>
+    tesseract: str  # Tesseract's language code; its data is Debian's `tesseract_data(code)`
     espeak: str  # espeak-ng voice
     stopwords: frozenset[str]
+
+
+def tesseract_data(code: str) -> str:
+    """The Debian package of Tesseract's trained data for a language code (`deu`: tesseract-ocr-deu)."""
+    return f"{TESSERACT.package}-{code}"
 
 
 def _language(name: str, tesseract: str, espeak: str, stopwords: str) -> Language:
@@ -287,10 +297,10 @@ def read_page(image: bytes, language: str) -> dict[str, Any]:
     try:
         installed = pytesseract.get_languages(config="")
     except pytesseract.TesseractNotFoundError:
-        raise Permanent("tesseract is not installed: apt-get install tesseract-ocr") from None
+        raise TESSERACT.missing() from None
     if language not in installed:
         raise Permanent(
-            f"tesseract has no {language!r} language data: apt-get install tesseract-ocr-{language}"
+            f"tesseract has no {language!r} language data: apt-get install {tesseract_data(language)}"
         )
     with Image.open(io.BytesIO(image)) as page:
         page.load()
@@ -382,14 +392,14 @@ def speak(text: str, voice: str) -> bytes:
         out = Path(tmp) / "speech.wav"
         try:
             done = subprocess.run(  # noqa: S603  (a fixed program; the text goes to stdin)
-                ["espeak-ng", "-v", voice, "-s", "140", "-w", str(out), "--stdin"],  # noqa: S607
+                [ESPEAK.command, "-v", voice, "-s", "140", "-w", str(out), "--stdin"],
                 input=text.encode(),
                 capture_output=True,
                 timeout=60,
                 check=False,
             )
         except FileNotFoundError:
-            raise Permanent("espeak-ng is not installed: apt-get install espeak-ng") from None
+            raise ESPEAK.missing() from None
         if done.returncode != 0 or not out.exists():
             detail = done.stderr.decode(errors="replace").strip()[:300]
             raise RuntimeError(f"espeak-ng failed (exit {done.returncode}): {detail}")

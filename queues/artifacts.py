@@ -74,7 +74,9 @@ async def aput_artifact(
 
 
 async def aget_artifact(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str) -> Artifact | None:
-    """The stored file, or None."""
+    """The stored file, or None (also for a name no artifact can have: it never reaches the database)."""
+    if not NAME.fullmatch(name):  # a NUL in the name would fail the statement, not find nothing
+        return None
     cur = await conn.execute(GET_ARTIFACT, (job_id, name))
     row = await cur.fetchone()
     return None if row is None else Artifact(str(row[0]), str(row[1]), bytes(row[2]))

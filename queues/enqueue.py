@@ -6,7 +6,6 @@ or rolls back with the caller's writes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +16,7 @@ from uuid import UUID
 import psycopg
 from pydantic import BaseModel
 
+from db import storable
 from queues import pgmq
 from queues.catalog import catalog
 from queues.contract import Contract, QueueRef, queue_of
@@ -39,7 +39,11 @@ class Enqueued:
 
 
 def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
-    """Validate the payload against the contract (when given) and return (queue, JSON object)."""
+    """Validate the payload against the contract (when given) and return (queue, JSON object).
+
+    The object holds JSON types only (db.storable: what may be stored), checked and within the
+    size limit; InvalidPayload otherwise.
+    """
     queue = queue_of(ref)
     if isinstance(ref, Contract):
         body: Any = ref.parse(payload).model_dump(mode="json")
@@ -49,60 +53,69 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
         body = payload
     if not isinstance(body, dict):
         raise InvalidPayload(f"a message must be a JSON object, got {type(body).__name__}")
-    _check_size(_dumps(body))
+    body = _storable(body)
+    _check_size(storable.dumps_bytes(body))
     return queue, body
 
 
 def encode(ref: QueueRef, payload: Any) -> str:
-    """prepare's checks, returning the object as JSON text without building it twice.
-
-    For batches: a model is serialised by pydantic straight to JSON, a dict once, and the texts
-    travel to the database as they are.
-    """
-    text: str
+    """prepare's checks, returning the object as JSON text (what travels to the database)."""
     if isinstance(ref, Contract):
-        text = ref.parse(payload).model_dump_json()
+        # Dumped by pydantic, then checked by the storage rule: a model's str field may hold a NUL.
+        body: Any = ref.parse(payload).model_dump(mode="json")
     elif isinstance(payload, BaseModel):
-        text = payload.model_dump_json()
-    elif isinstance(payload, dict):
-        text = _dumps(payload)
+        body = payload.model_dump(mode="json")
     else:
-        raise InvalidPayload(f"a message must be a JSON object, got {type(payload).__name__}")
-    if not text.startswith("{"):
-        raise InvalidPayload("a message must be a JSON object")
-    _check_size(text)
+        body = payload
+    if not isinstance(body, dict):
+        raise InvalidPayload(f"a message must be a JSON object, got {type(body).__name__}")
+    text = _dumps(body)
+    _check_size(text.encode())
     return text
 
 
-# One encoder for every payload: json.dumps with options builds a new one per call. NaN and
-# Infinity are not JSON (jsonb would refuse them), so they are refused here, clearly.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+def _storable(body: Any) -> Any:
+    try:
+        return storable.jsonable(body)
+    except storable.Unstorable as exc:
+        raise InvalidPayload(f"the payload cannot be stored: {exc}") from None
 
 
 def _dumps(body: Any) -> str:
     try:
-        return _ENCODER.encode(body)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
+        return storable.dumps(body)
+    except storable.Unstorable as exc:
+        raise InvalidPayload(f"the payload cannot be stored: {exc}") from None
 
 
 def encode_batch(ref: QueueRef, payloads: Sequence[Any]) -> str:
     """encode's checks for every payload, returning them as one JSON array text.
 
-    Plain dicts (the common batch) go through the C encoder in one call; when the whole array is
-    within the size limit every member is, else each is measured to name the one over it.
+    Plain dicts (the common batch) are encoded in one call; when the whole array is within the
+    size limit every member is, else each is measured to name the one over it.
     """
     if isinstance(ref, Contract) or not all(type(p) is dict for p in payloads):
-        return "[" + ",".join(encode(ref, p) for p in payloads) + "]"
-    text = _dumps(list(payloads))
-    if len(text) > MAX_PAYLOAD_BYTES:  # ASCII (ensure_ascii): characters are bytes
+        texts = []
+        for i, payload in enumerate(payloads):
+            try:
+                texts.append(encode(ref, payload))
+            except InvalidPayload as exc:  # the same error, saying which payload
+                raise type(exc)(f"payload {i}: {exc}") from exc.__cause__
+        return "[" + ",".join(texts) + "]"
+    try:
+        data = storable.dumps_bytes(list(payloads))
+    except storable.Unstorable as exc:
+        index, *rest = exc.path  # the array's index first: say which payload, from its own root
+        exc.path = tuple(rest)
+        raise InvalidPayload(f"payload {index} cannot be stored: {exc}") from None
+    if len(data) > MAX_PAYLOAD_BYTES:
         for payload in payloads:
-            _check_size(_dumps(payload))
-    return text
+            _check_size(storable.dumps_bytes(payload))
+    return data.decode()
 
 
-def _check_size(text: str) -> None:
-    size = len(text.encode())
+def _check_size(data: bytes) -> None:
+    size = len(data)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
             f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit: "
@@ -142,7 +155,16 @@ def _webhook(url: str | None) -> str | None:
         raise InvalidPayload(f"webhook_url must be an http(s) URL with a host, got {url!r}")
     if len(url) > MAX_WEBHOOK_URL:
         raise InvalidPayload(f"webhook_url is over {MAX_WEBHOOK_URL} characters")
+    _text("webhook_url", url)
     return url
+
+
+def _text(name: str, text: str) -> None:
+    """InvalidPayload unless a text column can hold `text` (checked before any statement is sent)."""
+    try:
+        storable.check_text(text)
+    except storable.Unstorable as exc:
+        raise InvalidPayload(f"{name} {exc.reason}") from None
 
 
 def _key(key: str | None) -> str | None:
@@ -150,6 +172,7 @@ def _key(key: str | None) -> str | None:
         return None
     if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidPayload(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    _text("idempotency_key", key)
     return key
 
 

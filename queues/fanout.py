@@ -14,7 +14,8 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg.types.json import Jsonb
+
+from db import storable
 
 CREATE = """
 INSERT INTO pgmq_worker.fan_outs (parent_id, name, parent_queue, parent_msg_id, child_queue, total,
@@ -131,7 +132,7 @@ async def spawn(
             "deadline_s": policy.deadline_s,
         },
     )
-    await conn.execute(HOLD, {"parent": parent, "name": name, "bodies": [Jsonb(b) for b in bodies]})
+    await conn.execute(HOLD, {"parent": parent, "name": name, "bodies": [storable.jsonb(b) for b in bodies]})
     cur = await conn.execute(SEND, (parent, name, policy.max_running))
     row = await cur.fetchone()
     return 0 if row is None else int(row[0])
@@ -148,7 +149,7 @@ async def close(conn: psycopg.AsyncConnection[Any], parent: UUID, name: str, rea
     """Close the fan-out: unsent children dropped, unfinished ones cancelled with `reason`."""
     await conn.execute(CLOSE, (parent, name))
     await conn.execute(DROP_PENDING, (parent, name))
-    error = Jsonb({"type": "FanOutDeadline", "message": reason})
+    error = storable.jsonb({"type": "FanOutDeadline", "message": reason})
     await conn.execute(CANCEL_UNFINISHED, {"parent": parent, "name": name, "error": error})
 
 

@@ -14,7 +14,8 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg.types.json import Jsonb
+
+from db import storable
 
 JOB_CHANNEL = "pgmq_worker_jobs"
 TERMINAL = frozenset({"succeeded", "dead", "cancelled"})  # `failed` means a retry is scheduled
@@ -163,7 +164,7 @@ async def start_step(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str
 
 async def finish_step(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str, output: Any) -> None:
     """Record the step's output (a JSON value); the first finish wins."""
-    await conn.execute(FINISH_STEP, (Jsonb(output), job_id, name))
+    await conn.execute(FINISH_STEP, (storable.jsonb(output), job_id, name))
 
 
 async def fail_step(
@@ -175,4 +176,4 @@ async def fail_step(
     counted: bool = True,
 ) -> None:
     """Record why the step's attempt failed; `counted=False` (a deferral) takes back its start."""
-    await conn.execute(FAIL_STEP, (Jsonb(error), 0 if counted else 1, job_id, name))
+    await conn.execute(FAIL_STEP, (storable.jsonb(error), 0 if counted else 1, job_id, name))

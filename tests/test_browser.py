@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -120,12 +121,18 @@ def providers() -> Iterator[Providers]:
 
 
 @pytest.fixture
-def dev(db_url: str, tmp_path: Path, providers: Providers) -> Iterator[Dev]:
+def dev_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Extra environment for `dev` (a test sets it with indirect parametrisation)."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def dev(db_url: str, tmp_path: Path, providers: Providers, dev_env: dict[str, str]) -> Iterator[Dev]:
     """`pgmq-worker dev` on the test's database; stopped with SIGINT (Ctrl-C), which must exit 0."""
     # Only the settings this test chooses: a developer's PGMQ_WORKER_* must not change what runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGMQ_WORKER_", "SUPABASE_"))}
     env.update(DATABASE_URL=db_url, PGMQ_WORKER_LOG_FORMAT="json", PGMQ_WORKER_POLL_INTERVAL="0.2")
-    env.update(providers.llm.env | providers.images.env)
+    env.update(providers.llm.env | providers.images.env | dev_env)
     argv = [sys.executable, "-m", "worker.cli", "dev", "--port", str(_free_port())]
     stdout_path, stderr_path = tmp_path / "dev.stdout", tmp_path / "dev.stderr"
     # Files, not pipes: nothing has to drain them while the test waits on the browser.
@@ -405,3 +412,59 @@ def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
     assert children == (4,), children
     screenshot(tab, "dev-page-image-batch")
     assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console
+
+
+SECRET = "browser-test-jwt-secret-of-32-chars!"
+
+
+def access_token(expires_in: float) -> str:
+    """A Supabase-style access token for one user, expiring in `expires_in` seconds."""
+    claims = {"sub": "00000000-0000-0000-0000-00000000000a", "aud": "authenticated"}
+    return jwt.encode(claims | {"exp": time.time() + expires_in}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("dev_env", [{"SUPABASE_JWT_SECRET": SECRET}], indirect=True)
+def test_the_page_reconnects_with_a_fresh_token_when_its_stream_expires(
+    browser: Browser, dev: Dev, tmp_path: Path
+) -> None:
+    """With a JWT secret: the page loads its queues with the token (under its CSP), submits, and
+    when the server ends the stream at the token's expiry the page reconnects with the token it
+    holds now and follows the job to success; a page without a token says it needs one."""
+    short = access_token(5)
+    context = browser.new_context()
+    console: list[str] = []
+    try:
+        bare = context.new_page()
+        bare.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
+        bare.goto(dev.url)
+        bare.locator("[data-testid=form-error]").filter(has_text="access token").wait_for(timeout=5000)
+        bare.close()
+        console.clear()  # the 401 of /queues is logged by the browser as a failed resource
+
+        context.add_init_script(f"sessionStorage.setItem('pgmq-worker-token', {json.dumps(short)})")
+        tab = context.new_page()
+        tab.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
+        tab.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        streams: list[str] = []
+        tab.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+        tab.goto(dev.url)
+        tab.wait_for_selector("[data-testid=queue] option[value=text_report]", state="attached")
+        tab.select_option("[data-testid=queue]", "text_report")
+        tab.fill(
+            "[data-testid=payload]", json.dumps({"text": "One step. Then another. And more.", "pace": 1.5})
+        )
+        tab.click("[data-testid=submit]")
+        tab.wait_for_selector("[data-testid=job]:not([hidden])")
+        fresh = access_token(3600)
+        tab.locator("details").evaluate("(d) => { d.open = true; }")
+        tab.fill("#token", fresh)  # what an app does when it refreshes its Supabase session
+        seen = watch(tab, console, dev, JOB_TIMEOUT_S)
+        tab.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    finally:
+        context.close()
+    assert seen[-1]["status"] == "succeeded", seen[-3:]
+    assert len(streams) >= 2, streams
+    assert short in streams[0] and fresh in streams[-1], streams
+    assert all(short not in url for url in streams[1:]), streams
+    assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console
+    assert "sse.token_expired" in dev.stderr_path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from typing import Any
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
+from db.pgmq_install import detect
 from queues import pgmq
 from tests.helpers import dead, rows
 from worker.cli import main
@@ -71,6 +73,32 @@ def test_queues_shows_depth_in_flight_and_dead_letters(db_url: str, conn: psycop
     [line] = [ln for ln in result.stdout.splitlines() if ln.startswith("alpha")]
     name, depth, in_flight, _oldest, dead_count = line.split()
     assert (name, depth, in_flight, dead_count) == ("alpha", "3", "1", "1")
+
+
+@pytest.mark.parametrize("reported", [True, False], ids=["pgmq reports visible", "counted by us"])
+def test_queue_metrics_count_visible_in_flight_and_dead(
+    conn: psycopg.Connection[Any], reported: bool
+) -> None:
+    """Where pgmq.metrics() lacks queue_visible_length (1.4) the visible count is ours, and the same."""
+    features = detect(conn)
+    if reported and not features.metrics_visible:
+        pytest.skip(f"pgmq {features.version}'s metrics() lacks queue_visible_length (1.5+ has it)")
+    pgmq.ensure_queue(conn, "counted")
+    pgmq.send_batch(conn, "counted", [{}, {}, {}])
+    pgmq.send(conn, "counted", {}, delay_s=60)
+    conn.execute("SELECT * FROM pgmq.read('counted', 60, 1)")
+    pgmq.send_batch(conn, "counted_dlq", [{}, {}])
+    m = pgmq.metrics(conn, "counted", dataclasses.replace(features, metrics_visible=reported))
+    assert (m.depth, m.visible, m.in_flight, m.dead) == (4, 2, 2, 2)
+    assert m.oldest_age_s is not None
+
+
+def test_detection_sees_whether_metrics_reports_visible_messages(conn: psycopg.Connection[Any]) -> None:
+    """PgmqFeatures.metrics_visible says what pgmq.metrics() returns, whatever the version."""
+    pgmq.ensure_queue(conn, "described")
+    cur = conn.execute("SELECT * FROM pgmq.metrics('described')")
+    columns = [c.name for c in cur.description or []]
+    assert detect(conn).metrics_visible is ("queue_visible_length" in columns)
 
 
 def test_migrate_is_idempotent_and_shows_status(db_url: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 from db.connect import Target, aconnect
+from db.pgmq_install import detect
 from queues import pgmq
 from queues.names import table_name
 from queues.pgmq import Message
@@ -61,9 +62,17 @@ def test_the_read_leases_what_pgmq_read_would(
     assert (again.msg_id, again.read_ct) == (second, 2)
 
 
+def has_last_read_at(conn: psycopg.Connection[Any], queue: str) -> bool:
+    """Whether the installed pgmq made the queue's table with last_read_at (1.10+)."""
+    row = conn.execute(pgmq.HAS_LAST_READ_AT, ("pgmq." + table_name(queue),)).fetchone()
+    return bool(row and row[0])
+
+
 def test_the_read_stamps_last_read_at_like_pgmq_1_10(target: Target, conn: psycopg.Connection[Any]) -> None:
     """pgmq 1.10+ notes when a message was last read; the read keeps that column true."""
     pgmq.ensure_queue(conn, "stamped")
+    if not has_last_read_at(conn, "stamped"):
+        pytest.skip(f"pgmq {detect(conn).version} makes queue tables without last_read_at (1.10+ has it)")
     sent = pgmq.send(conn, "stamped", {"i": 1})
     assert last_read_at(conn, "stamped") == {sent: None}
 
@@ -89,7 +98,7 @@ def test_the_read_works_on_queue_tables_from_before_pgmq_1_10(
 ) -> None:
     """Supabase's pgmq (1.4/1.5) has no last_read_at column: the read leaves it out."""
     pgmq.ensure_queue(conn, "older")
-    conn.execute("ALTER TABLE pgmq.q_older DROP COLUMN last_read_at")
+    conn.execute("ALTER TABLE pgmq.q_older DROP COLUMN IF EXISTS last_read_at")  # a 1.10+ table made older
     sent = pgmq.send(conn, "older", {"i": 1})
     [message] = read(target, "older", 30, 5, job_rows=job_rows)
     assert (message.msg_id, message.read_ct, message.body) == (sent, 1, {"i": 1})
@@ -106,4 +115,5 @@ def test_a_read_of_a_missing_queue_fails_and_is_asked_about_again(
     sent = pgmq.send(conn, "later", {"i": 1})
     [message] = read(target, "later", 30, 1)
     assert message.msg_id == sent
-    assert last_read_at(conn, "later")[sent] is not None
+    if has_last_read_at(conn, "later"):  # what a remembered "no table, no column" would have missed
+        assert last_read_at(conn, "later")[sent] is not None

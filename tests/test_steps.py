@@ -156,7 +156,7 @@ def test_a_step_output_that_is_not_json_dead_letters(target: Any, conn: psycopg.
     pgmq.send(conn, "badout", {})
     run_burst(target, reg)
     [record] = dead(conn, "badout")
-    assert record["reason"] == "permanent" and "not JSON" in record["error"]["message"]
+    assert record["reason"] == "invalid_result" and "not a JSON type" in record["error"]["message"]
 
 
 @pytest.mark.parametrize("steps", [("a", "a"), ("",), (1,)])

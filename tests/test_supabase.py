@@ -11,9 +11,8 @@ import pytest
 from psycopg import sql
 
 from db.migrate import migrate
-from db.pgmq_install import ensure_installed
 from queues import enqueue, pgmq
-from tests.conftest import with_dbname
+from tests.conftest import install_pgmq_under_test, with_dbname
 
 # What Supabase has before any migration of ours runs: the API roles, auth.uid() reading the
 # request's JWT subject, and the Realtime publication. Roles are cluster-wide, hence IF NOT EXISTS.
@@ -63,7 +62,7 @@ def supabase_db(server_url: str) -> Iterator[str]:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SUPABASE_STAND_IN)
-            ensure_installed(conn)
+            install_pgmq_under_test(conn)
             migrate(conn)
         yield url
     finally:
@@ -176,3 +175,20 @@ def test_a_failing_broadcast_never_fails_the_write(supabase_db: str) -> None:
         assert broadcasts(conn, sent.job_id) == []
         row = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE id = %s", (sent.job_id,)).fetchone()
         assert row == ("queued",)
+
+
+def test_a_user_cannot_read_another_jobs_topic_while_joined_to_their_own(supabase_db: str) -> None:
+    """Joined to `job:<her job>`, Alice reads that topic's broadcasts only: Bob's job's rows stay
+    hidden (the policy compares each row's topic with realtime.topic(), migration 0016)."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        pgmq.ensure_queue(conn, "work")
+        hers = enqueue(conn, "work", {"n": 1}, owner=alice)
+        his = enqueue(conn, "work", {"n": 2}, owner=bob)
+        conn.execute("UPDATE pgmq_worker.jobs SET status = 'running' WHERE id = %s", (his.job_id,))
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE authenticated")
+            conn.execute("SELECT set_config('request.jwt.claim.sub', %s, true)", (str(alice),))
+            conn.execute("SELECT set_config('realtime.topic', %s, true)", (f"job:{hers.job_id}",))
+            topics = conn.execute("SELECT DISTINCT topic FROM realtime.messages").fetchall()
+    assert topics == [(f"job:{hers.job_id}",)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import signal
 import sys
 
@@ -13,7 +15,8 @@ from pydantic import ValidationError
 from db.connect import resolve
 from db.embedded import pgdata_path
 from db.errors import DatabaseError
-from db.logs import configure_logging
+from db.logs import configure_logging, get_logger
+from db.redact import environment_secrets, redact
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues.catalog import import_modules
@@ -36,25 +39,70 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         db_settings = DatabaseSettings()
     except ValidationError as exc:
         raise click.ClickException(f"invalid setting: {describe_validation_error(exc)}") from exc
-    configure_logging()
+    secrets = environment_secrets(os.environ)
+    configure_logging(secrets=secrets)
+    if settings.jwt_secret is None:  # before any database work: a configuration error
+        refuse_open_endpoints(host, private=settings.web_private)
     try:
         import_modules(imports)
         target = resolve(db_settings)
         prepare_schema(target)
     except (QueueError, DatabaseError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(redact(str(exc), secrets)) from exc
     except psycopg.OperationalError as exc:
-        raise click.ClickException(f"database error: {exc}".strip().splitlines()[0]) from exc
+        raise click.ClickException(redact(f"database error: {exc}".strip().splitlines()[0], secrets)) from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
-    if settings.jwt_secret is None:
-        click.echo("No JWT secret set: the job endpoints are open to anyone who can reach them.", err=True)
     app = create_app(target, settings=settings, db_settings=db_settings)
     # uvicorn re-raises the stop signal after its graceful shutdown; with this handler in place the
     # re-raised signal is a no-op, so a clean stop exits 0 (Fly and `dev` read the exit status).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: None)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_level="info")
+    # access_log=False: uvicorn's access log prints the query string in full, and the page's
+    # EventSource and <img>/<audio> URLs carry ?access_token=; web/security.py logs each request
+    # (`http.request`) with the token taken out.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def refuse_open_endpoints(host: str, *, private: bool) -> None:
+    """Without a JWT secret, serve on loopback, or elsewhere only when declared a private service."""
+    log = get_logger()
+    if is_loopback(host):
+        log.warning("web.auth_disabled", host=host, reason="no JWT secret; loopback only")
+        click.echo("No JWT secret set: the job endpoints are open to anyone on this machine.", err=True)
+        return
+    if not private:
+        log.error("web.refused_open", host=host, reason="no JWT secret on a non-loopback address")
+        raise click.ClickException(
+            f"no JWT secret set (SUPABASE_JWT_SECRET): refusing to serve the job endpoints open on {host}; "
+            "set the secret, bind 127.0.0.1, or declare a private service with PGMQ_WORKER_WEB_PRIVATE=true"
+        )
+    log.warning(
+        "web.open_endpoints",
+        host=host,
+        reason="PGMQ_WORKER_WEB_PRIVATE=true and no JWT secret: anyone who can reach this address "
+        "can enqueue jobs and read every job",
+    )
+    click.echo(
+        f"No JWT secret set and PGMQ_WORKER_WEB_PRIVATE=true: the job endpoints are OPEN on {host}.", err=True
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,40 +11,61 @@ from importlib import resources
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.connect import Target, async_pool, connect
 from db.logs import get_logger
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.artifacts import NAME as ARTIFACT_NAME
 from queues.artifacts import Artifact, aget_artifact
 from queues.catalog import Catalog
 from queues.catalog import catalog as default_catalog
 from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
-from web.auth import Auth
-from web.errors import ApiError, artifact_not_found, from_queue_error, job_not_found
+from web.auth import Auth, Caller
+from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
+from web.security import Guard, inline_hashes, page_policy
 from web.settings import WebSettings
 from web.submit import accepted, check
 
 log = get_logger()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-# Artifact types a browser may show inline; anything else a handler stored is a download, so a
-# stored text/html or SVG can never run script on this origin.
-INLINE_TYPES = (
-    "audio/",
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "text/plain",
-    "application/json",
+# Artifact types a browser may show inline, matched exactly (parameters aside); anything else a
+# handler stored is a download, so a stored text/html, SVG or `audio/x-html` can never run script
+# on this origin, and no `text/plainx` or `application/json+xml` slips past a prefix.
+INLINE_TYPES = frozenset(
+    {
+        "audio/wav",
+        "audio/x-wav",
+        "audio/wave",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/webm",
+        "audio/flac",
+        "audio/aac",
+        "audio/mp4",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "text/plain",
+        "application/json",
+    }
 )
+# Request handlers wait this long for a database connection, then answer 503 with Retry-After:
+# the caller hears at once that it should retry, instead of after psycopg_pool's 30 s default
+# while requests pile up behind it.
+REQUEST_DB_TIMEOUT_S = 3.0
+RETRY_AFTER_S = 5
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 class Jobs:
@@ -57,7 +78,11 @@ class Jobs:
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.auth = Auth(secret, settings.jwt_audience)
         self.pool: AsyncConnectionPool = async_pool(
-            target, min_size=min(1, db.pool_max_size), max_size=db.pool_max_size, check=True
+            target,
+            min_size=min(1, db.pool_max_size),
+            max_size=db.pool_max_size,
+            check=True,
+            timeout=REQUEST_DB_TIMEOUT_S,
         )
         self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout.total_seconds())
 
@@ -88,6 +113,8 @@ class Jobs:
     async def visible_artifact(self, job_id: str, name: str, owner: UUID | None) -> Artifact:
         """A file of a job the caller may see; else ApiError 404, as for the job itself."""
         job = await self.visible_job(job_id, owner)
+        if not ARTIFACT_NAME.fullmatch(name):  # no stored artifact has such a name (nor a NUL)
+            raise artifact_not_found(job_id, name)
         async with self.pool.connection() as conn:
             found = await aget_artifact(conn, job.id, name)
         if found is None:
@@ -119,12 +146,22 @@ def create_app(
         finally:
             await jobs.close()
 
-    app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # The schema and Swagger UI are served only when asked for (web_docs), and then behind the
+    # token like every endpoint: Swagger UI's script comes from a CDN onto this origin.
+    app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
+    app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("web.database_unavailable", error=type(exc).__name__, detail=str(exc).strip()[:200])
+        return await api_error(request, database_unavailable(RETRY_AFTER_S))
+
+    for error in DB_ERRORS:
+        app.add_exception_handler(error, database_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -165,12 +202,15 @@ def create_app(
     @app.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
         """Server-Sent Events: the job's JSON on every change, until it has finished."""
-        # EventSource cannot send headers, so the token may also come as ?access_token=.
-        owner = jobs.auth.owner(
+        # EventSource cannot send headers, so the token may also come as ?access_token= (the
+        # request log redacts it).
+        caller = jobs.auth.caller(
             request.headers.get("authorization"), request.query_params.get("access_token")
         )
-        job = await jobs.visible_job(job_id, owner)
-        return StreamingResponse(_stream(jobs, job.id), media_type="text/event-stream", headers=SSE_HEADERS)
+        job = await jobs.visible_job(job_id, caller.owner)
+        return StreamingResponse(
+            _stream(jobs, job.id, caller), media_type="text/event-stream", headers=SSE_HEADERS
+        )
 
     @app.get("/jobs/{job_id}/artifacts/{name}")
     async def artifact(job_id: str, name: str, request: Request) -> Response:
@@ -182,9 +222,20 @@ def create_app(
         return artifact_response(await jobs.visible_artifact(job_id, name, owner))
 
     @app.get("/queues")
-    async def queues() -> list[dict[str, Any]]:
+    async def queues(request: Request) -> list[dict[str, Any]]:
         """The queues this process accepts payloads for, with their JSON schema and an example."""
+        jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
+
+    if jobs.settings.web_docs:
+        _add_docs(app, jobs)
+
+    _add_health_and_page(app, jobs)
+    return app
+
+
+def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
+    """/healthz and the page, the two answers that need no token."""
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -199,18 +250,46 @@ def create_app(
             {"status": "ok", "listening": jobs.events.listening, "streams": jobs.events.streams}
         )
 
+    html = resources.files("web").joinpath("static/index.html").read_text(encoding="utf-8")
+    page_headers = {"Content-Security-Policy": page_policy(html)}
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> Response:
         """The progress page."""
-        html = resources.files("web").joinpath("static/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html)
+        return HTMLResponse(html, headers=page_headers)
 
-    return app
+
+def _add_docs(app: FastAPI, jobs: Jobs) -> None:
+    """/openapi.json and Swagger UI at /docs, each behind the token like every endpoint."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        jobs.auth.owner(request.headers.get("authorization"))
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        jobs.auth.owner(request.headers.get("authorization"))
+        html = get_swagger_ui_html(openapi_url="openapi.json", title="pgmq-worker API")
+        return _with_docs_policy(html)
+
+
+def _with_docs_policy(page: HTMLResponse) -> HTMLResponse:
+    """Swagger UI's page with a CSP that lets it load its CDN files and run its one inline script."""
+    html = bytes(page.body).decode()
+    cdn = "https://cdn.jsdelivr.net"
+    policy = (
+        f"default-src 'none'; script-src {cdn} {' '.join(inline_hashes(html, 'script'))};"
+        f" style-src {cdn}; img-src https://fastapi.tiangolo.com data:; connect-src 'self';"
+        " frame-ancestors 'none'; base-uri 'none'"
+    )
+    page.headers["Content-Security-Policy"] = policy
+    return page
 
 
 def artifact_response(artifact: Artifact) -> Response:
     """The file with its content type (inline only for INLINE_TYPES), cacheable by the caller only."""
-    inline = artifact.content_type.startswith(INLINE_TYPES)
+    inline = artifact.content_type.partition(";")[0].strip() in INLINE_TYPES
     headers = {
         "Cache-Control": "private, max-age=300",
         "X-Content-Type-Options": "nosniff",
@@ -230,29 +309,53 @@ async def _body(request: Request) -> bytes:
     return bytes(data)
 
 
-async def _stream(jobs: Jobs, job_id: UUID) -> AsyncIterator[str]:
-    """One `data:` event per distinct state of the job, comments to keep the connection alive."""
+# The stream is framed by hand rather than with sse-starlette: every event is one `id:` line
+# and one `data:` line of compact JSON (json.dumps escapes newlines, so no multi-line splitting
+# is ever needed) or a comment; the keepalive is also this loop's re-read timer, which a separate
+# ping task would duplicate; and ending at the token's expiry is one more deadline in this loop.
+# Starlette's StreamingResponse already cancels the generator when the client leaves, and
+# uvicorn's timeout_graceful_shutdown (web/__main__.py) cuts open streams on a stop.
+REAUTH_EVENT = 'event: reauth\ndata: {"reason":"token_expired"}\n\n'
+
+
+async def _stream(jobs: Jobs, job_id: UUID, caller: Caller) -> AsyncIterator[str]:
+    """One `data:` event per distinct state of the job, comments to keep the connection alive.
+
+    The stream ends when the job has finished, and when the caller's token expires: then with a
+    `reauth` event, so the client reconnects with a fresh token (a job delayed for days must not
+    keep a stream authorised by a token that expired long ago).
+    """
     keepalive = jobs.settings.sse_keepalive.total_seconds()
     poll = jobs.settings.sse_poll_interval.total_seconds()
-    async with jobs.events.subscribe(job_id) as changed:
-        job = await jobs.load(job_id)  # after subscribing: no change can slip between the two
-        last: dict[str, Any] | None = None
-        sent_at = time.monotonic()
-        seq = 0
-        while job is not None:
-            data = job.as_json()
-            if data != last:
-                seq += 1
-                yield f"id: {seq}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-                last, sent_at = data, time.monotonic()
-            if job.finished:
-                return
-            wait = keepalive if jobs.events.listening else min(poll, keepalive)
-            try:
-                await asyncio.wait_for(changed.wait(), wait)
-            except TimeoutError:
-                if time.monotonic() - sent_at >= keepalive:
-                    yield ": keepalive\n\n"
-                    sent_at = time.monotonic()
-            changed.clear()
-            job = await jobs.load(job_id)
+    try:
+        async with jobs.events.subscribe(job_id) as changed:
+            job = await jobs.load(job_id)  # after subscribing: no change can slip between the two
+            last: dict[str, Any] | None = None
+            sent_at = time.monotonic()
+            seq = 0
+            while job is not None:
+                data = job.as_json()
+                if data != last:
+                    seq += 1
+                    yield f"id: {seq}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+                    last, sent_at = data, time.monotonic()
+                if job.finished:
+                    return
+                wait = keepalive if jobs.events.listening else min(poll, keepalive)
+                if caller.expires_at is not None:
+                    left = caller.expires_at - time.time()
+                    if left <= 0:
+                        log.info("sse.token_expired", job_id=str(job_id))
+                        yield REAUTH_EVENT
+                        return
+                    wait = min(wait, left)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait)
+                except TimeoutError:
+                    if time.monotonic() - sent_at >= keepalive:
+                        yield ": keepalive\n\n"
+                        sent_at = time.monotonic()
+                changed.clear()
+                job = await jobs.load(job_id)
+    except DB_ERRORS as exc:  # the headers are sent: end the stream; the client reconnects
+        log.warning("sse.database_unavailable", job_id=str(job_id), error=type(exc).__name__)

@@ -41,3 +41,13 @@ def job_not_found(job_id: str) -> ApiError:
 def artifact_not_found(job_id: str, name: str) -> ApiError:
     """A job the caller may see has no file by that name."""
     return ApiError(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
+
+
+def database_unavailable(retry_after_s: int) -> ApiError:
+    """The database cannot be reached now: 503, retry after a few seconds."""
+    return ApiError(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry shortly",
+        {"Retry-After": str(retry_after_s)},
+    )

@@ -21,10 +21,25 @@ class WebSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("PGMQ_WORKER_JWT_SECRET", "SUPABASE_JWT_SECRET"),
         description="The Supabase JWT secret (16+ characters) access tokens are checked against: set, "
-        "every endpoint but `/` and `/healthz` needs a user's token. Unset: the endpoints are open "
-        "(a private service behind your own network or proxy only).",
+        "every endpoint but `/` and `/healthz` needs a user's token (`/queues`, `/docs` and "
+        "`/openapi.json` too). Unset, the endpoints are open, which the web process allows on a "
+        "loopback address only, or anywhere with `PGMQ_WORKER_WEB_PRIVATE=true`.",
     )
     jwt_audience: str = Field(default="authenticated", description="The `aud` tokens must carry.")
+    web_private: bool = Field(
+        default=False,
+        description=(
+            "Serve the job endpoints without a JWT secret on a non-loopback address: this process"
+            " is a private service that only trusted callers can reach (PGMQ_WORKER_WEB_PRIVATE)."
+        ),
+    )
+    web_docs: bool = Field(
+        default=False,
+        description=(
+            "Serve the OpenAPI schema and Swagger UI at /openapi.json and /docs (PGMQ_WORKER_WEB_DOCS)."
+            " Off by default: Swagger UI loads its script from a CDN onto this origin."
+        ),
+    )
 
     @field_validator("jwt_secret")
     @classmethod

@@ -6,10 +6,10 @@ refused, or a job described, in exactly the same way.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from db import storable
 from queues.catalog import Catalog
 from queues.contract import QueueRef
 from queues.enqueue import MAX_PAYLOAD_BYTES, Enqueued, prepare
@@ -44,10 +44,10 @@ def check(
         raise from_queue_error(exc) from exc
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise ApiError(413, "payload_too_large", f"the body is over the {MAX_PAYLOAD_BYTES}-byte limit")
-    try:
-        parsed = json.loads(raw) if raw.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    try:  # strict JSON, however deep or odd the body: 400, never a RecursionError (500)
+        parsed = storable.loads(raw) if raw.strip() else None
+    except storable.InvalidJson as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if parsed is None:
         raise ApiError(400, "invalid_json", "the body must be a JSON object (the job's payload)")
     spec = catalog.get(queue)
@@ -55,10 +55,19 @@ def check(
     try:
         name, body = prepare(ref, parsed)
     except QueueError as exc:
-        raise from_queue_error(exc) from exc
+        raise _refused(exc) from exc
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise ApiError(400, "bad_request", "Idempotency-Key must be 1-200 characters")
     return Submission(name, body, _delay(delay), idempotency_key)
+
+
+def _refused(exc: QueueError) -> ApiError:
+    """The 4xx for a refused payload, its message one a JSON answer can carry.
+
+    A validation message may quote the body's own keys, lone surrogates and all.
+    """
+    error = from_queue_error(exc)
+    return ApiError(error.status, error.code, storable.safe_text(error.message), error.headers)
 
 
 def _delay(value: str | None) -> float:

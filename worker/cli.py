@@ -20,6 +20,7 @@ import httpx
 import psycopg
 from pydantic import ValidationError
 
+from db import storable
 from db.connect import Target, connect, resolve
 from db.embedded import pgdata_path, stop_embedded
 from db.errors import DatabaseError
@@ -27,6 +28,7 @@ from db.logs import configure_logging, get_logger
 from db.migrate import migrate as apply_migrations
 from db.migrate import status as migration_status
 from db.pgmq_install import ensure_installed
+from db.redact import environment_secrets, redact
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues import pgmq
@@ -47,19 +49,31 @@ T = TypeVar("T")
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into `Error: ...` and exit status 1, not a traceback."""
+    """Turn the errors a user can cause into `Error: ...` and exit status 1, not a traceback.
+
+    The line is scrubbed of the environment's secrets (db.redact), whatever raised it.
+    """
     try:
         yield
     except (DatabaseError, QueueError, WorkerError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _error_line(str(exc)) from exc
     except ValidationError as exc:
-        raise click.ClickException(f"invalid setting: {describe_validation_error(exc)}") from exc
+        raise _error_line(f"invalid setting: {describe_validation_error(exc)}") from exc
     except psycopg.OperationalError as exc:
-        raise click.ClickException(f"database error: {_first(exc)}") from exc
+        raise _error_line(f"database error: {_first(exc)}") from exc
+
+
+def _error_line(message: str) -> click.ClickException:
+    return click.ClickException(redact(message, _secrets()))
+
+
+def _secrets() -> tuple[str, ...]:
+    """What is never printed or logged: the secrets of this process's environment (db.redact)."""
+    return environment_secrets(os.environ)
 
 
 def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact(str(exc), _secrets()).strip()  # masked before it is cut
     return " ".join(text.splitlines()[:2]) if text else type(exc).__name__
 
 
@@ -123,7 +137,7 @@ def run(  # noqa: PLR0917  (click passes every option)
         poll_interval=None if poll_interval is None else timedelta(seconds=poll_interval),
     )
     db_settings = _settings(DatabaseSettings)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, _secrets())
     _import_handlers(imports)
     with _one_line_errors():
         for q in queues:
@@ -184,9 +198,9 @@ def migrate(show_status: bool) -> None:
 def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> None:
     """Send one JSON object to QUEUE (validated against its handler's model when one is known)."""
     try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from exc
+        body = storable.loads(payload)
+    except storable.InvalidJson as exc:
+        raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from None
     db_settings = _settings(DatabaseSettings)
     _import_handlers(imports)
     with _one_line_errors():
@@ -238,10 +252,10 @@ def list_queues(as_json: bool) -> None:
     db_settings = _settings(DatabaseSettings)
     with _one_line_errors():
         target = _target(db_settings)
-        prepare_schema(target)
+        features = prepare_schema(target)
         with connect(target) as conn:
             names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
-            rows = [pgmq.metrics(conn, q) for q in names]
+            rows = [pgmq.metrics(conn, q, features) for q in names]
     if as_json:
         for r in rows:
             click.echo(
@@ -342,7 +356,7 @@ def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None,
     """
     settings = _settings(WorkerSettings, concurrency=concurrency, threads=threads)
     db_settings = _settings(DatabaseSettings)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, _secrets())
     _import_handlers(imports)
     with _one_line_errors():
         if not registry:

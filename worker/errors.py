@@ -4,6 +4,7 @@ WorkerError
  ├─ Retry(delay, reason)   try again after `delay` (still counts as an attempt)
  │   └─ RateLimited         the provider said 429: come back later, not counted as an attempt
  ├─ Permanent(reason)      never retry: dead-letter now
+ ├─ InvalidResult          a result, step output or progress report that may not be stored
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
  └─ PoolerMisconfigured    prepared statements fail: an undeclared transaction pooler
 QueueError (from queues)
@@ -83,7 +84,11 @@ class Permanent(WorkerError):
 
 
 class InvalidResult(WorkerError, ValueError):
-    """A handler returned what JSON (and so the job row's jsonb) cannot hold: NaN or Infinity."""
+    """What the handler gave us to store (its result, a step's output, a progress report) may not be stored.
+
+    See db.storable for the rule. Raised at the call (ctx.progress, ctx.step); out of a handler
+    it dead-letters the delivery at once (reason `invalid_result`): the same value fails again.
+    """
 
 
 class HandlerRegistrationError(WorkerError, TypeError):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import ValidationError
 
+from db import storable
 from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
 from queues.pgmq import Message
@@ -58,38 +58,35 @@ async def execute(task: Task, message: Message, ctx: Context, executor: Executor
         raise  # the runner decides: shutdown or lease lost
     except WaitForChildren as wait:
         return Waiting(wait.job_id, wait.name)
-    except Permanent as exc:
-        return DeadLetter("permanent", ErrorInfo.of(exc))
-    except InvalidPayload as exc:
-        return DeadLetter("invalid_payload", ErrorInfo.of(exc))
+    except (Permanent, InvalidResult, InvalidPayload) as exc:  # no retry can help: dead-letter now
+        return DeadLetter(_reason(exc), ErrorInfo.of(exc))
     except Exception as exc:
         return failed(task, message, exc)
     return _succeeded(result)
 
 
+def _reason(exc: Exception) -> str:
+    """The dead-letter reason of an exception that no retry can help."""
+    if isinstance(exc, Permanent):
+        return "permanent"
+    if isinstance(exc, InvalidResult):  # a step's output or a progress report that may not be stored
+        return "invalid_result"
+    return "invalid_payload"  # ctx.enqueue or ctx.fan_out refused a payload
+
+
 def _succeeded(result: Any) -> Succeeded | DeadLetter:
-    """The handler returned: a success, unless JSON cannot hold its result.
+    """The handler returned: a success with its result as JSON types, unless it may not be stored.
 
     Deterministic: the same handler returns the same value again. Found at the ack instead, it
     would fail the whole batch the delivery was acked with, again on every try.
     """
-    if result is not None and (problem := _not_json(result)) is not None:
-        return DeadLetter("invalid_result", ErrorInfo.of(InvalidResult(problem)))
-    return Succeeded(result)
-
-
-# As the settles encode results (queues.pgmq: other objects become their str), but strict about
-# the floats JSON lacks. The encoded text is thrown away: one small dumps for a non-None result.
-_RESULT_CHECK = json.JSONEncoder(allow_nan=False, default=str)
-
-
-def _not_json(result: Any) -> str | None:
-    """Why the result cannot be stored as jsonb, or None when it can."""
+    if result is None:
+        return Succeeded(None)
     try:
-        _RESULT_CHECK.encode(result)
-    except ValueError as exc:
-        return f"the handler returned a result JSON cannot hold ({exc}): NaN and Infinity are not JSON"
-    return None
+        return Succeeded(storable.jsonable(result))
+    except storable.Unstorable as exc:
+        problem = InvalidResult(f"the handler returned what may not be stored: {exc.describe('result')}")
+        return DeadLetter("invalid_result", ErrorInfo.of(problem))
 
 
 def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:

@@ -8,12 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from db.storable import safe_text
 from queues.pgmq import Message
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """An exception as plain data, for the log and the dead-letter record."""
+    """An exception as plain data, for the log and the dead-letter record.
+
+    Its text is made storable (db.storable.safe_text), never refused: an exception's message may
+    hold a NUL or a lone surrogate, and the dead letter recording it must still be written.
+    """
 
     type: str
     message: str
@@ -23,19 +28,14 @@ class ErrorInfo:
     def of(cls, exc: BaseException) -> ErrorInfo:
         """Capture type, message and formatted traceback."""
         return cls(
-            type=type(exc).__qualname__,
-            message=_jsonb_safe(str(exc) or type(exc).__qualname__),
-            traceback=_jsonb_safe("".join(traceback.format_exception(exc))),
+            type=safe_text(type(exc).__qualname__),
+            message=safe_text(str(exc) or type(exc).__qualname__),
+            traceback=safe_text("".join(traceback.format_exception(exc))),
         )
 
     def as_dict(self) -> dict[str, str]:
         """JSON-ready form."""
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
-
-
-def _jsonb_safe(text: str) -> str:
-    """jsonb cannot store NUL characters; an error message must not make dead-lettering fail."""
-    return text.replace("\x00", "\\u0000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +99,10 @@ Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Waiting | Abandoned
 
 
 def dead_letter_record(message: Message, outcome: DeadLetter, max_attempts: int) -> dict[str, Any]:
-    """The body of the dead-letter message: the original payload and why it is here."""
+    """The body of the dead-letter message: why it is here (pgmq.dead_letter adds the payload)."""
     return {
         "queue": message.queue,
         "msg_id": message.msg_id,
-        "payload": message.body,
         "attempts": message.read_ct,
         "max_attempts": max_attempts,
         "reason": outcome.reason,

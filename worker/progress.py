@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from db import storable
 from db.logs import get_logger
+from worker.errors import InvalidResult
 
 log = get_logger()
 
@@ -43,7 +45,11 @@ class Report:
 
 
 def check_report(progress: float, step: str | None, detail: dict[str, Any] | None) -> Report:
-    """Validate a report: progress 0-100, step a short string, detail a JSON object."""
+    """Validate a report: progress 0-100, step a short string, detail a JSON object.
+
+    A step or detail that may not be stored (db.storable) raises InvalidResult, a ValueError
+    naming the field: `detail.pages[3].text: contains NUL (U+0000) ...`.
+    """
     if isinstance(progress, bool) or not isinstance(progress, int | float) or not math.isfinite(progress):
         raise ValueError(f"progress must be a number from 0 to 100, got {progress!r}")
     if not 0 <= progress <= 100:
@@ -52,7 +58,19 @@ def check_report(progress: float, step: str | None, detail: dict[str, Any] | Non
         raise ValueError("step must be a string of at most 200 characters")
     if detail is not None and not isinstance(detail, dict):
         raise ValueError(f"detail must be a JSON object (dict), got {type(detail).__name__}")
-    return Report(round(progress), step, detail)
+    if step is not None:
+        _stored("step", storable.check_text, step)
+    return Report(
+        round(progress), step, None if detail is None else _stored("detail", storable.jsonable, detail)
+    )
+
+
+def _stored(field: str, check: Callable[[Any], Any], value: Any) -> Any:
+    """check(value), its Unstorable raised as InvalidResult naming the field."""
+    try:
+        return check(value)
+    except storable.Unstorable as exc:
+        raise InvalidResult(f"ctx.progress: {exc.describe(field)}") from None
 
 
 class ProgressReporter:
@@ -104,7 +122,7 @@ class ProgressReporter:
                     {
                         "progress": report.progress,
                         "step": report.step,
-                        "detail": None if report.detail is None else Jsonb(report.detail),
+                        "detail": None if report.detail is None else storable.jsonb(report.detail),
                         "job_id": self._job_id,
                         "attempt": self._attempt,
                     },

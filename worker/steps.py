@@ -14,18 +14,19 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 from uuid import UUID
 
+import orjson
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel
 
+from db import storable
+from db.storable import safe_text
 from queues import fanout
 from queues.jobs import fail_step, finish_step, load_steps, start_step
-from worker.errors import Permanent, RateLimited
+from worker.errors import InvalidResult, Permanent, RateLimited
 from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
 from worker.progress import ProgressReporter, check_report
@@ -36,13 +37,27 @@ class StepTimeout(TimeoutError):
 
 
 def as_json(output: Any, step: str) -> Any:
-    """The output as it will come back from the database; Permanent if it is not JSON."""
-    if isinstance(output, BaseModel):
-        output = output.model_dump(mode="json")
+    """The output as it will come back from the database; InvalidResult if it may not be stored.
+
+    Encoded by the storage rule (db.storable) and read back, so a first run sees what a resumed
+    one will: tuples as lists, models and dataclasses as dicts, datetimes as ISO strings.
+    """
     try:
-        return json.loads(json.dumps(output))
-    except (TypeError, ValueError) as exc:
-        raise Permanent(f"step {step!r} returned a value that is not JSON: {exc}") from exc
+        return orjson.loads(storable.dumps_bytes(output))
+    except storable.Unstorable as exc:
+        raise InvalidResult(
+            f"step {safe_text(step)!r} returned what may not be stored: {exc.describe('output')}"
+        ) from None
+
+
+def check_name(what: str, name: str) -> None:
+    """A step's or fan-out's name: 1-200 characters a text column can hold; ValueError if not."""
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ValueError(f"a {what} name is 1-200 characters")
+    try:
+        storable.check_text(name)
+    except storable.Unstorable as exc:
+        raise InvalidResult(f"a {what} name {exc.reason}") from None
 
 
 class Steps:
@@ -77,8 +92,7 @@ class Steps:
         max_attempts: int | None,
     ) -> Any:
         """The step's stored output if it finished before; else run it, store and return its output."""
-        if not name or len(name) > 200:
-            raise ValueError("a step name is 1-200 characters")
+        check_name("step", name)
         known = await self._load()
         status, attempts, output = known.get(name, ("new", 0, None))
         if status == "done":
@@ -123,8 +137,7 @@ class Steps:
         Raises WaitForChildren while children are still out and the deadline is ahead: the
         worker parks the parent's message until the last child (or the deadline) wakes it.
         """
-        if not name or len(name) > 200:
-            raise ValueError("a fan-out name is 1-200 characters")
+        check_name("fan-out", name)
         status, _, output = (await self._load()).get(name, ("new", 0, None))
         if status == "done":
             await self._report(name, finished=True)

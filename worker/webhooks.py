@@ -21,7 +21,6 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import json
 import socket
 import time
 import uuid
@@ -30,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from db import storable
 from db.logs import get_logger
 from queues.pgmq import Message
 from worker.backoff import Backoff
@@ -237,11 +237,13 @@ class Webhooks:
 
     async def _deliver(self, event: Event, secret: str) -> None:
         msg_id = f"msg_{uuid.uuid4().hex}"
-        body = json.dumps(
-            {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data},
-            separators=(",", ":"),
-            default=str,
-        ).encode()
+        try:  # the one encoder: the result in the body reads as the job row holds it
+            body = storable.dumps_bytes(
+                {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data}
+            )
+        except storable.Unstorable as exc:  # not expected: results and errors were checked before
+            log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
+            return
         for attempt in range(1, self.max_tries + 1):
             timestamp = int(time.time())
             headers = {
