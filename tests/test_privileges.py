@@ -3,8 +3,8 @@ the grants `pgmq_worker.grant_access` gives (migration 0017), and are refused th
 
 None of the three is a superuser or owns a table; queues are created by the owner (the role that
 migrated), before and after the grants, so both paths (grant_access on existing queues, the
-trigger on pgmq.meta for new ones) are covered. The README's "Roles and grants" table is checked
-against what the database says each role holds.
+trigger on pgmq.meta for new ones) are covered. The grants table of docs/how-to/roles-and-grants.md
+is checked against what the database says each role holds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from worker import Backoff, Context, Limit, Registry, handler
 from worker.cli import main
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "roles-and-grants.md"  # grants table
 KINDS = ("worker", "web", "sender")
 Refused = psycopg.errors.InsufficientPrivilege
 
