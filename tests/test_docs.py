@@ -235,3 +235,28 @@ def test_every_python_block_is_included_or_an_excerpt_and_parses(page: str, info
     assert 'title="excerpt' in info, f"{page}: a Python block that is neither an include nor an excerpt"
     flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # excerpts may await, as handler bodies do
     compile(code, page, "exec", flags=flags)
+
+
+README = DOCS.parent / "README.md"
+README_BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_is_a_front_door() -> None:
+    """At most ~10 KB, and it keeps the two commands a newcomer pastes."""
+    text = README.read_text()
+    assert len(text.encode()) <= 10_500
+    assert "pip install -e . && pgmq-worker dev" in text
+    assert "pip install -e '.[dev]' && pytest" in text
+
+
+def test_readme_examples_are_excerpts_of_code_the_tests_run() -> None:
+    """Each Python block opens with `# path` and is a run of that file's lines (indentation aside)."""
+    blocks = [m["code"] for m in README_BLOCK.finditer(README.read_text())]
+    assert len(blocks) >= 2
+    for code in blocks:
+        first, *rest = code.rstrip("\n").splitlines()
+        named = re.fullmatch(r"# ((?:handlers|docs)/[\w/]+\.py)", first)
+        assert named, f"a README block must name its file: {first!r}"
+        source = [line.strip() for line in (DOCS.parent / named[1]).read_text().splitlines()]
+        wanted = [line.strip() for line in rest]
+        assert any(source[i : i + len(wanted)] == wanted for i in range(len(source))), named[1]
