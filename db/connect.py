@@ -15,6 +15,7 @@ from db.redact import mask_url, redact, reserved_in_password, url_secrets
 from db.settings import DatabaseSettings, PoolerMode
 
 SUPAVISOR_TRANSACTION_PORT = 6543
+BACKEND_PID = "SELECT pg_backend_pid()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,36 @@ def sync_pool(target: Target, *, min_size: int, max_size: int) -> ConnectionPool
         check=ConnectionPool.check_connection,
         open=False,
     )
+
+
+def transaction_pooler_evidence(target: Target) -> str | None:
+    """What shows that `target` goes through a transaction pooler, or None when nothing does.
+
+    A transaction pooler hands a client's server session to other clients between transactions.
+    Two connections: the first runs a statement (its session goes back to the pool, if pooled),
+    then the second holds a transaction while the first runs another. Straight to Postgres (or
+    through a session pooler) each connection keeps its own session: two different backend pids,
+    the first's unchanged. A transaction pooler shows one of two things: the second was given the
+    first's session (PgBouncer and Supavisor reuse the session freed last), or the first was
+    moved to another. Three statements at start; no false positive on a direct connection.
+    """
+    with connect(target) as first, connect(target) as second:
+        before = _backend_pid(first)
+        with second.transaction():
+            other = _backend_pid(second)
+            after = _backend_pid(first)
+    if other == before:
+        return f"two connections shared one server session (backend pid {before})"
+    if after != before:
+        return f"one connection moved between server sessions (backend pid {before}, then {after})"
+    return None
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(BACKEND_PID).fetchone()
+    if row is None:  # pragma: no cover  (SELECT always returns its row)
+        raise DatabaseUnavailable("pg_backend_pid() returned no row")
+    return int(row[0])
 
 
 def _unavailable(target: Target, exc: psycopg.Error) -> DatabaseUnavailable:

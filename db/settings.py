@@ -49,7 +49,8 @@ class DatabaseSettings(BaseSettings):
         default=PoolerMode.AUTO,
         description="What sits between us and Postgres: `auto` (port 6543 means a transaction pooler), "
         "`direct`, or `transaction` (any PgBouncer in transaction mode: no prepared statements, no "
-        "LISTEN). A worker whose prepared statements collide stops with an error naming this setting.",
+        "LISTEN). Unless told `transaction`, a worker probes for a transaction pooler at start and, "
+        "finding one, exits 1 with an error naming this setting.",
     )
     data_dir: Path = Field(
         default=Path(".pgmq-worker"),

@@ -553,8 +553,9 @@ def test_an_undeclared_transaction_pooler_is_a_one_line_error_not_a_crash_loop(
     pgbouncer_url: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """Through PgBouncer (port 6432-style, not recognised) without PGMQ_WORKER_POOLER=transaction,
-    prepared statements collide; the worker stops with one line naming the setting, exit 1, and
-    the messages stay in the queue for a correctly configured worker."""
+    the start-up probe sees the transaction pooler (before, prepared statements collided after a
+    few batches); the worker stops with one line naming the setting, exit 1, and the messages
+    stay in the queue for a correctly configured worker."""
     marker = tmp_path / "marks"
     pgmq.ensure_queue(conn, JOBS)
     # Enough messages that statements collide for certain: reads and acks run on two pipelined

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from db.connect import Target, connect, resolve
+from db.connect import Target, connect, resolve, transaction_pooler_evidence
 from db.errors import DatabaseUnavailable, MigrationError, PgmqUnsupported
 from db.migrate import Migration, load_migrations, migrate, status
 from db.pgmq_install import AVAILABLE_EXTENSION, detect, ensure_installed
@@ -192,3 +192,18 @@ def test_the_transaction_pooler_target_connects_without_prepared_statements(db_u
             conn.execute("SELECT 1 WHERE %s", (True,))
         prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
     assert prepared == (0,)
+
+
+def test_the_start_probe_finds_no_pooler_on_a_direct_connection(db_url: str) -> None:
+    """Straight to Postgres each connection keeps its own server session: no evidence of a pooler."""
+    for _ in range(5):  # no false positive, whatever the timing
+        assert transaction_pooler_evidence(Target(db_url, transaction_pooler=False)) is None
+
+
+def test_the_start_probe_finds_a_real_pgbouncer_in_transaction_mode(pgbouncer_url: str) -> None:
+    """Through PgBouncer in transaction mode one client's server session is handed to another
+    between transactions: the probe says so, naming what it saw."""
+    for _ in range(3):
+        evidence = transaction_pooler_evidence(Target(pgbouncer_url, transaction_pooler=False))
+        assert evidence is not None
+        assert "server session" in evidence

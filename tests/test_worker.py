@@ -698,12 +698,13 @@ def test_the_worker_survives_its_connections_being_terminated(
     assert rows(conn, "sturdy") == []
 
 
-def test_a_parameter_that_fails_to_bind_counts_as_a_prepared_statement_collision(
+def test_only_prepared_statement_errors_count_as_a_pooler_collision(
     conn: psycopg.Connection[Any],
 ) -> None:
-    """Under an undeclared pooler another statement can run under ours' prepared name with as many
-    parameters of other types: our values then fail to convert when bound. That error stops the
-    worker with the pooler message; a data error raised by a statement's own work does not."""
+    """At run time the pooler is diagnosed only from what a pooler causes: a prepared statement
+    missing or already there. A data error is its message's problem, even one raised binding a
+    parameter (issue 18 §3: a NUL in one result stopped the worker with the pooler message); an
+    undeclared pooler is found at start instead (test_db: transaction_pooler_evidence)."""
     from worker.runner import _pooler_misconfigured  # noqa: PLC0415  (the classifier under test)
 
     def error(query: str, params: list[Any] | None = None) -> psycopg.Error:
@@ -711,10 +712,15 @@ def test_a_parameter_that_fails_to_bind_counts_as_a_prepared_statement_collision
             conn.execute(query, params)
         return caught.value
 
-    assert _pooler_misconfigured(error("SELECT %s::jsonb", ["acc_jobs"]))  # as seen through PgBouncer
-    assert _pooler_misconfigured(error("SELECT %s::bigint[]", ["not an array"]))
+    assert _pooler_misconfigured(error("EXECUTE pgmqw_no_such_statement"))
+    conn.execute("PREPARE pgmqw_twice AS SELECT 1")
+    assert _pooler_misconfigured(error("PREPARE pgmqw_twice AS SELECT 1"))
+    # Before issue 18 these two bind-time conversions counted as collisions; now they do not.
+    assert not _pooler_misconfigured(error("SELECT %s::jsonb", ["acc_jobs"]))
+    assert not _pooler_misconfigured(error("SELECT %s::bigint[]", ["not an array"]))
+    assert not _pooler_misconfigured(error("SELECT %s::jsonb", ['"a\\u0000b"']))  # a NUL in a result
     assert not _pooler_misconfigured(error("SELECT 1 / 0"))
-    assert not _pooler_misconfigured(error("SELECT 'x'::int"))  # a conversion, but not of a parameter
+    assert not _pooler_misconfigured(error("SELECT 'x'::int"))
     assert not _pooler_misconfigured(error("SELECT * FROM no_such_table"))
 
 

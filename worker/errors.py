@@ -6,7 +6,8 @@ WorkerError
  ├─ Permanent(reason)      never retry: dead-letter now
  ├─ InvalidResult          a result, step output or progress report that may not be stored
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
- └─ PoolerMisconfigured    prepared statements fail: an undeclared transaction pooler
+ ├─ PoolerMisconfigured    an undeclared transaction pooler (seen at start, or prepared statements fail)
+ └─ SideTaskFailed         lease renewal, the listener, the ack flusher...: died, so the worker stopped
 QueueError (from queues)
  ├─ InvalidPayload         the message is not a JSON object or fails the handler's model: dead-letter
  └─ UnknownQueue           no handler, or no pgmq queue, by that name
@@ -99,6 +100,10 @@ class PoolerMisconfigured(WorkerError):
     """DATABASE_URL goes through a transaction pooler: set PGMQ_WORKER_POOLER=transaction."""
 
 
+class SideTaskFailed(WorkerError):
+    """A side task of the worker died unexpectedly: the worker released its messages and stopped."""
+
+
 __all__ = [
     "HandlerRegistrationError",
     "InvalidPayload",
@@ -107,6 +112,7 @@ __all__ = [
     "PoolerMisconfigured",
     "RateLimited",
     "Retry",
+    "SideTaskFailed",
     "UnknownQueue",
     "WorkerError",
 ]

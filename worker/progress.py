@@ -84,6 +84,7 @@ class ProgressReporter:
         self._pending: Report | None = None
         self._last_write = -math.inf
         self._timer: asyncio.Task[None] | None = None
+        self._timer_error: Exception | None = None  # what a timed write raised: close() raises it
         self.writes = 0
 
     async def report(self, report: Report) -> None:
@@ -107,7 +108,12 @@ class ProgressReporter:
     async def _flush_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self._timer = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:
+            # This timer belongs to one delivery: what it could not write (a value Postgres
+            # refused) fails that attempt at close(), instead of dying unseen or stopping the worker.
+            self._timer_error = exc
 
     async def flush(self) -> None:
         """Write the pending report, if any (the handler's end calls this before settling)."""
@@ -133,11 +139,13 @@ class ProgressReporter:
             log.warning("job.progress_not_written", error=str(exc).strip()[:200])
 
     async def close(self) -> None:
-        """Stop the timer and write what is pending."""
+        """Stop the timer and write what is pending; raise what a timed write could not write."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         await self.flush()
+        if self._timer_error is not None:
+            raise self._timer_error
 
     def discard(self) -> None:
         """Drop what is pending (the attempt was abandoned: its row is settled by someone else)."""

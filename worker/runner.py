@@ -19,18 +19,17 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from db.connect import Target, async_pool, connect
+from db.connect import Target, async_pool, connect, transaction_pooler_evidence
 from db.listen import reconnect_delay, sleep_or_stop
 from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import fanout, pgmq
-from queues.errors import QueueError
 from queues.pgmq import Message
 from worker import webhooks
 from worker.acks import Acks
 from worker.context import Context
-from worker.errors import PoolerMisconfigured, UnknownQueue
+from worker.errors import InvalidResult, PoolerMisconfigured, SideTaskFailed, UnknownQueue, WorkerError
 from worker.execute import execute, failed
 from worker.leases import Lease, Leases
 from worker.loop import loop_name
@@ -49,6 +48,7 @@ from worker.outcome import (
 from worker.progress import ProgressReporter
 from worker.registry import Registry, Task
 from worker.settings import WorkerSettings
+from worker.side_tasks import SideTasks
 from worker.steps import Steps, run_in_thread
 from worker.threads import HandlerThreads
 from worker.wakeup import BURST_WAIT_S, Wakeup
@@ -62,6 +62,11 @@ PREPARED_STATEMENT_ERRORS = (
     psycopg.errors.DuplicatePreparedStatement,
     psycopg.errors.InvalidSqlStatementName,
 )
+# A value the settle cannot store: Postgres refused it (a NUL in a result), or encoding it raised.
+VALUE_ERRORS = (psycopg.DataError, TypeError, ValueError, RecursionError, OverflowError)
+# What `sys.exit()` or a stray KeyboardInterrupt in handler code raises: a failed attempt, since
+# nothing one delivery does may stop the worker (signals reach the worker through its handlers).
+HANDLER_EXITS = (SystemExit, KeyboardInterrupt)
 
 
 class Worker:
@@ -96,7 +101,7 @@ class Worker:
         self._rotation = 0
         self._db_failures = 0
         self._notifying = False
-        self._fatal: PoolerMisconfigured | None = None
+        self._fatal: WorkerError | None = None  # why the worker stopped itself: run() raises it
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._announcing = False  # idle waits are announced (listening, and allowed to)
 
@@ -105,25 +110,30 @@ class Worker:
     async def run(self) -> None:
         """Run until a signal (or, in burst mode, until the queues are empty); then drain."""
         async with self._lifespan():
-            while not self._stopping.is_set():
-                free = self._free_slots()
-                if free <= 0:
-                    await self._wait_for_slot()
-                    continue
-                self._slot_freed.clear()  # a slot freed during the read wakes a capped wait below
-                messages = await self._fetch(free)
-                for message in messages:
-                    self._dispatch(message)
-                if len(messages) >= free:
-                    continue  # there may be more right now
-                if self.burst and (self._in_flight or self.acks.pending or self._late):
-                    await self._wait_for_slot()  # the next settle may be the last: look again then
-                    continue
-                if self.burst and await self._queues_empty():
-                    log.info("worker.burst_done")
-                    break
-                await self._idle(found=bool(messages))
-            await self._drain(self.settings.shutdown_grace.total_seconds())
+            try:
+                while not self._stopping.is_set():
+                    free = self._free_slots()
+                    if free <= 0:
+                        await self._wait_for_slot()
+                        continue
+                    self._slot_freed.clear()  # a slot freed during the read wakes a capped wait below
+                    messages = await self._fetch(free)
+                    for message in messages:
+                        self._dispatch(message)
+                    if len(messages) >= free:
+                        continue  # there may be more right now
+                    if self.burst and (self._in_flight or self.acks.pending or self._late):
+                        await self._wait_for_slot()  # the next settle may be the last: look again then
+                        continue
+                    if self.burst and await self._queues_empty():
+                        log.info("worker.burst_done")
+                        break
+                    await self._idle(found=bool(messages))
+            except BaseException:
+                self._cold.set()  # the loop itself failed: give back what we hold, now
+                raise
+            finally:
+                await self._drain(self.settings.shutdown_grace.total_seconds())
         if self._fatal is not None:
             raise self._fatal
 
@@ -173,11 +183,9 @@ class Worker:
                         threads -= len(read)
                     self._capped = self._capped or (capped and len(read) == wanted)  # more may wait
                     found += read
-        except (*PREPARED_STATEMENT_ERRORS, *DB_ERRORS, psycopg.errors.DataError) as exc:
+        except (*PREPARED_STATEMENT_ERRORS, *DB_ERRORS) as exc:
             if _pooler_misconfigured(exc):
                 self._fail(exc)
-            elif isinstance(exc, psycopg.errors.DataError):
-                raise
             else:
                 await self._database_trouble(exc)
             return found  # what was read before the failure is ours: run it
@@ -289,6 +297,10 @@ class Worker:
         started = time.perf_counter()
         try:
             outcome = await self._execute(task, message, lease)
+        except asyncio.CancelledError:  # outside the handler (a handoff check, say): as inside it
+            outcome = Abandoned("lease_lost" if lease.lost else "shutdown")
+        except Exception as exc:  # our own code (the context, a reporter, the handoffs): settled all the same
+            outcome = failed(task, message, exc)
         finally:
             self.leases.drop(lease)  # before settling: a renewal racing the ack is not a loss
             self._running.discard((message.queue, message.msg_id))
@@ -325,10 +337,10 @@ class Worker:
         self._settled(message, outcome, landed, duration_ms)
 
     async def _settle_again(
-        self, task: Task, message: Message, outcome: Succeeded, duration_ms: float, failed: BaseException
+        self, task: Task, message: Message, outcome: Succeeded, duration_ms: float, error: BaseException
     ) -> None:
         _bind_delivery(message)  # a task of its own, started from the flusher's context
-        await self._settle(task, message, outcome, duration_ms, failed)
+        await self._settle(task, message, outcome, duration_ms, error)
 
     def _late_done(self, settle: asyncio.Future[None]) -> None:
         self._late.discard(settle)
@@ -384,6 +396,8 @@ class Worker:
             if reporter is not None:
                 reporter.discard()
             return Abandoned("lease_lost" if lease.lost else "shutdown")
+        except HANDLER_EXITS as exc:  # sys.exit() in a handler fails its attempt; it stops nothing
+            outcome = failed(task, message, exc)
         if reporter is not None:
             await reporter.close()  # the last report lands before the settle
         if isinstance(outcome, Succeeded) and ctx.outbox:
@@ -412,26 +426,23 @@ class Worker:
         message: Message,
         outcome: Outcome,
         duration_ms: float,
-        failed: BaseException | None = None,
+        first_error: BaseException | None = None,
     ) -> None:
         """Record the outcome in pgmq, retrying through connection trouble; guarded by the lease.
 
-        `failed`: how the first try (a batched ack, through Acks) failed.
+        `first_error`: how the first try (a batched ack, through Acks) failed. Never raises: a
+        success that cannot be recorded (Postgres refuses its result) is dead-lettered
+        `invalid_result`; one that fails otherwise becomes a failed attempt; a failure that
+        cannot be recorded is logged, and the message reappears after its visibility timeout.
         """
         if isinstance(outcome, Abandoned) and outcome.why == "lease_lost":
             log.warning("job.abandoned", reason="lease_lost", duration_ms=duration_ms)
             return
         for attempt in range(1, SETTLE_TRIES + 1):
             try:
-                if failed is not None:
-                    first, failed = failed, None
-                    raise first  # handled below as if this try had raised it
-                if _batched(outcome, task):
-                    ours = await self.acks.ack(message, outcome.result)  # batched with others
-                else:
-                    async with self.pool.connection(timeout=5) as conn:
-                        ours = await self._record(conn, task, message, outcome)
+                ours = await self._settle_once(task, message, outcome, first_error)
             except PREPARED_STATEMENT_ERRORS + DB_ERRORS as exc:
+                first_error = None
                 if _pooler_misconfigured(exc):
                     self._fail(exc)
                     return
@@ -439,10 +450,13 @@ class Worker:
                 await self._purge_broken_connections()
                 await asyncio.sleep(reconnect_delay(attempt, 5.0))
                 continue
-            except (psycopg.Error, QueueError) as exc:
-                if _pooler_misconfigured(exc):
-                    self._fail(exc)
-                    return
+            except Exception as exc:
+                first_error = None
+                instead = _unrecorded(task, message, outcome, exc)
+                if instead is not None:  # a success that cannot be recorded as one: record this
+                    log.warning("job.settle_refused", error=_one_line(exc), instead=type(instead).__name__)
+                    outcome = instead
+                    continue
                 # Not transient (the queue table was dropped, say): retrying cannot help. The
                 # message is untouched and reappears after its visibility timeout.
                 log.exception("job.settle_failed", error=_one_line(exc), tries=attempt, transient=False)
@@ -450,6 +464,17 @@ class Worker:
             self._settled(message, outcome, ours, duration_ms)
             return
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
+
+    async def _settle_once(
+        self, task: Task, message: Message, outcome: Outcome, first_error: BaseException | None
+    ) -> bool:
+        """One try; `first_error` (how a batched ack failed) is raised as if this try had failed so."""
+        if first_error is not None:
+            raise first_error
+        if _batched(outcome, task):
+            return await self.acks.ack(message, outcome.result)  # batched with others
+        async with self.pool.connection(timeout=5) as conn:
+            return await self._record(conn, task, message, outcome)
 
     def _settled(self, message: Message, outcome: Outcome, ours: bool, duration_ms: float) -> None:
         # Bound here, not taken from the task's context: a batched ack lands in the flusher's.
@@ -555,35 +580,36 @@ class Worker:
         self.leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
         poll = self.settings.poll_interval.total_seconds()
         self.wakeup = Wakeup(min(poll, BURST_WAIT_S) if self.burst else poll)  # see BURST_WAIT_S
+        self.side_tasks = SideTasks(self._stopping, self._side_task_failed)
         async with AsyncExitStack() as stack:
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            self.acks = Acks(self.pool)
-            self.acks.start()
-            stack.push_async_callback(self.acks.close)  # after the drain, before the pool closes
+            self.acks = Acks(self.pool, batch_errors=DB_ERRORS + PREPARED_STATEMENT_ERRORS)
+            # Acks stops its own flusher, after the drain and before the pool closes.
+            self.side_tasks.watch(self.acks.start(), lasting=True)
+            stack.push_async_callback(self.acks.close)
             secret = self.settings.webhook_secret
             self.webhooks = Webhooks(
                 secret.get_secret_value() if secret else None,
                 allow_private=self.settings.webhook_allow_private,
                 timeout_s=self.settings.webhook_timeout.total_seconds(),
                 max_tries=self.settings.webhook_max_tries,
+                watch=self.side_tasks.watch,
             )
             stack.push_async_callback(self.webhooks.close)
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self._install_signal_handlers()
             stack.callback(self._remove_signal_handlers)
-            side = [asyncio.create_task(self.leases.run(self._stopping), name="leases")]
+            self.side_tasks.start(self.leases.run(self._stopping), "leases")
             if self._listen_enabled():
-                side.append(
-                    asyncio.create_task(
-                        self.wakeup.listen(
-                            self.target,
-                            self.queues,
-                            self._stopping,
-                            self.settings.reconnect_max.total_seconds(),
-                        ),
-                        name="listener",
-                    )
+                self.side_tasks.start(
+                    self.wakeup.listen(
+                        self.target,
+                        self.queues,
+                        self._stopping,
+                        self.settings.reconnect_max.total_seconds(),
+                    ),
+                    "listener",
                 )
             log.info(
                 "worker.started",
@@ -601,9 +627,7 @@ class Worker:
                 yield
             finally:
                 self._stopping.set()
-                for t in side:
-                    t.cancel()
-                await asyncio.gather(*side, return_exceptions=True)
+                await self.side_tasks.stop()
                 if self._announcing:
                     await self._withdraw_waiting()
                 log.info("worker.stopped")
@@ -616,6 +640,13 @@ class Worker:
 
     def _prepare_database(self) -> PgmqFeatures:
         """Detect pgmq, create missing queues (and their _dlq) and their insert triggers."""
+        if not self.target.transaction_pooler and (evidence := transaction_pooler_evidence(self.target)):
+            # Before anything runs: prepared statements would collide and LISTEN would hear nothing.
+            log.error("worker.pooler_misconfigured", evidence=evidence)
+            raise PoolerMisconfigured(
+                f"DATABASE_URL goes through a transaction pooler ({evidence}); "
+                "set PGMQ_WORKER_POOLER=transaction"
+            )
         with connect(self.target) as conn:
             features = detect(conn)
             notifying = True
@@ -653,11 +684,22 @@ class Worker:
         let run() raise a one-line error.
         """
         if self._fatal is None:
-            self._fatal = PoolerMisconfigured(
-                f"prepared statements fail ({type(exc).__name__}): DATABASE_URL goes through a "
-                "transaction pooler; set PGMQ_WORKER_POOLER=transaction"
-            )
             log.error("worker.pooler_misconfigured", error=_one_line(exc))
+            self._stop_for(
+                PoolerMisconfigured(
+                    f"prepared statements fail ({type(exc).__name__}): DATABASE_URL goes through a "
+                    "transaction pooler; set PGMQ_WORKER_POOLER=transaction"
+                )
+            )
+
+    def _side_task_failed(self, failure: SideTaskFailed) -> None:
+        """A side task died (SideTasks logged it): the worker must not run on without it."""
+        self._stop_for(failure)
+
+    def _stop_for(self, error: WorkerError) -> None:
+        """Stop now, releasing what we hold (as a second signal would); run() raises `error`."""
+        if self._fatal is None:
+            self._fatal = error
         self._stopping.set()
         self._cold.set()
 
@@ -699,6 +741,22 @@ class Worker:
         for settle in list(self._late):
             settle.cancel()  # an ack that could not be written: the message reappears after its lease
         await asyncio.gather(*remaining, *self._late, return_exceptions=True)
+        if self.acks.dead and self.acks.pending:  # its flusher died: those acks will never be written
+            await self._release(self.acks.abandon())
+
+    async def _release(self, messages: list[Message]) -> None:
+        """Make deliveries we hold visible again now (best effort: else after their lease)."""
+        by_queue: dict[tuple[str, bool], list[tuple[int, int]]] = {}
+        for m in messages:
+            by_queue.setdefault((m.queue, m.job_id is not None), []).append((m.msg_id, m.read_ct))
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                for (queue, job_rows), held in by_queue.items():
+                    await pgmq.release(conn, queue, held, job_rows=job_rows)
+        except (*DB_ERRORS, psycopg.Error) as exc:
+            log.warning("worker.release_failed", error=_one_line(exc), messages=len(messages))
+            return
+        log.warning("worker.released", messages=len(messages))
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -728,22 +786,33 @@ class Worker:
 def _pooler_misconfigured(exc: BaseException) -> bool:
     """Prepared statements collide: an undeclared transaction pooler. Stop; retrying cannot help.
 
-    Besides the prepared-statement errors, another client's statement run under our statement's
-    name is a protocol violation ("bind message supplies 4 parameters, but prepared statement ...
-    requires 3"), which psycopg files under OperationalError with the transient errors, or, with
-    as many parameters, a data error binding them.
+    Only the errors a pooler causes: a prepared statement missing or already there, or another
+    client's statement run under ours' name, a protocol violation ("bind message supplies 4
+    parameters, but prepared statement ... requires 3"). A data error is its message's problem,
+    even at bind time: the start-up probe (db.connect.transaction_pooler_evidence) is what finds
+    an undeclared pooler before any statement could collide.
     """
     if isinstance(exc, PREPARED_STATEMENT_ERRORS):
         return True
     if isinstance(exc, psycopg.errors.ProtocolViolation):
         return "prepared statement" in str(exc)
-    # The other statement takes as many parameters as ours, of other types: ours fail to convert
-    # when they are bound. Reads and settles send only values they made themselves (results are
-    # checked when the handler returns), so a bind-time conversion error there means a collision.
-    if isinstance(exc, psycopg.errors.DataError):
-        where = f"{exc.diag.context or ''} {exc.diag.message_primary or ''}"
-        return "portal parameter" in where or "bind parameter" in where
     return False
+
+
+def _unrecorded(task: Task, message: Message, outcome: Outcome, exc: Exception) -> Outcome | None:
+    """What to record instead of a success whose settle failed for good; None: nothing better.
+
+    Postgres refused its result (a NUL the result check missed), or encoding it raised: dead-letter
+    `invalid_result`, as the check does (the same handler returns the same value again). Anything
+    else (a handoff's queue gone, our own bug): a failed attempt, retried with the error recorded.
+    """
+    if not isinstance(outcome, Succeeded):
+        return None
+    if isinstance(exc, VALUE_ERRORS):
+        refused = InvalidResult(f"the result cannot be stored ({type(exc).__name__}: {_one_line(exc)})")
+        refused.__cause__ = exc
+        return DeadLetter("invalid_result", ErrorInfo.of(refused))
+    return failed(task, message, exc)
 
 
 def _bind_delivery(message: Message) -> None:

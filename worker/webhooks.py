@@ -24,6 +24,7 @@ import ipaddress
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,7 @@ class Webhooks:
         timeout_s: float = 10.0,
         max_tries: int = 5,
         backoff: Backoff | None = None,
+        watch: Callable[[asyncio.Task[None]], object] | None = None,
     ) -> None:
         if secret is not None:
             secret_key(secret)  # a malformed secret fails here, at start, not inside each delivery
@@ -206,6 +208,7 @@ class Webhooks:
         self.max_tries = max_tries
         self.backoff = backoff or Backoff(base=1.0, cap=60.0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch = watch  # the worker's side-task supervision: a delivery that raises stops it
         self._client: httpx.AsyncClient | None = None
         self.delivered = 0
         self._warned = False
@@ -222,6 +225,8 @@ class Webhooks:
         task = asyncio.create_task(self._deliver(event, self.secret))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._watch is not None:
+            self._watch(task)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Give deliveries in flight `grace_s` to finish, then drop them."""
