@@ -237,6 +237,43 @@ def test_every_python_block_is_included_or_an_excerpt_and_parses(page: str, info
     compile(code, page, "exec", flags=flags)
 
 
+def test_the_openapi_document_describes_the_real_answers(target: Target) -> None:
+    """The schemas of the HTTP API page are the web process's answers: same fields, listed statuses."""
+    import handlers  # noqa: F401, PLC0415  (text_stats in the catalog, as `pgmq-worker web` imports it)
+    from web.app import create_app  # noqa: PLC0415
+
+    with TestClient(create_app(target)) as client:
+        document = client.app.openapi()  # type: ignore[attr-defined]
+        schemas = document["components"]["schemas"]
+        sent = client.post("/jobs/text_stats", json={"text": "described"})
+        assert sent.status_code == 202, sent.text
+        assert set(sent.json()) == set(schemas["Accepted"]["properties"])
+        job = client.get(sent.json()["status_url"]).json()
+        assert set(job) == set(schemas["JobView"]["properties"])
+        assert job["status"] in schemas["JobView"]["properties"]["status"]["enum"]
+        listed = client.get("/queues").json()
+        assert listed and all(set(q) == set(schemas["QueueView"]["properties"]) for q in listed)
+        missing = client.get(f"/jobs/{uuid.uuid4()}")
+        assert set(missing.json()) == set(schemas["ErrorBody"]["properties"])
+        assert set(missing.json()["error"]) == set(schemas["ErrorDetail"]["properties"])
+
+        answered = {
+            ("post", "/jobs/{queue}"): [
+                client.post("/jobs/no_such_queue", json={}).status_code,
+                client.post("/jobs/text_stats", content=b"{").status_code,
+                client.post("/jobs/text_stats", json={"text": ""}).status_code,
+                client.post("/jobs/text_stats?delay=-1", json={"text": "x"}).status_code,
+                client.post("/jobs/text_stats", content=b" " * (1024 * 1024 + 1)).status_code,
+                sent.status_code,
+            ],
+            ("get", "/jobs/{job_id}"): [200, missing.status_code],
+        }
+    assert answered[("post", "/jobs/{queue}")][:5] == [404, 400, 422, 400, 413]
+    for (method, path), codes in answered.items():
+        documented = set(document["paths"][path][method]["responses"])
+        assert {str(c) for c in codes} <= documented, (method, path, codes, documented)
+
+
 README = DOCS.parent / "README.md"
 README_BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
 

@@ -131,6 +131,10 @@ def configuration() -> str:
     return "\n".join(out)
 
 
+def _cell(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|") if text is not None else ""
+
+
 # --- HTTP API --------------------------------------------------------------------------------
 
 
@@ -145,30 +149,70 @@ def openapi() -> dict[str, Any]:
     return app.openapi()
 
 
+VALIDATION = "#/components/schemas/HTTPValidationError"  # FastAPI's own 422 for path parameters
+
+
+def schema_name(schema: dict[str, Any]) -> str:
+    """A body's schema as a link to its table below (`array of X` for lists)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f"[`{name}`](#{name.lower()})"
+    if schema.get("type") == "array" and "items" in schema:
+        return "array of " + schema_name(schema["items"])
+    return str(schema.get("type", ""))
+
+
+def property_type(prop: dict[str, Any]) -> str:
+    """A property's JSON type: its enum, its `anyOf` members, its format."""
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "anyOf" in prop:
+        return " or ".join(property_type(p) for p in prop["anyOf"])
+    if "$ref" in prop or prop.get("type") == "array":
+        return schema_name(prop)
+    kind = str(prop.get("type", "any JSON"))
+    return f"{kind} ({prop['format']})" if "format" in prop else kind
+
+
 def http_api() -> str:
-    """Each operation of the OpenAPI document: its summary, parameters and answers."""
+    """Each operation of the OpenAPI document (parameters, body, answers), then its schemas."""
+    document = openapi()
     out: list[str] = []
-    for path, operations in openapi()["paths"].items():
+    for path, operations in document["paths"].items():
         for method, op in operations.items():
             out += [f"### `{method.upper()} {path}`", "", op.get("description") or op.get("summary", ""), ""]
             params = op.get("parameters", [])
             if params:
-                out += ["| parameter | in | type | required |", "|---|---|---|---|"]
+                out += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
                 for p in params:
                     kind = p.get("schema", {}).get("type", "")
-                    out.append(
-                        f"| `{p['name']}` | {p['in']} | {kind} | {'yes' if p.get('required') else 'no'} |"
-                    )
+                    required = "yes" if p.get("required") else "no"
+                    text = _cell(p.get("description", ""))
+                    out.append(f"| `{p['name']}` | {p['in']} | {kind} | {required} | {text} |")
                 out.append("")
-            answers = [
-                f"`{code}` {answer.get('description', '')}"
-                for code, answer in op.get("responses", {}).items()
-                # FastAPI adds 422 for path parameters it validates; ours are strings, checked by
-                # the route, and its own errors are listed on this page.
-                if code != "422"
-            ]
-            if answers:
-                out += ["Answers: " + "; ".join(answers) + ".", ""]
+            body = op.get("requestBody")
+            if body:
+                out += [f"Body: {body.get('description', '')}", ""]
+            out += ["| status | answer | body |", "|---|---|---|"]
+            for code, answer in op.get("responses", {}).items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                if schema.get("$ref") == VALIDATION:
+                    continue  # our path parameters are strings: the route checks them and answers 404
+                named = schema_name(schema) if schema else ""
+                out.append(f"| `{code}` | {_cell(answer.get('description', ''))} | {named} |")
+            out.append("")
+    out += ["## Schemas", ""]
+    for name, schema in document.get("components", {}).get("schemas", {}).items():
+        if name in ("HTTPValidationError", "ValidationError"):
+            continue
+        out += [f"### {name}", "", schema.get("description", ""), ""]
+        out += ["| field | type | description |", "|---|---|---|"]
+        required = set(schema.get("required", []))
+        for field, prop in schema.get("properties", {}).items():
+            optional = "" if field in required else " (optional)"
+            text = _cell(prop.get("description", ""))
+            out.append(f"| `{field}` | {property_type(prop)}{optional} | {text} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -228,10 +272,6 @@ def migrated_database() -> Iterator[Any]:
     finally:
         stop_embedded(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _cell(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|") if text is not None else ""
 
 
 @cache
