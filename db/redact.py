@@ -4,17 +4,19 @@ A secret is the password in DATABASE_URL (found even when the URL is malformed, 
 when libpq echoes it back: `invalid percent-encoded token: "S3cr3t%Passw0rd!"`), PGPASSWORD, and
 the value of any setting whose name says it is one (`*_SECRET`, `*_API_KEY`, `*_TOKEN`,
 `*_PASSWORD`). Error messages are scrubbed where they are made (db.connect, the CLI, the
-provider calls); `Redactor` wraps the structlog renderer and scrubs every log line, the last
-line of defence for a message we did not foresee.
+provider calls, and every exception that becomes stored data: worker.outcome.ErrorInfo.of);
+`Redactor` wraps the structlog renderer and scrubs every log line, the last line of defence for
+a message we did not foresee.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, quote_plus, unquote
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; such a "secret" is no secret anyway
@@ -76,12 +78,31 @@ def environment_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:
     return _worth_masking(found)
 
 
+def process_secrets() -> tuple[str, ...]:
+    """The secrets this process knows: its environment's (the set the CLI masks in its logs).
+
+    Read again on each call rather than cached (a cache would be module-level state; it costs
+    some 40 us, paid once per failed attempt, not per job).
+    """
+    return environment_secrets(os.environ)
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with each secret replaced by ***."""
-    for secret in sorted(set(secrets), key=len, reverse=True):  # longest first: one may contain another
-        if len(secret) >= MIN_SECRET_LENGTH:
-            text = text.replace(secret, MASK)
+    """`text` with each secret replaced by ***, as written and as a URL carries it (percent-encoded)."""
+    for form in _written_forms(secrets):
+        text = text.replace(form, MASK)
     return text
+
+
+def _written_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Each secret as written and percent-encoded, longest first (one may contain another)."""
+    forms = {
+        form
+        for secret in _worth_masking(secrets)
+        # An HTTP client's error names the URL: a key sent as a query parameter is escaped there.
+        for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""))
+    }
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 class Redactor:
@@ -95,9 +116,9 @@ class Redactor:
     def __init__(self, renderer: Callable[..., Any], secrets: Iterable[str]) -> None:
         self._renderer = renderer
         forms: list[str] = []
-        for secret in _worth_masking(secrets):
+        for form in _written_forms(secrets):
             # As the JSON renderers write it: escaped, and escaped to ASCII (the stdlib fallback).
-            forms += [secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]]
+            forms += [form, json.dumps(form, ensure_ascii=False)[1:-1], json.dumps(form)[1:-1]]
         self._forms = tuple(sorted(set(forms), key=len, reverse=True))  # longest first
 
     def __call__(self, logger: object, name: str, event: MutableMapping[str, Any]) -> Any:

@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import jwt
 import psycopg
 import pytest
+import structlog
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
@@ -31,11 +33,12 @@ from psycopg import conninfo, sql
 from db.connect import Target, resolve
 from db.errors import DatabaseUnavailable
 from db.logs import configure_logging, get_logger
-from db.redact import MASK, environment_secrets, mask_url, redact, url_secrets
+from db.redact import MASK, Redactor, environment_secrets, mask_url, redact, url_secrets
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
-from tests.helpers import REPO, captured, spawned, worker_process
+from queues.enqueue import enqueue
+from tests.helpers import REPO, captured, dead, spawned, worker_process
 from tests.standins import serving
 from web import create_app
 from web.__main__ import main as web_main
@@ -44,7 +47,7 @@ from worker.cli import main
 
 PASSWORD = "S3cr3t%Passw0rd!"
 JWT_SECRET = "jwt-secret-0123456789-abcdef-0123456789"
-WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM0NTY3ODlhYg=="  # 31 bytes: valid
+WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTAxMjM0NTY3ODlhYmM="  # 32 bytes: a valid one
 LLM_KEY = "sk-llm-key-0123456789abcdef"
 IMAGE_KEY = "sk-image-key-0123456789abcdef"
 SECRET_ENV = {
@@ -169,6 +172,15 @@ def test_key_value_conninfo_and_pgpassword_are_secrets_too() -> None:
     assert (
         redact("failed for hunter22", url_secrets("postgresql://db/app?password=hunter22"))
         == "failed for ***"
+    )
+
+
+def test_a_secret_is_masked_percent_encoded_too() -> None:
+    """A key sent as a URL parameter is escaped in the URL an HTTP error names: masked in that form too."""
+    url = f"https://api.example.com/v1?key={quote(WEBHOOK_SECRET, safe='')}&q={quote_plus('pa ss+word')}"
+    assert redact(url, [WEBHOOK_SECRET, "pa ss+word"]) == f"https://api.example.com/v1?key={MASK}&q={MASK}"
+    assert Redactor(structlog.processors.JSONRenderer(), [WEBHOOK_SECRET])(None, "info", {"url": url}) == (
+        f'{{"url": "https://api.example.com/v1?key={MASK}&q=pa+ss%2Bword"}}'
     )
 
 
@@ -397,3 +409,82 @@ def test_a_refused_provider_key_reaches_no_log_job_row_or_dead_letter(
     for text in (output, stored, letters):
         assert_no_secret(text)
         assert "Bearer sk-" not in text
+
+
+# --- a handler that raises with the secrets in its message ------------------------------------
+
+
+def test_a_handler_raising_with_secrets_stores_and_logs_them_masked(
+    password_role: tuple[str, str], db_url: str, tmp_path: Path
+) -> None:
+    """A handler raises with the API key, DATABASE_URL and its password in the message, chained to
+    an httpx error whose URL carries the webhook secret: retried and dead-lettered, the job rows'
+    errors, the dead-letter record, `dlq list`, the webhook bodies and the log hold none of them,
+    only `***`."""
+    role, where = password_role
+    url = url_of(role, PASSWORD.replace("%", "%25"), where, str(conninfo.conninfo_to_dict(db_url)["dbname"]))
+    hooks: list[bytes] = []
+    with serving(RecordsWebhooks, hooks) as base, psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("SELECT pgmq_worker.grant_access(%s, 'worker')", (role,))
+        for queue in ("secret_retried", "secret_dead"):
+            pgmq.ensure_queue(admin, queue)
+            enqueue(admin, queue, {}, webhook_url=f"{base}/hook")
+        argv, env = worker_process(
+            url, "tests.secret_handlers", **WORKER_ENV, PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE="1"
+        )
+        argv += ["--queue", "secret_retried", "--queue", "secret_dead"]
+        log = tmp_path / "worker.log"
+        stored = run_until_both_failed(argv, env, log, admin, hooks)
+        letters = dead(admin, "secret_dead")
+    assert [(q, s) for q, s, _ in stored] == [("secret_dead", "dead"), ("secret_retried", "failed")], stored
+    listed = CliRunner().invoke(main, ["dlq", "list", "secret_dead"], env={"DATABASE_URL": db_url})
+    assert listed.exit_code == 0, listed.output
+    assert len(letters) == 1, letters
+    output = log.read_text()
+    assert '"job.retry_scheduled"' in output, output
+    assert '"job.dead_lettered"' in output, output
+    texts = {
+        "log": output,
+        "job rows": json.dumps(stored),
+        "dead letter": json.dumps(letters),
+        "dlq list": listed.output,
+        "webhooks": b"\n".join(hooks).decode(),
+    }
+    for name, text in texts.items():
+        assert_no_secret(text, (*SECRETS, PASSWORD.replace("%", "%25"), WEBHOOK_SECRET.replace("=", "%3D")))
+        if name != "log":
+            assert f"call failed with key {MASK}" in text, (name, text)
+    record = letters[0]["error"]
+    assert "HTTPStatusError" in record["traceback"], record  # the chain kept, masked
+    assert f"key={MASK}" in record["traceback"], record
+
+
+class RecordsWebhooks(BaseHTTPRequestHandler):
+    """Keeps each POSTed body in the server's state (a list); answers 200."""
+
+    def do_POST(self) -> None:
+        self.server.state.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def run_until_both_failed(
+    argv: list[str], env: dict[str, str], log: Path, admin: psycopg.Connection[Any], hooks: list[bytes]
+) -> list[tuple[Any, ...]]:
+    """Run the worker until both jobs have an error and their failed/dead webhooks came; stop it."""
+    errors = "SELECT queue, status, error::text FROM pgmq_worker.jobs WHERE error IS NOT NULL ORDER BY queue"
+    stored: list[tuple[Any, ...]] = []
+    with spawned(argv, env, log) as proc:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:
+            stored = admin.execute(errors).fetchall()
+            if len(stored) == 2 and sum(b'"error"' in h for h in hooks) == 2:
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    return stored

@@ -79,7 +79,7 @@ def test_a_side_task_that_dies_stops_the_worker_and_releases_its_messages(
     sent = [enqueue(conn, "guarded", {"n": n}, webhook_url=hook) for n in (0, 1)]
     break_side_task(monkeypatch, name)
     worker = make_worker(
-        target, reg, burst=False, webhook_secret="whsec_dGVzdA==", webhook_allow_private=True
+        target, reg, burst=False, webhook_secret="whsec_" + "A" * 32, webhook_allow_private=True
     )
     with captured() as logs, pytest.raises(SideTaskFailed, match="task failed"):
         asyncio.run(asyncio.wait_for(worker.run(), 20))

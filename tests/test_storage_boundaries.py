@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from flask import Flask
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from db import storable
@@ -315,6 +315,8 @@ def check_stored(conn: psycopg.Connection[Any], msg_id: int, kind: str, value: A
         max_size=12,
     )
 )
+# Found by hypothesis: a step output past 64 bits came back from the first run as a float.
+@example(cases=[("output", -(2**63) - 1), ("output", 2**64), ("result", 10**30)])
 def test_a_burst_stores_each_handlers_value_or_dead_letters_that_delivery_alone(
     target: Target, conn: psycopg.Connection[Any], cases: list[tuple[str, Any]]
 ) -> None:

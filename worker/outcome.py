@@ -8,16 +8,19 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from db.redact import process_secrets, redact
 from db.storable import safe_text
 from queues.pgmq import Message
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """An exception as plain data, for the log and the dead-letter record.
+    """An exception as plain data, for the log, the job row, webhooks and the dead-letter record.
 
-    Its text is made storable (db.storable.safe_text), never refused: an exception's message may
-    hold a NUL or a lone surrogate, and the dead letter recording it must still be written.
+    Its text is masked of the secrets the process knows (db.redact: a handler may raise with an
+    API key, a URL carrying one or DATABASE_URL in its message), then made storable
+    (db.storable.safe_text), never refused: an exception's message may hold a NUL or a lone
+    surrogate, and the dead letter recording it must still be written.
     """
 
     type: str
@@ -26,11 +29,12 @@ class ErrorInfo:
 
     @classmethod
     def of(cls, exc: BaseException) -> ErrorInfo:
-        """Capture type, message and formatted traceback."""
+        """Capture type, message and formatted traceback (chained causes included), secrets masked."""
+        secrets = process_secrets()
         return cls(
             type=safe_text(type(exc).__qualname__),
-            message=safe_text(str(exc) or type(exc).__qualname__),
-            traceback=safe_text("".join(traceback.format_exception(exc))),
+            message=safe_text(redact(str(exc) or type(exc).__qualname__, secrets)),
+            traceback=safe_text(redact("".join(traceback.format_exception(exc)), secrets)),
         )
 
     def as_dict(self) -> dict[str, str]:

@@ -14,12 +14,12 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 from uuid import UUID
 
-import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from db import storable
@@ -43,7 +43,8 @@ def as_json(output: Any, step: str) -> Any:
     one will: tuples as lists, models and dataclasses as dicts, datetimes as ISO strings.
     """
     try:
-        return orjson.loads(storable.dumps_bytes(output))
+        # json, not orjson: orjson reads an integer past 64 bits as a float; rows read back exact.
+        return json.loads(storable.dumps_bytes(output))
     except storable.Unstorable as exc:
         raise InvalidResult(
             f"step {safe_text(step)!r} returned what may not be stored: {exc.describe('output')}"
