@@ -41,12 +41,29 @@ class DatabaseSettings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         validation_alias="DATABASE_URL",
-        description="Postgres URL; unset means the embedded PostgreSQL under data_dir.",
+        description="Postgres URL; unset means the embedded PostgreSQL under `PGMQ_WORKER_DATA_DIR`. On "
+        "Supabase: the direct connection or the session pooler (port 5432) for workers.",
         repr=False,  # it holds the password: a settings object in a log or traceback must not show it
     )
-    pooler: PoolerMode = PoolerMode.AUTO
-    data_dir: Path = Path(".pgmq-worker")
-    pool_min_size: int = Field(default=1, ge=0)
-    pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: Duration = timedelta(seconds=10)
-    application_name: str = "pgmq-worker"
+    pooler: PoolerMode = Field(
+        default=PoolerMode.AUTO,
+        description="What sits between us and Postgres: `auto` (port 6543 means a transaction pooler), "
+        "`direct`, or `transaction` (any PgBouncer in transaction mode: no prepared statements, no "
+        "LISTEN). Unless told `transaction`, a worker probes for a transaction pooler at start and, "
+        "finding one, exits 1 with an error naming this setting.",
+    )
+    data_dir: Path = Field(
+        default=Path(".pgmq-worker"),
+        description="Where the embedded PostgreSQL keeps its data (`<dir>/pgdata`).",
+    )
+    pool_min_size: int = Field(default=1, ge=0, description="Connections a pool keeps open.")
+    pool_max_size: int = Field(
+        default=10, ge=1, description="Connections a worker's (or the web process's) pool may open."
+    )
+    connect_timeout: Duration = Field(
+        default=timedelta(seconds=10), description="How long to wait for a connection."
+    )
+    application_name: str = Field(
+        default="pgmq-worker",
+        description="The `application_name` our connections show in `pg_stat_activity`.",
+    )

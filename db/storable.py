@@ -1,6 +1,6 @@
 """What may be stored: the one encoder for every JSON (and text) value we write to Postgres.
 
-The rule (README, "What may be stored"):
+The rule (docs/reference/storable.md, "What may be stored"):
 
 - Refused, with `Unstorable` naming the path (`$.pages[3].text`) and the reason:
   NUL (U+0000) anywhere, in strings and keys (Postgres text and jsonb cannot hold it); lone

@@ -9,7 +9,7 @@
 --    schemas" -> add `pgmq_worker` -> Save. Row-level security (migration 0004) lets a signed-in
 --    user read only the jobs whose `owner` is their `auth.uid()`, and write none; `anon` reads
 --    nothing. The service role (BYPASSRLS) reads every row, for your own server code.
--- 2. Three roles with only the grants they need (README: "Roles and grants"): the worker, the
+-- 2. Three roles with only the grants they need (docs/how-to/roles-and-grants.md): the worker, the
 --    web process, and a sender that may only `pgmq.send`. They are made NOLOGIN here, so pasting
 --    this file never leaves a login with a known password: give each a password yourself,
 --        ALTER ROLE pgmq_worker_run LOGIN PASSWORD '<a long random password>';

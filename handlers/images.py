@@ -23,7 +23,9 @@ from queues import Contract
 from worker import Context, Limit, Permanent, handler
 
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
+# --8<-- [start:limit_declared]
 IMAGES: Final = Limit("images", concurrency=4)  # generations at once, across all workers
+# --8<-- [end:limit_declared]
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Size = Literal["256x256", "512x512", "1024x1024"]
 SIGNATURES: Final = (
@@ -36,10 +38,14 @@ class ImageApiSettings(BaseSettings):
     """The images API: PGMQ_WORKER_IMAGE_BASE_URL (e.g. https://api.openai.com/v1), _MODEL, _API_KEY."""
 
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_IMAGE_", extra="ignore")
-    base_url: str | None = None
-    model: str = "gpt-image-1"
-    api_key: SecretStr | None = None
-    request_timeout_s: float = Field(default=120.0, gt=0)
+    base_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible images API, e.g. `https://api.openai.com/v1`. Unset: a batch "
+        "finishes with the reason it skipped.",
+    )
+    model: str = Field(default="gpt-image-1", description="The image model.")
+    api_key: SecretStr | None = Field(default=None, description="Sent as `Authorization: Bearer`.")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Seconds per generation request.")
 
     @property
     def configured(self) -> bool:
@@ -91,6 +97,7 @@ IMAGE_BATCH: Final = Contract("image_batch", ImageBatchRequested)
 IMAGE_GENERATE: Final = Contract("image_generate", ImageRequested)
 
 
+# --8<-- [start:fan_out]
 @handler(IMAGE_BATCH, max_attempts=3, timeout=60, steps=["plan", "generate", "collect"])
 async def image_batch(payload: ImageBatchRequested, ctx: Context) -> dict[str, object]:
     """Fan out one generation per prompt; report each image and the summary."""
@@ -130,6 +137,9 @@ async def image_batch(payload: ImageBatchRequested, ctx: Context) -> dict[str, o
     }
 
 
+# --8<-- [end:fan_out]
+
+
 def plan_images(payload: ImageBatchRequested, configured: bool) -> dict[str, object]:
     """One request per distinct prompt (in order), or the reason the batch is skipped."""
     if not configured:
@@ -143,6 +153,7 @@ def plan_images(payload: ImageBatchRequested, configured: bool) -> dict[str, obj
     }
 
 
+# --8<-- [start:limit]
 @handler(IMAGE_GENERATE, max_attempts=3, timeout=180)
 async def image_generate(payload: ImageRequested, ctx: Context) -> dict[str, object]:
     """One image from the images API, stored as an artifact of this job."""
@@ -172,6 +183,9 @@ async def image_generate(payload: ImageRequested, ctx: Context) -> dict[str, obj
     await ctx.progress(90, step="store")
     url = await ctx.artifact(f"image-{payload.index}.{extension}", data, content_type)
     return {"url": url, "bytes": len(data), "content_type": content_type}
+
+
+# --8<-- [end:limit]
 
 
 async def image_bytes(client: httpx.AsyncClient, answer: dict[str, object]) -> bytes:

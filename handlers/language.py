@@ -201,6 +201,7 @@ class Examples(BaseModel):
     sentences: list[Example] = Field(min_length=1, max_length=50)
 
 
+# --8<-- [start:handler]
 @handler(
     LANGUAGE_PAGE, max_attempts=5, visibility_timeout=60, timeout=timedelta(minutes=15), steps=list(STEPS)
 )
@@ -241,6 +242,9 @@ async def language_page(payload: PageUploaded, ctx: Context) -> dict[str, Any]:
     }
     stored = await ctx.step("store", store_lesson, ctx, lesson)
     return {**lesson, "lesson_url": stored["url"]}
+
+
+# --8<-- [end:handler]
 
 
 # -- input ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, Final, TypeVar
 
 import httpx
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from handlers.provider import ProviderError, post_json
@@ -39,11 +39,17 @@ class LlmSettings(BaseSettings):
     """The chat API: PGMQ_WORKER_LLM_BASE_URL (e.g. https://api.openai.com/v1), _MODEL, _API_KEY."""
 
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_LLM_", extra="ignore")
-    base_url: str | None = None
-    model: str = "gpt-4o-mini"
-    api_key: SecretStr | None = None
-    request_timeout: timedelta = timedelta(seconds=60)
-    json_mode: bool = True  # send response_format={"type": "json_object"}
+    base_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible chat API, e.g. `https://api.openai.com/v1`. Unset: the LLM "
+        "steps finish as skipped.",
+    )
+    model: str = Field(default="gpt-4o-mini", description="The chat model.")
+    api_key: SecretStr | None = Field(default=None, description="Sent as `Authorization: Bearer`.")
+    request_timeout: timedelta = Field(default=timedelta(seconds=60), description="Per chat request.")
+    json_mode: bool = Field(
+        default=True, description='Send `response_format={"type": "json_object"}` (off for APIs without it).'
+    )
 
     @property
     def configured(self) -> bool:

@@ -54,6 +54,7 @@ class ReportRequested(BaseModel):
 TEXT_REPORT: Final = Contract("text_report", ReportRequested)
 
 
+# --8<-- [start:handler]
 @handler(TEXT_REPORT, max_attempts=3, timeout=120)
 async def text_report(payload: ReportRequested, ctx: Context) -> dict[str, object]:
     """A reading report in six steps: normalise, sentences, words, readability, keywords, summary."""
@@ -92,6 +93,9 @@ async def text_report(payload: ReportRequested, ctx: Context) -> dict[str, objec
         "keywords": keywords,
         "summary": summary,
     }
+
+
+# --8<-- [end:handler]
 
 
 def split_sentences(text: str) -> list[str]:

@@ -34,6 +34,7 @@ from handlers.samples.make_sample import FONT, render
 from tests.standins import TRANSLATION, ImagesStandIn, LlmStandIn, images_server, llm_server
 
 REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_CHROMIUM"
+SCREENSHOTS_ENV = "PGMQ_WORKER_SCREENSHOTS"  # a folder: the tests save the pages the docs show
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 
 
@@ -208,6 +209,14 @@ def steps_listed(tab: Page) -> list[tuple[str, str]]:
     return [(name, cls) for name, cls in listed]
 
 
+def screenshot(tab: Page, name: str) -> None:
+    """Save the page for the docs when PGMQ_WORKER_SCREENSHOTS names a folder (docs/assets/screenshots)."""
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, animations="disabled")
+
+
 def words_in(text: str) -> int:
     """Words in plain English prose without digits or hyphens: tokens that hold a letter."""
     return sum(1 for token in text.split() if any(c.isalpha() for c in token))
@@ -237,6 +246,7 @@ def test_a_job_on_the_page_moves_through_its_steps_to_the_result(
     assert json.loads(outcome)["words"] == words_in(text) == 18, outcome
     listed = steps_listed(tab)
     assert len(listed) >= 3 and all(cls == "done" for _, cls in listed), f"steps list: {listed}{where}"
+    screenshot(tab, "dev-page-text-report")
 
     job_id = tab.inner_text("[data-testid=job-id]")
     row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE id = %s", (job_id,)).fetchone()
@@ -400,6 +410,7 @@ def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
         (tab.inner_text("[data-testid=job-id]"),),
     ).fetchone()
     assert children == (4,), children
+    screenshot(tab, "dev-page-image-batch")
     assert not [c for c in console if c.startswith(("console.error", "pageerror"))], console
 
 

@@ -95,7 +95,8 @@ def test_the_dockerfile_runs_unprivileged_in_exec_form() -> None:
     lines = [line.strip() for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()]
     froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
     # One pinned Debian release for both stages: the venv built in the first runs in the second,
-    # and the runtime stage's package names (and the README's sizes) are those of bookworm.
+    # and the runtime stage's package names (and the sizes in docs/how-to/deploy-fly.md) are
+    # those of bookworm.
     assert froms and set(froms) == {"python:3.11-slim-bookworm"}
     users = [i for i, line in enumerate(lines) if line.startswith("USER ")]
     [cmd] = [i for i, line in enumerate(lines) if line.startswith("CMD ")]

@@ -3,8 +3,8 @@ the grants `pgmq_worker.grant_access` gives (migration 0017), and are refused th
 
 None of the three is a superuser or owns a table; queues are created by the owner (the role that
 migrated), before and after the grants, so both paths (grant_access on existing queues, the
-trigger on pgmq.meta for new ones) are covered. The README's "Roles and grants" table is checked
-against what the database says each role holds.
+trigger on pgmq.meta for new ones) are covered. The grants table of docs/how-to/roles-and-grants.md
+is checked against what the database says each role holds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from worker import Backoff, Context, Limit, Registry, handler
 from worker.cli import main
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
-README = Path(__file__).resolve().parent.parent / "README.md"
+GRANTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "roles-and-grants.md"
 KINDS = ("worker", "web", "sender")
 Refused = psycopg.errors.InsufficientPrivilege
 
@@ -264,7 +264,7 @@ def test_grant_access_refuses_a_bad_kind_or_an_unknown_role(conn: psycopg.Connec
         conn.execute("SELECT pgmq_worker.grant_access('pgmqw_nobody_at_all', 'worker')")
 
 
-# --- the README's table is what the database says ---------------------------------------------
+# --- the docs' grants table is what the database says ---------------------------------------
 
 
 def held(admin: psycopg.Connection[Any], role: str, queue: str = "priv_early") -> set[tuple[str, str]]:
@@ -302,12 +302,12 @@ def held(admin: psycopg.Connection[Any], role: str, queue: str = "priv_early") -
 
 
 def readme_table(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[str, str]]]:
-    """The rows of the README's grants table that apply to `conn`'s database: kind -> {(object, privileges)}.
+    """The rows of the docs' grants table that apply to `conn`'s database: kind -> {(object, privileges)}.
 
     pgmq_worker.pgmq_sql_install exists only where pgmq was installed from SQL, not as the extension.
     """
     sql_install = conn.execute("SELECT to_regclass('pgmq_worker.pgmq_sql_install')").fetchone() != (None,)
-    text = README.read_text()
+    text = GRANTS_PAGE.read_text()
     block = text.split("<!-- grants-table:begin -->")[1].split("<!-- grants-table:end -->")[0]
     table: dict[str, set[tuple[str, str]]] = {kind: set() for kind in KINDS}
     for line in block.splitlines():
@@ -318,7 +318,7 @@ def readme_table(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[str, str]
 
 
 def test_the_readme_lists_exactly_the_grants_each_role_holds(db_url: str, roles: dict[str, str]) -> None:
-    """Every privilege grant_access gives appears in the README's table, and nothing else."""
+    """Every privilege grant_access gives appears in the docs' grants table, and nothing else."""
     with psycopg.connect(db_url, autocommit=True) as admin:
         actual = {kind: held(admin, name) for kind, name in roles.items()}
         expected = readme_table(admin)

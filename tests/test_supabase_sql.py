@@ -1,5 +1,6 @@
 """deploy/supabase.sql runs on a Supabase-like database after `pgmq-worker migrate` and does what
-it says: pgmq_worker exposed to the Data API roles, and the three roles with the README's grants."""
+it says: pgmq_worker exposed to the Data API roles, and the three roles with the grants of
+docs/how-to/roles-and-grants.md."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_the_file_is_plain_sql_for_the_editor() -> None:
 
 
 def test_the_roles_hold_the_readme_grants_and_cannot_log_in_yet(pasted: tuple[str, dict[str, str]]) -> None:
-    """Each role holds exactly its README row set, and is NOLOGIN until given a password."""
+    """Each role holds exactly its row set of the grants table, and is NOLOGIN until given a password."""
     url, names = pasted
     with psycopg.connect(url, autocommit=True) as conn:
         table = readme_table(conn)

@@ -32,6 +32,7 @@ from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
+from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
 from web.security import Guard, inline_hashes, page_policy
 from web.settings import WebSettings
 from web.submit import accepted, check
@@ -169,7 +170,12 @@ def create_app(
         body = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.post("/jobs/{queue}", status_code=202)
+    @app.post(
+        "/jobs/{queue}",
+        status_code=202,
+        responses=answers(202, "Accepted: the job is queued.", Accepted, 400, 401, 404, 413, 422, 503),
+        openapi_extra=PAYLOAD_BODY,
+    )
     async def submit(queue: str, request: Request) -> JSONResponse:
         """Enqueue the JSON body as a job on `queue`: 202 with the job id and its Location."""
         owner = jobs.auth.owner(request.headers.get("authorization"))
@@ -193,13 +199,22 @@ def create_app(
         body, location = accepted(sent)
         return JSONResponse(body, 202, headers={"Location": location})
 
-    @app.get("/jobs/{job_id}")
+    # response_model=None: the route returns Job.as_json() as is; JobView only describes it.
+    @app.get(
+        "/jobs/{job_id}", response_model=None, responses=answers(200, "The job.", JobView, 401, 404, 503)
+    )
     async def show(job_id: str, request: Request) -> dict[str, Any]:
         """The job's status, progress, step, result or error."""
         owner = jobs.auth.owner(request.headers.get("authorization"))
         return (await jobs.visible_job(job_id, owner)).as_json()
 
-    @app.get("/jobs/{job_id}/events")
+    @app.get(
+        "/jobs/{job_id}/events",
+        responses=answers(
+            200, "`text/event-stream`: one `data:` event per change, each a job.", None, 401, 404, 503
+        ),
+        openapi_extra=TOKEN_PARAMETER,
+    )
     async def events(job_id: str, request: Request) -> StreamingResponse:
         """Server-Sent Events: the job's JSON on every change, until it has finished."""
         # EventSource cannot send headers, so the token may also come as ?access_token= (the
@@ -212,7 +227,11 @@ def create_app(
             _stream(jobs, job.id, caller), media_type="text/event-stream", headers=SSE_HEADERS
         )
 
-    @app.get("/jobs/{job_id}/artifacts/{name}")
+    @app.get(
+        "/jobs/{job_id}/artifacts/{name}",
+        responses=answers(200, "The file, with its content type.", None, 401, 404, 503),
+        openapi_extra=TOKEN_PARAMETER,
+    )
     async def artifact(job_id: str, name: str, request: Request) -> Response:
         """A file the job stored (`ctx.artifact`), with its content type; 404 as for the job itself."""
         # <audio src> and <img src> cannot send headers, so the token may also come as ?access_token=.
@@ -221,7 +240,7 @@ def create_app(
         )
         return artifact_response(await jobs.visible_artifact(job_id, name, owner))
 
-    @app.get("/queues")
+    @app.get("/queues", response_model=None, responses=answers(200, "The queues.", list[QueueView], 401))
     async def queues(request: Request) -> list[dict[str, Any]]:
         """The queues this process accepts payloads for, with their JSON schema and an example."""
         jobs.auth.owner(request.headers.get("authorization"))
@@ -237,7 +256,13 @@ def create_app(
 def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
     """/healthz and the page, the two answers that need no token."""
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        responses={
+            200: {"description": '`{"status": "ok", "listening": ..., "streams": ...}`'},
+            503: {"description": '`{"status": "unavailable", "error": ...}`: the database does not answer'},
+        },
+    )
     async def healthz() -> JSONResponse:
         """200 when the database answers, else 503."""
         try:
@@ -253,7 +278,7 @@ def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
     html = resources.files("web").joinpath("static/index.html").read_text(encoding="utf-8")
     page_headers = {"Content-Security-Policy": page_policy(html)}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses={200: {"description": "The progress page (HTML)."}})
     async def page() -> Response:
         """The progress page."""
         return HTMLResponse(html, headers=page_headers)

@@ -17,15 +17,15 @@ class WebSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore", populate_by_name=True)
 
-    # Set it and every endpoint but / and /healthz needs a Supabase access token (/queues, /docs
-    # and /openapi.json too); unset, the endpoints are open, which `python -m web` allows on a
-    # loopback address, or anywhere with web_private=true (a private service behind your own
-    # network or proxy).
     jwt_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PGMQ_WORKER_JWT_SECRET", "SUPABASE_JWT_SECRET"),
+        description="The Supabase JWT secret (16+ characters) access tokens are checked against: set, "
+        "every endpoint but `/` and `/healthz` needs a user's token (`/queues`, `/docs` and "
+        "`/openapi.json` too). Unset, the endpoints are open, which the web process allows on a "
+        "loopback address only, or anywhere with `PGMQ_WORKER_WEB_PRIVATE=true`.",
     )
-    jwt_audience: str = "authenticated"
+    jwt_audience: str = Field(default="authenticated", description="The `aud` tokens must carry.")
     web_private: bool = Field(
         default=False,
         description=(
@@ -50,5 +50,11 @@ class WebSettings(BaseSettings):
 
     # SSE: a comment line this often keeps proxies from closing an idle stream, and the job row
     # is re-read then too (a safety net if a notification was missed; the only path without LISTEN).
-    sse_keepalive: Duration = timedelta(seconds=15)
-    sse_poll_interval: Duration = timedelta(seconds=1)  # re-read interval when LISTEN is unavailable
+    sse_keepalive: Duration = Field(
+        default=timedelta(seconds=15),
+        description="A keepalive comment on idle event streams this often (the job row is re-read then too).",
+    )
+    sse_poll_interval: Duration = Field(
+        default=timedelta(seconds=1),
+        description="How often a stream re-reads its job when LISTEN is unavailable (a transaction pooler).",
+    )

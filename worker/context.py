@@ -39,11 +39,17 @@ class Context:
     """The delivery a handler is working on, and tools bound to it."""
 
     queue: str
+    """The queue the message came from."""
     msg_id: int
-    attempt: int  # 1 on the first delivery; pgmq's read_ct (see README: what an attempt is)
+    """pgmq's message id, unique within the queue."""
+    attempt: int
+    """1 on the first delivery: pgmq's `read_ct`, less the deliveries deferred by `RateLimited`."""
     max_attempts: int
+    """The handler's `max_attempts`: deliveries before the message is dead-lettered."""
     enqueued_at: datetime
+    """When the message was sent."""
     log: structlog.stdlib.BoundLogger
+    """A structlog logger bound to `queue`, `msg_id` and `attempt`."""
     # The worker's handler pool, not asyncio's default one: asyncio.run waits for the default
     # pool's threads at exit, so a stuck thread there would keep a stopping worker alive.
     executor: Executor | None = field(default=None, repr=False)

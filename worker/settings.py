@@ -19,28 +19,66 @@ class WorkerSettings(BaseSettings):
     # hide_input_in_errors: a refused webhook_secret must not be echoed by str(ValidationError).
     model_config = SettingsConfigDict(env_prefix="PGMQ_WORKER_", extra="ignore", hide_input_in_errors=True)
 
-    # Handlers at once. An `async def` slot costs a coroutine, and the read asks for as many
-    # messages as slots are free: 100 reads in batches of 100 (README: Configuration).
-    concurrency: int = Field(default=100, ge=1, le=1000)
-    # Of those, `def` handlers at once: the threads they run in (and ctx.to_thread's work).
-    threads: int = Field(default=20, ge=1, le=1000)
-    poll_interval: Duration = timedelta(seconds=1)
-    listen: bool = True  # set False to poll only, even where LISTEN would work
-    shutdown_grace: Duration = timedelta(seconds=25)
-    # At most one progress write per job per interval (Supabase Realtime counts each row change).
-    progress_interval: Duration = timedelta(milliseconds=500)
-    heartbeat_interval: Duration = timedelta(seconds=1)
-    reconnect_max: Duration = timedelta(seconds=30)
-    # Job webhooks (enqueue(..., webhook_url=...)): the signing secret (Standard Webhooks), and
-    # whether URLs may resolve to private, loopback or link-local addresses (never in production).
-    webhook_secret: SecretStr | None = None
-    webhook_allow_private: bool = False
-    webhook_timeout: Duration = timedelta(seconds=10)
-    webhook_max_tries: int = Field(default=5, ge=1, le=20)
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # uvloop where installed (it comes with uvicorn[standard]), as uvicorn's `--loop auto` does.
-    event_loop: EventLoop = "auto"
+    # The descriptions are the documentation's configuration table (docs/hooks/reference.py).
+    concurrency: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Handlers running at once (`--concurrency`), `async def` and `def` together. The "
+        "read asks for as many messages as slots are free, so reads and acks come in batches of up "
+        "to this many; an `async` slot costs one coroutine.",
+    )
+    threads: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Of those, `def` handlers running at once (`--threads`): the size of their thread "
+        "pool, which `ctx.to_thread` shares. A `def` queue is read only for free threads. Raise it "
+        "for blocking I/O, lower it towards the number of cores for CPU-bound handlers, or use "
+        "`--processes`.",
+    )
+    poll_interval: Duration = Field(
+        default=timedelta(seconds=1), description="Longest wait between reads when idle (`--poll-interval`)."
+    )
+    listen: bool = Field(default=True, description="`false` to poll only, even where LISTEN would work.")
+    shutdown_grace: Duration = Field(
+        default=timedelta(seconds=25), description="How long running handlers get to finish after SIGTERM."
+    )
+    progress_interval: Duration = Field(
+        default=timedelta(milliseconds=500),
+        description="At most one progress write per job per interval (Supabase Realtime counts every "
+        "row change); the last report is written before the job settles.",
+    )
+    heartbeat_interval: Duration = Field(
+        default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
+    )
+    reconnect_max: Duration = Field(
+        default=timedelta(seconds=30), description="Cap of the reconnect backoff after database trouble."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret for job webhooks (Standard Webhooks): `whsec_` and the base64 of "
+        "at least 24 random bytes. Unset: no webhooks are sent.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhook URLs resolve to private, loopback or link-local addresses "
+        "(development only, never in production).",
+    )
+    webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
+    webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The lowest level logged."
+    )
+    event_loop: EventLoop = Field(
+        default="auto",
+        description="The worker's event loop: `auto` (uvloop where it is installed, as uvicorn's "
+        "`--loop auto`: it comes with `uvicorn[standard]` on Linux and macOS; else asyncio's), "
+        "`uvloop` (an error at start if it is missing) or `asyncio`. `worker.started` logs which runs.",
+    )
 
     @field_validator("webhook_secret")
     @classmethod
