@@ -174,10 +174,13 @@ ACK_DELETE = sql.SQL(
 DEAD_LETTER_DELETE = sql.SQL(
     "DELETE FROM pgmq.{q} WHERE msg_id = %(msg_id)s AND read_ct = %(read_ct)s RETURNING msg_id, message"
 )
-# FOR UPDATE keeps the subquery from being flattened: archive runs only on the guarded row.
+# Archive only the guarded row, once it is locked. A MATERIALIZED CTE, not a FOR UPDATE subquery:
+# the planner pushed the archive() call into the subquery's scan, below the lock, so the row was
+# archived before it was locked, the lock then found it gone, and the ack returned nothing (the job
+# stayed `running` and the delivery was logged as a lost lease).
 ACK_ARCHIVE = sql.SQL(
-    "SELECT h.msg_id FROM (SELECT msg_id FROM pgmq.{q} WHERE msg_id = %(msg_id)s"
-    " AND read_ct = %(read_ct)s FOR UPDATE) AS h WHERE pgmq.archive(%(queue)s, h.msg_id)"
+    "WITH h AS MATERIALIZED (SELECT msg_id FROM pgmq.{q} WHERE msg_id = %(msg_id)s"
+    " AND read_ct = %(read_ct)s FOR UPDATE) SELECT h.msg_id FROM h WHERE pgmq.archive(%(queue)s, h.msg_id)"
 )
 RETRY = sql.SQL(
     "UPDATE pgmq.{q} SET vt = clock_timestamp() + make_interval(secs => %(delay)s) "

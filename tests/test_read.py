@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,3 +118,33 @@ def test_a_read_of_a_missing_queue_fails_and_is_asked_about_again(
     assert message.msg_id == sent
     if has_last_read_at(conn, "later"):  # what a remembered "no table, no column" would have missed
         assert last_read_at(conn, "later")[sent] is not None
+
+
+@pytest.mark.parametrize("job_rows", [True, False], ids=["job rows", "no job rows"])
+def test_an_archiving_ack_of_a_held_delivery_settles_it(
+    target: Target, conn: psycopg.Connection[Any], job_rows: bool
+) -> None:
+    """archive=True: the delivery still held is archived, the ack says so, its job is `succeeded`;
+    a delivery no longer ours is neither archived nor acked."""
+    pgmq.ensure_queue(conn, "archived")
+    kept, stale = pgmq.send_batch(conn, "archived", [{"i": 1}, {"i": 2}])
+
+    async def go() -> tuple[bool, bool]:
+        async with await aconnect(target) as aconn:
+            first, second = await pgmq.read(aconn, "archived", 30, 2, job_rows=job_rows)
+            gone = dataclasses.replace(second, read_ct=second.read_ct + 1)  # another worker's delivery
+            return (
+                await pgmq.ack(aconn, first, {"ok": 1}, archive=True),
+                await pgmq.ack(aconn, gone, {"ok": 2}, archive=True),
+            )
+
+    assert asyncio.run(go()) == (True, False)
+    archived = conn.execute("SELECT msg_id FROM pgmq.a_archived ORDER BY msg_id").fetchall()
+    assert archived == [(kept,)]
+    assert [r["msg_id"] for r in rows(conn, "archived")] == [stale]
+    if job_rows:
+        assert (job(conn, "archived", kept)["status"], job(conn, "archived", kept)["result"]) == (
+            "succeeded",
+            {"ok": 1},
+        )
+        assert job(conn, "archived", stale)["status"] == "running"
