@@ -31,8 +31,8 @@ def seconds(value: float | timedelta, what: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    """A registered handler with its queue and policy."""
+class HandlerSpec:
+    """A registered handler: its function, its queue and the policy its deliveries run under."""
 
     queue: str
     fn: HandlerFn
@@ -54,13 +54,13 @@ class Task:
 
 
 class Registry:
-    """Queue name -> Task. One handler per queue."""
+    """Queue name -> HandlerSpec. One handler per queue."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, HandlerSpec] = {}
 
-    def add(self, task: Task) -> None:
-        """Register a task; re-registering the same function (a re-import) replaces it."""
+    def add(self, task: HandlerSpec) -> None:
+        """Register a handler; re-registering the same function (a re-import) replaces it."""
         existing = self._tasks.get(task.queue)
         if existing is not None and existing.name != task.name:
             raise HandlerRegistrationError(
@@ -68,8 +68,8 @@ class Registry:
             )
         self._tasks[task.queue] = task
 
-    def get(self, queue: str) -> Task:
-        """The task for a queue, or UnknownQueue."""
+    def get(self, queue: str) -> HandlerSpec:
+        """The handler of a queue, or UnknownQueue."""
         try:
             return self._tasks[queue]
         except KeyError:
@@ -79,7 +79,13 @@ class Registry:
         """Registered queue names, sorted."""
         return sorted(self._tasks)
 
-    def __iter__(self) -> Iterator[Task]:
+    def keeps_job_rows(self, queue: str) -> bool:
+        """Whether `queue`'s messages come with job rows: its handler's `job_rows`, True for a queue
+        no handler here serves (a handoff's or fan-out's target another worker runs)."""
+        spec = self._tasks.get(queue)
+        return True if spec is None else spec.job_rows
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._tasks.values())
 
     def __len__(self) -> int:
@@ -146,7 +152,7 @@ def handler(
             )
         model = queue.model if isinstance(queue, Contract) else _annotated_model(fn, params[0].name)
         registry.add(
-            Task(
+            HandlerSpec(
                 queue=name,
                 fn=fn,
                 model=model,
@@ -183,3 +189,6 @@ def _annotated_model(fn: Callable[..., Any], param: str) -> type[BaseModel] | No
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return hint
     return None
+
+
+Task = HandlerSpec  # the old name, still imported by worker/cli.py: drop it when that file is renamed
