@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import Executor
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
 from db import storable
@@ -25,6 +26,10 @@ from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater,
 from worker.registry import HandlerSpec
 from worker.store.deliveries import Message
 from worker.threads import in_thread
+from worker.trouble import one_line
+
+# A value the settle cannot store: Postgres refused it (a NUL in a result), or encoding it raised.
+VALUE_ERRORS = (psycopg.DataError, TypeError, ValueError, RecursionError, OverflowError)
 
 
 class AttemptTimeout(TimeoutError):
@@ -121,4 +126,20 @@ async def _call(task: HandlerSpec, payload: Any, ctx: Context, executor: Executo
         raise AttemptTimeout(f"handler ran past its timeout of {task.timeout:g}s") from None
 
 
-__all__ = ["AttemptTimeout", "execute", "failed", "parse_payload"]
+def unrecorded(spec: HandlerSpec, message: Message, outcome: Outcome, exc: Exception) -> Outcome | None:
+    """What to record instead of a success whose settle failed for good; None: nothing better.
+
+    Postgres refused its result (a NUL the result check missed), or encoding it raised: dead-letter
+    `invalid_result`, as the check does (the same handler returns the same value again). Anything
+    else (a handoff's queue gone, our own bug): a failed attempt, retried with the error recorded.
+    """
+    if not isinstance(outcome, Succeeded):
+        return None
+    if isinstance(exc, VALUE_ERRORS):
+        refused = InvalidResult(f"the result cannot be stored ({type(exc).__name__}: {one_line(exc)})")
+        refused.__cause__ = exc
+        return DeadLetter("invalid_result", ErrorInfo.of(refused))
+    return failed(spec, message, exc)
+
+
+__all__ = ["AttemptTimeout", "execute", "failed", "parse_payload", "unrecorded"]

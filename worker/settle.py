@@ -1,19 +1,13 @@
 """Settling: the one way a delivery's outcome is written, retried, logged and announced.
 
-`Settle.settle(spec, message, outcome, duration_ms)` is the only entry point. Every write is
-fenced by the delivery's (msg_id, read_ct): a worker whose lease ran out settles nothing.
-
-A plain success (no archive, no handoffs) goes to `Acks`, and the delivery's task ends there:
-one flusher writes whatever has gathered, per queue, in a single statement, while the next acks
-gather behind it (an idle worker acks at once, a busy one in batches as large as the statements
-are slow). A batch that fails on one member's data (a result Postgres refuses) must not take its
-batch-mates with it: on an error that is not the connection's, the halves are written separately,
-down to the one that fails. A delivery whose batch failed is settled again on its own, as every
-other outcome is: retried through database trouble (`worker.trouble`), a success Postgres
-refuses dead-lettered `invalid_result`, anything else logged (the message then reappears after
-its visibility timeout).
-
-Each outcome class says its own job status, log line and webhook (worker.outcome).
+`Settle.settle(spec, message, outcome, duration_ms)` is the one entry point; every write is fenced
+by the delivery's (msg_id, read_ct). A plain success goes to `Acks` and the delivery's task ends:
+one flusher writes what has gathered, per queue, in one statement while the next acks gather
+behind it, and a batch that fails on one member's data is split down to that member. Any other
+outcome, and a delivery whose batch failed, is written on its own: retried through database
+trouble, a success Postgres refuses dead-lettered `invalid_result`, anything else logged (the
+message reappears after its visibility timeout). Each outcome says its own job status, log line
+and webhook (worker.outcome).
 """
 
 from __future__ import annotations
@@ -33,13 +27,11 @@ from db.logs import get_logger
 from queues import pgmq
 from queues.errors import UnknownQueue
 from worker import webhooks
-from worker.errors import InvalidResult
-from worker.execute import failed
+from worker.execute import unrecorded
 from worker.outcome import (
     Abandoned,
     DeadLetter,
     Deferred,
-    ErrorInfo,
     Outcome,
     RetryLater,
     Succeeded,
@@ -56,8 +48,6 @@ log = get_logger()
 
 MAX_BATCH = 500
 SETTLE_TRIES = 6
-# A value the settle cannot store: Postgres refused it (a NUL in a result), or encoding it raised.
-VALUE_ERRORS = (psycopg.DataError, TypeError, ValueError, RecursionError, OverflowError)
 
 # Called once per delivery with True (acked), False (no longer ours: not acked) or the error.
 Landed = Callable[[bool | BaseException], object]
@@ -310,7 +300,7 @@ class Settle:
                 continue
             except Exception as exc:
                 first_error = None
-                instead = _unrecorded(spec, message, outcome, exc)
+                instead = unrecorded(spec, message, outcome, exc)
                 if instead is not None:  # a success that cannot be recorded as one: record this
                     log.warning("job.settle_refused", error=one_line(exc), instead=type(instead).__name__)
                     outcome = instead
@@ -390,19 +380,3 @@ def bind_delivery(message: Message) -> None:
     structlog.contextvars.bind_contextvars(
         queue=message.queue, msg_id=message.msg_id, attempt=message.attempt
     )
-
-
-def _unrecorded(spec: HandlerSpec, message: Message, outcome: Outcome, exc: Exception) -> Outcome | None:
-    """What to record instead of a success whose settle failed for good; None: nothing better.
-
-    Postgres refused its result (a NUL the result check missed), or encoding it raised: dead-letter
-    `invalid_result`, as the check does (the same handler returns the same value again). Anything
-    else (a handoff's queue gone, our own bug): a failed attempt, retried with the error recorded.
-    """
-    if not isinstance(outcome, Succeeded):
-        return None
-    if isinstance(exc, VALUE_ERRORS):
-        refused = InvalidResult(f"the result cannot be stored ({type(exc).__name__}: {one_line(exc)})")
-        refused.__cause__ = exc
-        return DeadLetter("invalid_result", ErrorInfo.of(refused))
-    return failed(spec, message, exc)
