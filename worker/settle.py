@@ -22,7 +22,6 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from db.listen import reconnect_delay
 from db.logs import get_logger
 from queues import pgmq
 from queues.errors import UnknownQueue
@@ -41,7 +40,7 @@ from worker.outcome import (
 from worker.registry import HandlerSpec
 from worker.store import deliveries, fanouts
 from worker.store.deliveries import Message
-from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, one_line, pooler_misconfigured
+from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, one_line, pooler_misconfigured, retry_delay
 from worker.webhooks import Webhooks
 
 log = get_logger()
@@ -296,7 +295,7 @@ class Settle:
                     return
                 log.warning("job.settle_failed", error=one_line(exc), tries=attempt)
                 await self._trouble.purge()
-                await asyncio.sleep(reconnect_delay(attempt, 5.0))
+                await asyncio.sleep(retry_delay(attempt, 5.0))
                 continue
             except Exception as exc:
                 first_error = None
