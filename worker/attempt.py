@@ -70,11 +70,12 @@ class Attempts:
 
     def start(self, message: Message) -> None:
         """Run the delivery in a task of its own, in a slot."""
-        self._slots.start(message, self._registry.get(message.queue), self.run)
+        spec = self._registry.get(message.queue)
+        self._slots.start(message, spec, self.run(message, spec))
 
-    async def run(self, message: Message) -> None:
-        """The life of one delivery (see the module's docstring)."""
-        spec = self._policy(message)
+    async def run(self, message: Message, spec: HandlerSpec) -> None:
+        """The life of one delivery under its handler's `spec` (see the module's docstring)."""
+        spec = self._policy(message, spec)
         bind_delivery(message)  # this task runs in its own copy of the context: never unbound
         started = time.perf_counter()
         async with self._slots.lease(message, spec) as lease:
@@ -89,8 +90,8 @@ class Attempts:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         await self._settle.settle(spec, message, outcome, duration_ms)
 
-    def _policy(self, message: Message) -> HandlerSpec:
-        spec = self._registry.get(message.queue)
+    @staticmethod
+    def _policy(message: Message, spec: HandlerSpec) -> HandlerSpec:
         if message.timeout_s is None and message.max_attempts is None:
             return spec
         return dataclasses.replace(  # a fan-out child's own policy

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -236,8 +235,6 @@ class Worker:
             )
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            http = httpx.AsyncClient()  # the handlers' shared client (ctx.http)
-            stack.push_async_callback(http.aclose)
             secret = self.settings.webhook_secret
             hooks = Webhooks(
                 secret.get_secret_value() if secret else None,
@@ -267,9 +264,9 @@ class Worker:
                 executor=threads,
                 loop=asyncio.get_running_loop(),
                 settings=self.settings,
-                http=http,
                 keeps_job_rows=self.registry.keeps_job_rows,
             )
+            stack.push_async_callback(runtime.aclose)  # the handlers' shared client (ctx.http), if made
             self.attempts = Attempts(
                 self.registry,
                 slots=self.slots,

@@ -10,7 +10,7 @@ needs one of the `threads`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -60,11 +60,9 @@ class Slots:
         """Deliveries whose task has not ended."""
         return len(self._tasks)
 
-    def start(
-        self, message: Message, spec: HandlerSpec, run: Callable[[Message], Coroutine[Any, Any, None]]
-    ) -> None:
-        """Run `run(message)` in a task of its own, holding a slot until it ends."""
-        task = asyncio.create_task(run(message), name=f"{message.queue}:{message.msg_id}")
+    def start(self, message: Message, spec: HandlerSpec, run: Coroutine[Any, Any, None]) -> None:
+        """Run the delivery's coroutine in a task of its own, holding a slot until it ends."""
+        task = asyncio.create_task(run, name=f"{message.queue}:{message.msg_id}")
         key = (message.queue, message.msg_id)
         self._tasks[key] = task
         self._running.add(key)
