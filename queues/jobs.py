@@ -1,6 +1,6 @@
 """The read side of job rows: what `GET /jobs/{id}`, SSE streams and the CLI show.
 
-The worker writes the rows (queues/pgmq.py); a trigger (migration 0006) notifies
+The worker writes the rows (worker/store); a trigger (migration 0006) notifies
 `JOB_CHANNEL` with the ids of the changed rows that a listener has registered in
 `pgmq_worker.job_watchers` (`watch`), so listeners re-read them and nobody pays for the rest.
 """
@@ -14,8 +14,6 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
-
-from db import storable
 
 JOB_CHANNEL = "pgmq_worker_jobs"
 TERMINAL = frozenset({"succeeded", "dead", "cancelled"})  # `failed` means a retry is scheduled
@@ -36,23 +34,6 @@ RENEW_WATCHES = (
 )
 SWEEP_WATCHES = "DELETE FROM pgmq_worker.job_watchers WHERE expires_at < now()"
 UNWATCH_ALL = "DELETE FROM pgmq_worker.job_watchers WHERE listener = %s"
-STEPS = "SELECT name, status, attempts, output FROM pgmq_worker.job_steps WHERE job_id = %s"
-START_STEP = (
-    "INSERT INTO pgmq_worker.job_steps AS s (job_id, name, status, attempts, started_at)"
-    " VALUES (%s, %s, 'running', 1, now())"
-    " ON CONFLICT (job_id, name) DO UPDATE SET status = 'running', attempts = s.attempts + 1,"
-    " started_at = now(), error = NULL WHERE s.status <> 'done'"
-    " RETURNING attempts"
-)
-FINISH_STEP = (
-    "UPDATE pgmq_worker.job_steps SET status = 'done', output = %s, finished_at = now()"
-    " WHERE job_id = %s AND name = %s AND status <> 'done'"
-)
-FAIL_STEP = (
-    "UPDATE pgmq_worker.job_steps SET status = 'failed', error = %s, finished_at = now(),"
-    " attempts = greatest(attempts - %s, 0)"
-    " WHERE job_id = %s AND name = %s AND status <> 'done'"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,35 +126,3 @@ async def renew_watches(conn: psycopg.AsyncConnection[Any], listener: str, ttl_s
 async def unwatch_all(conn: psycopg.AsyncConnection[Any], listener: str) -> None:
     """Drop every watch of this listener (on shutdown)."""
     await conn.execute(UNWATCH_ALL, (listener,))
-
-
-async def load_steps(conn: psycopg.AsyncConnection[Any], job_id: UUID) -> dict[str, tuple[str, int, Any]]:
-    """The job's steps so far: name -> (status, attempts, output)."""
-    cur = await conn.execute(STEPS, (job_id,))
-    return {
-        str(name): (status, int(attempts), output) for name, status, attempts, output in await cur.fetchall()
-    }
-
-
-async def start_step(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str) -> int | None:
-    """Count a start of the step: its attempt number, or None if it finished meanwhile."""
-    cur = await conn.execute(START_STEP, (job_id, name))
-    row = await cur.fetchone()
-    return None if row is None else int(row[0])
-
-
-async def finish_step(conn: psycopg.AsyncConnection[Any], job_id: UUID, name: str, output: Any) -> None:
-    """Record the step's output (a JSON value); the first finish wins."""
-    await conn.execute(FINISH_STEP, (storable.jsonb(output), job_id, name))
-
-
-async def fail_step(
-    conn: psycopg.AsyncConnection[Any],
-    job_id: UUID,
-    name: str,
-    error: dict[str, Any],
-    *,
-    counted: bool = True,
-) -> None:
-    """Record why the step's attempt failed; `counted=False` (a deferral) takes back its start."""
-    await conn.execute(FAIL_STEP, (storable.jsonb(error), 0 if counted else 1, job_id, name))

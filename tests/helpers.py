@@ -26,6 +26,8 @@ from queues.names import dlq_name, table_name
 from worker.registry import Registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
+from worker.settle import Acks
+from worker.store.deliveries import Message
 
 
 def worker_settings(**overrides: Any) -> WorkerSettings:
@@ -159,3 +161,17 @@ def visible_now(conn: psycopg.Connection[Any], queue: str, msg_id: int | None = 
     if msg_id is not None:
         update = sql.SQL("{} WHERE msg_id = {}").format(update, sql.Literal(msg_id))
     conn.execute(update)
+
+
+def ack_later(acks: Acks, message: Message, result: Any) -> asyncio.Future[bool]:
+    """Hand one success to `acks`: a future of True (acked), False (no longer ours) or its error."""
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def landed(outcome: bool | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    acks.add(message, result, landed)
+    return future

@@ -9,10 +9,11 @@ import psycopg
 
 from db.connect import Target, async_pool
 from queues import pgmq
-from queues.pgmq import Message
-from tests.helpers import captured, job, rows, run_burst
+from tests.helpers import ack_later, captured, job, rows, run_burst
 from worker import Context, Registry, handler
-from worker.acks import Acks
+from worker.settle import Acks
+from worker.store import deliveries
+from worker.store.deliveries import Message
 
 
 def test_a_busy_worker_acks_many_per_statement(target: Target, conn: psycopg.Connection[Any]) -> None:
@@ -27,8 +28,8 @@ def test_a_busy_worker_acks_many_per_statement(target: Target, conn: psycopg.Con
     ids = pgmq.send_batch(conn, "quick", [{"n": i} for i in range(300)])
     worker = run_burst(target, reg, concurrency=50)
     assert rows(conn, "quick") == []
-    assert worker.acks.acked == 300
-    assert worker.acks.batches < 150
+    assert worker.settle.acks.acked == 300
+    assert worker.settle.acks.batches < 150
     for i, msg_id in enumerate(ids[:5]):
         row = job(conn, "quick", msg_id)
         assert (row["status"], row["result"], row["progress"]) == ("succeeded", {"n": i * 2}, 100)
@@ -46,10 +47,10 @@ def test_a_batch_acks_only_the_deliveries_still_held(target: Target, conn: psyco
         acks.start()
         try:
             async with pool.connection() as aconn:
-                first, second = await pgmq.read(aconn, "held", 30, 2)
+                first, second = await deliveries.read(aconn, "held", 30, 2)
             # The second delivery's lease is gone: someone else read it again (read_ct moved on).
             conn.execute("UPDATE pgmq.q_held SET read_ct = read_ct + 1 WHERE msg_id = %s", (second.msg_id,))
-            return list(await asyncio.gather(acks.ack(first, "a"), acks.ack(second, "b")))
+            return list(await asyncio.gather(ack_later(acks, first, "a"), ack_later(acks, second, "b")))
         finally:
             await acks.close()
             await pool.close()
@@ -72,10 +73,12 @@ def test_acks_surface_database_errors_to_each_waiter(target: Target, conn: psyco
         acks.start()
         try:
             async with pool.connection() as aconn:
-                [message] = await pgmq.read(aconn, "gone", 30, 1)
+                [message] = await deliveries.read(aconn, "gone", 30, 1)
             ghost = Message("nonexistent", 1, 1, message.enqueued_at, message.vt, {})
             return list(
-                await asyncio.gather(acks.ack(ghost, None), acks.ack(message, 1), return_exceptions=True)
+                await asyncio.gather(
+                    ack_later(acks, ghost, None), ack_later(acks, message, 1), return_exceptions=True
+                )
             )
         finally:
             await acks.close()
@@ -114,4 +117,4 @@ def test_a_batched_ack_that_fails_is_retried_and_the_success_logged(
     assert ("job.succeeded", msg_id) in events
     assert rows(conn, "cut") == []
     assert job(conn, "cut", msg_id)["status"] == "succeeded"
-    assert worker.acks.pending == 0
+    assert worker.settle.acks.pending == 0

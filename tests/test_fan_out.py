@@ -303,6 +303,6 @@ def test_fan_in_round_trips_through_json() -> None:
 
 def test_fan_out_outside_a_worker_says_so() -> None:
     """Without a job row (a handler called directly) fan_out cannot park: a clear error."""
-    ctx = Context(queue="q", msg_id=1, attempt=1, max_attempts=1, enqueued_at=None, log=None)  # type: ignore[arg-type]
+    ctx = Context.for_test("q", max_attempts=1)
     with pytest.raises(WorkerError, match=r"ctx\.fan_out needs a job row"):
         asyncio.run(ctx.fan_out("items", "q", [{"n": 1}]))

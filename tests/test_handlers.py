@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
-import structlog
 
 from handlers.report import TEXT_REPORT, split_sentences, syllables, text_report
 from handlers.text import TEXT_STATS, TextStatsRequested, text_stats
@@ -15,7 +13,7 @@ from worker import Context
 
 
 def ctx() -> Context:
-    return Context("text_stats", 1, 1, 3, datetime.now(UTC), structlog.get_logger())
+    return Context.for_test("text_stats", max_attempts=3)
 
 
 def test_text_stats_counts_words_with_apostrophes_and_hyphens() -> None:
@@ -44,7 +42,7 @@ def test_text_report_steps_and_result() -> None:
         async def report(self, report: object) -> None:
             reports.append((report.progress, report.step))
 
-    context = Context("text_report", 1, 1, 3, datetime.now(UTC), structlog.get_logger(), reporter=Recorder())
+    context = Context.for_test("text_report", max_attempts=3, reporter=Recorder())
     text = "Cats chase mice. Dogs chase cats! Do mice chase dogs? Never."
     result = asyncio.run(text_report(TEXT_REPORT.parse({"text": text, "summary_sentences": 1}), context))
     assert [step for _, step in reports] == [

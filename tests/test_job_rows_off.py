@@ -51,7 +51,7 @@ def test_a_queue_without_job_rows_drains_and_acks_with_no_job_rows(
     assert rows(conn, "plain") == []
     assert dead(conn, "plain") == []
     assert job_rows(conn, "plain") == 0
-    assert worker.acks.acked == 120
+    assert worker.settle.acks.acked == 120
     assert [e["event"] for e in logs].count("job.succeeded") == 120
 
 

@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ import httpx
 import jwt
 import psycopg
 import pytest
-import structlog
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -445,7 +443,7 @@ def test_fenced_json_answers_are_accepted() -> None:
 
 
 def llm_ctx() -> Context:
-    return Context(QUEUE, 1, 1, 3, datetime.now(UTC), structlog.get_logger())
+    return Context.for_test(QUEUE, max_attempts=3)
 
 
 def status_server(status: int, headers: dict[str, str]) -> ThreadingHTTPServer:

@@ -18,15 +18,17 @@ import pytest
 from db import storable
 from db.connect import Target, async_pool
 from queues import enqueue, pgmq
-from tests.helpers import captured, dead, job, make_worker, rows, send
+from tests.helpers import ack_later, captured, dead, job, make_worker, rows, send
 from worker import Backoff, Context, Registry, handler
-from worker import runner as runner_module
-from worker.acks import Acks
+from worker import attempt as attempt_module
 from worker.errors import PoolerMisconfigured
 from worker.outcome import Outcome, Succeeded
 from worker.progress import ProgressReporter, Report
-from worker.registry import Task
+from worker.registry import HandlerSpec
 from worker.runner import Worker
+from worker.settle import Acks
+from worker.store import deliveries
+from worker.store.deliveries import Message
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
 
@@ -59,14 +61,14 @@ def refused_value(kind: str) -> Any:
 
 def unchecked(monkeypatch: pytest.MonkeyPatch, bad: Callable[[dict[str, Any]], Any | None]) -> None:
     """Let chosen results past the result check (worker.execute), as a value that slips through would."""
-    real = runner_module.execute
+    real = attempt_module.execute
 
-    async def execute(task: Task, message: pgmq.Message, ctx: Context, executor: Any) -> Outcome:
+    async def execute(task: HandlerSpec, message: Message, ctx: Context, executor: Any) -> Outcome:
         outcome = await real(task, message, ctx, executor)
         value = bad(message.body)
         return Succeeded(value) if value is not None else outcome
 
-    monkeypatch.setattr(runner_module, "execute", execute)
+    monkeypatch.setattr(attempt_module, "execute", execute)
 
 
 @pytest.mark.parametrize("kind", ["nul", "circular"])
@@ -102,12 +104,12 @@ def test_a_result_the_settle_cannot_store_dead_letters_that_delivery_alone(
     assert record["error"]["type"] == "InvalidResult"
     assert "cannot be stored" in record["error"]["message"]
     assert job(conn, "ocr_pages", ids[3])["status"] == "dead"
-    if not archive:  # an archiving ack leaves its job `running` (a bug of its own: ACK_ARCHIVE)
-        statuses = {msg_id: job(conn, "ocr_pages", msg_id)["status"] for msg_id in ids}
-        assert statuses == {msg_id: "dead" if i == 3 else "succeeded" for i, msg_id in enumerate(ids)}
-        assert job(conn, "ocr_pages", ids[0])["result"] == {"n": 0}
+    statuses = {msg_id: job(conn, "ocr_pages", msg_id)["status"] for msg_id in ids}
+    assert statuses == {msg_id: "dead" if i == 3 else "succeeded" for i, msg_id in enumerate(ids)}
+    assert job(conn, "ocr_pages", ids[0])["result"] == {"n": 0}
     events = [e["event"] for e in logs]
     assert "worker.pooler_misconfigured" not in events
+    assert "lease.lost" not in events  # an archiving ack once archived a delivery and called it lost
     assert events.count("job.dead_lettered") == 1
 
 
@@ -120,15 +122,16 @@ def test_acks_isolate_the_member_a_batch_fails_on(target: Target, conn: psycopg.
     async def go() -> list[BaseException | bool]:
         pool = async_pool(target, min_size=1, max_size=2)
         await pool.open()
-        acks = Acks(pool, batch_errors=runner_module.DB_ERRORS)
+        acks = Acks(pool)
         acks.start()
         try:
             async with pool.connection() as aconn:
-                messages = await pgmq.read(aconn, "mixed", 30, 7)
+                messages = await deliveries.read(aconn, "mixed", 30, 7)
             results = [{"text": "a\x00b"} if m.body["i"] == 4 else {"i": m.body["i"]} for m in messages]
             return list(
                 await asyncio.gather(
-                    *(acks.ack(m, r) for m, r in zip(messages, results, strict=True)), return_exceptions=True
+                    *(ack_later(acks, m, r) for m, r in zip(messages, results, strict=True)),
+                    return_exceptions=True,
                 )
             )
         finally:
@@ -159,14 +162,14 @@ def test_our_own_code_raising_inside_a_delivery_still_settles_it(
 
     pgmq.ensure_queue(conn, "fragile")
     good, bad = (enqueue(conn, "fragile", {"n": n}) for n in (1, 2))
-    real = getattr(runner_module, part)
+    real = getattr(attempt_module, part)
 
     def broken_for_bad(*args: Any, **kwargs: Any) -> Any:
         if bad.msg_id == kwargs.get("msg_id") or bad.job_id in args:  # Context by msg_id, others by job
             raise RuntimeError(f"{part} could not be built")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, part, broken_for_bad)
+    monkeypatch.setattr(attempt_module, part, broken_for_bad)
     reported = run_watching(make_worker(target, reg))
     assert reported == []
     assert rows(conn, "fragile") == []
@@ -234,7 +237,7 @@ def test_a_progress_write_refused_on_its_timer_fails_the_attempt_at_close(
         await pool.open()
         try:
             async with pool.connection() as aconn:
-                [message] = await pgmq.read(aconn, "reporting", 30, 1)
+                [message] = await deliveries.read(aconn, "reporting", 30, 1)
             assert message.job_id is not None
             reporter = ProgressReporter(pool, message.job_id, message.read_ct, min_interval=0.05)
             await reporter.report(Report(10, "ocr", None))  # written now

@@ -25,11 +25,12 @@ from db.connect import Target
 from queues import enqueue, pgmq
 from queues.artifacts import aget_artifact
 from queues.catalog import Catalog
-from queues.jobs import load_steps, renew_watches, unwatch, unwatch_all, watch
+from queues.jobs import renew_watches, unwatch, unwatch_all, watch
 from tests.helpers import dead, run_burst
 from web import create_app
 from worker import Backoff, Context, Limit, Registry, handler
 from worker.cli import main
+from worker.store.job_steps import load_steps
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
 GRANTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "roles-and-grants.md"

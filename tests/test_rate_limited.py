@@ -23,6 +23,7 @@ from queues import pgmq
 from tests.helpers import job, rows, run_burst
 from worker import Backoff, Context, RateLimited, Registry, handler
 from worker.errors import MAX_RATE_LIMIT_DELAY_S, retry_after
+from worker.store import deliveries
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
 
@@ -85,8 +86,15 @@ def test_a_deferred_job_waits_as_queued(target: Target, conn: psycopg.Connection
 
     async def go() -> bool:
         async with await psycopg.AsyncConnection.connect(target.url, autocommit=True) as aconn:
-            [message] = await pgmq.read(aconn, "wait", 30, 1)
-            return await pgmq.defer(aconn, message, 60, {"type": "RateLimited", "message": "HTTP 429"})
+            [message] = await deliveries.read(aconn, "wait", 30, 1)
+            return await deliveries.hide(
+                aconn,
+                message,
+                60,
+                "queued",
+                error={"type": "RateLimited", "message": "HTTP 429"},
+                deferral=True,
+            )
 
     assert asyncio.run(go()) is True
     row = job(conn, "wait", msg_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,16 +15,17 @@ from db.connect import Target, aconnect
 from db.pgmq_install import detect
 from queues import pgmq
 from queues.names import table_name
-from queues.pgmq import Message
 from tests.helpers import job, rows
+from worker.store import deliveries
+from worker.store.deliveries import Message
 
 
 def read(target: Target, queue: str, vt_s: int, qty: int, *, job_rows: bool = True) -> list[Message]:
-    """queues.pgmq.read on a new async connection, as often as asked (psycopg prepares at the 5th)."""
+    """deliveries.read on a new async connection, as often as asked (psycopg prepares at the 5th)."""
 
     async def go() -> list[Message]:
         async with await aconnect(target) as aconn:
-            return await pgmq.read(aconn, queue, vt_s, qty, job_rows=job_rows)
+            return await deliveries.read(aconn, queue, vt_s, qty, job_rows=job_rows)
 
     return asyncio.run(go())
 
@@ -64,7 +66,7 @@ def test_the_read_leases_what_pgmq_read_would(
 
 def has_last_read_at(conn: psycopg.Connection[Any], queue: str) -> bool:
     """Whether the installed pgmq made the queue's table with last_read_at (1.10+)."""
-    row = conn.execute(pgmq.HAS_LAST_READ_AT, ("pgmq." + table_name(queue),)).fetchone()
+    row = conn.execute(deliveries.HAS_LAST_READ_AT, ("pgmq." + table_name(queue),)).fetchone()
     return bool(row and row[0])
 
 
@@ -81,7 +83,7 @@ def test_the_read_stamps_last_read_at_like_pgmq_1_10(target: Target, conn: psyco
         async with await aconnect(target) as aconn:
             for _ in range(7):  # past psycopg's prepare threshold: the prepared statement stamps too
                 conn.execute("UPDATE pgmq.q_stamped SET vt = clock_timestamp()")
-                [message] = await pgmq.read(aconn, "stamped", 30, 1)
+                [message] = await deliveries.read(aconn, "stamped", 30, 1)
                 seen.append((message.read_ct, last_read_at(conn, "stamped")[sent]))
         return seen
 
@@ -117,3 +119,33 @@ def test_a_read_of_a_missing_queue_fails_and_is_asked_about_again(
     assert message.msg_id == sent
     if has_last_read_at(conn, "later"):  # what a remembered "no table, no column" would have missed
         assert last_read_at(conn, "later")[sent] is not None
+
+
+@pytest.mark.parametrize("job_rows", [True, False], ids=["job rows", "no job rows"])
+def test_an_archiving_ack_of_a_held_delivery_settles_it(
+    target: Target, conn: psycopg.Connection[Any], job_rows: bool
+) -> None:
+    """archive=True: the delivery still held is archived, the ack says so, its job is `succeeded`;
+    a delivery no longer ours is neither archived nor acked."""
+    pgmq.ensure_queue(conn, "archived")
+    kept, stale = pgmq.send_batch(conn, "archived", [{"i": 1}, {"i": 2}])
+
+    async def go() -> tuple[bool, bool]:
+        async with await aconnect(target) as aconn:
+            first, second = await deliveries.read(aconn, "archived", 30, 2, job_rows=job_rows)
+            gone = dataclasses.replace(second, read_ct=second.read_ct + 1)  # another worker's delivery
+            return (
+                await deliveries.ack(aconn, first, {"ok": 1}, archive=True),
+                await deliveries.ack(aconn, gone, {"ok": 2}, archive=True),
+            )
+
+    assert asyncio.run(go()) == (True, False)
+    archived = conn.execute("SELECT msg_id FROM pgmq.a_archived ORDER BY msg_id").fetchall()
+    assert archived == [(kept,)]
+    assert [r["msg_id"] for r in rows(conn, "archived")] == [stale]
+    if job_rows:
+        assert (job(conn, "archived", kept)["status"], job(conn, "archived", kept)["result"]) == (
+            "succeeded",
+            {"ok": 1},
+        )
+        assert job(conn, "archived", stale)["status"] == "running"

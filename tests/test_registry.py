@@ -176,3 +176,35 @@ def test_bad_backoff_settings_are_refused(kwargs: dict[str, float]) -> None:
     """A backoff that could go negative or shrink is refused."""
     with pytest.raises(ValueError, match="backoff"):
         Backoff(**kwargs)
+
+
+def test_a_registry_is_built_from_the_modules_that_mark_handlers() -> None:
+    """Registry.from_modules finds every @handler in a package and its submodules, whoever imported
+    them first; its queue_specs are the catalog's plain data (model, summary, steps, job rows)."""
+    first = Registry.from_modules(["handlers"])
+    again = Registry.from_modules(["handlers"])  # the modules are imported already: the same registry
+    assert first.queues() == again.queues()
+    assert {"text_stats", "text_report", "language_page"} <= set(first.queues())
+    specs = {spec.queue: spec for spec in first.queue_specs()}
+    report = first.get("text_report")
+    assert specs["text_report"].model is report.model is not None
+    assert specs["language_page"].steps == first.get("language_page").steps != ()
+    assert specs["text_report"].summary == report.summary != ""
+    assert all(spec.job_rows == first.get(spec.queue).job_rows for spec in specs.values())
+    assert Registry.from_modules(["tests.values"]).queues() == []  # a module without handlers
+
+
+def test_keeps_job_rows_is_the_handlers_choice_and_true_for_other_queues() -> None:
+    """Whether a queue's messages come with job rows, decided in one place."""
+    reg = Registry()
+
+    @handler("plain_one", registry=reg, job_rows=False)
+    async def plain(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    @handler("rowed_one", registry=reg)
+    async def rowed(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    assert (reg.keeps_job_rows("plain_one"), reg.keeps_job_rows("rowed_one")) == (False, True)
+    assert reg.keeps_job_rows("served_elsewhere") is True

@@ -22,9 +22,9 @@ from tests.helpers import REPO, captured, job, make_worker, rows, run_burst, wor
 from tests.runtime_handlers import GUARDED, MIXED
 from worker import Context, Registry, handler
 from worker import wakeup as wakeup_module
-from worker.acks import Acks
 from worker.errors import SideTaskFailed
 from worker.leases import Leases
+from worker.settle import Acks
 from worker.webhooks import Webhooks
 
 

@@ -15,6 +15,7 @@ from db.connect import Target
 from queues import pgmq
 from tests.helpers import captured, make_worker, rows
 from worker import Context, Registry, handler
+from worker.store import waiters
 from worker.wakeup import REPOLL_S, Wakeup, channel
 
 
@@ -112,7 +113,7 @@ def test_inserts_notify_only_while_a_live_waiter_is_announced(
 
     async def announce(ttl: float) -> None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
-            await pgmq.announce_waiting(aconn, "w1", ["waited", "other"], ttl)
+            await waiters.announce_waiting(aconn, "w1", ["waited", "other"], ttl)
 
     asyncio.run(announce(30))
     assert notifications(db_url, "waited", send) == [channel("waited")]

@@ -705,7 +705,7 @@ def test_only_prepared_statement_errors_count_as_a_pooler_collision(
     missing or already there. A data error is its message's problem, even one raised binding a
     parameter (issue 18 §3: a NUL in one result stopped the worker with the pooler message); an
     undeclared pooler is found at start instead (test_db: transaction_pooler_evidence)."""
-    from worker.runner import _pooler_misconfigured  # noqa: PLC0415  (the classifier under test)
+    from worker.trouble import pooler_misconfigured as _pooler_misconfigured  # noqa: PLC0415
 
     def error(query: str, params: list[Any] | None = None) -> psycopg.Error:
         with pytest.raises(psycopg.Error) as caught:

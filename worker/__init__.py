@@ -4,11 +4,12 @@ from worker.backoff import Backoff
 from worker.context import Context
 from worker.errors import InvalidPayload, Permanent, RateLimited, Retry, UnknownQueue, WorkerError
 from worker.limits import Limit
-from worker.registry import Registry, Task, handler, registry
+from worker.registry import HandlerSpec, Registry, Task, handler, registry
 
 __all__ = [
     "Backoff",
     "Context",
+    "HandlerSpec",
     "InvalidPayload",
     "Limit",
     "Permanent",

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 from uuid import UUID
 
+import httpx
 import structlog
 from psycopg_pool import AsyncConnectionPool
+from pydantic_settings import BaseSettings
 
 from queues.artifacts import aput_artifact
 from queues.contract import QueueRef, queue_of
@@ -26,40 +26,155 @@ from worker.errors import Permanent, WorkerError
 from worker.fanout import DEFAULT_DEADLINE, FanIn
 from worker.fanout import policy as fan_out_policy
 from worker.limits import Limit, hold
-from worker.outcome import Handoff
-from worker.progress import ProgressReporter, check_report
+from worker.outcome import Handoff, Handoffs
+from worker.progress import ProgressReporter, Report, check_report
+from worker.settings import WorkerSettings
 from worker.steps import Steps, as_json
+from worker.threads import in_thread
 
 P = ParamSpec("P")
 R = TypeVar("R")
+C = TypeVar("C", bound=BaseSettings)
+
+
+class Runtime:
+    """What one worker process shares with every delivery's context (made once, in its lifespan)."""
+
+    __slots__ = ("_configs", "_http", "executor", "keeps_job_rows", "loop", "pool", "settings", "standalone")
+
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool | None,
+        executor: Executor | None,
+        loop: asyncio.AbstractEventLoop | None,
+        settings: WorkerSettings,
+        keeps_job_rows: Callable[[str], bool],
+        http: httpx.AsyncClient | None = None,
+        standalone: bool = False,
+    ) -> None:
+        self.pool = pool  # None only standalone
+        self.executor = executor  # the handler threads (None only standalone: asyncio's default pool)
+        self.loop = loop
+        self.settings = settings
+        self._http = http  # made on first use (building its TLS context costs ~40 ms of CPU)
+        self.keeps_job_rows = keeps_job_rows  # whether a queue's messages come with job rows
+        # Standalone: a handler called outside a worker (Context.for_test): steps run without being
+        # stored, limits do not hold, progress goes to the test's reporter, if any.
+        self.standalone = standalone
+        self._configs: dict[type[BaseSettings], BaseSettings] = {}
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """One client for every handler of the process, so its connections are reused."""
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the shared client, if anything used it."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def config(self, cls: type[C]) -> C:
+        """The process's instance of a settings class, built from the environment the first time."""
+        found = self._configs.get(cls)
+        if found is None:
+            found = self._configs[cls] = cls()
+        return cast(C, found)  # keyed by its own class
+
+
+class Reporter(Protocol):
+    """Where `ctx.progress` goes: the job row's coalescing writer, or a test's recorder."""
+
+    async def report(self, report: Report) -> None:
+        """Take one progress report."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """The delivery's job row: its steps and its progress writer (a queue with job rows only)."""
+
+    job_id: UUID
+    steps: Steps
+    reporter: ProgressReporter
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """The delivery a handler is working on, and tools bound to it."""
+    """The delivery a handler is working on, and tools bound to it.
+
+    Built by the worker for each delivery (worker.attempt), or by `Context.for_test` for a
+    handler unit test. `job` is None when the queue runs without job rows (`job_rows=False`):
+    then steps, fan-out and artifacts refuse (Permanent) and progress goes nowhere.
+    """
 
     queue: str
-    """The queue the message came from."""
     msg_id: int
-    """pgmq's message id, unique within the queue."""
-    attempt: int
-    """1 on the first delivery: pgmq's `read_ct`, less the deliveries deferred by `RateLimited`."""
+    attempt: int  # 1 on the first delivery; pgmq's read_ct (see README: what an attempt is)
     max_attempts: int
-    """The handler's `max_attempts`: deliveries before the message is dead-lettered."""
     enqueued_at: datetime
-    """When the message was sent."""
     log: structlog.stdlib.BoundLogger
-    """A structlog logger bound to `queue`, `msg_id` and `attempt`."""
-    # The worker's handler pool, not asyncio's default one: asyncio.run waits for the default
-    # pool's threads at exit, so a stuck thread there would keep a stopping worker alive.
-    executor: Executor | None = field(default=None, repr=False)
-    reporter: ProgressReporter | None = field(default=None, repr=False)
-    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    steps: Steps | None = field(default=None, repr=False)
-    pool: AsyncConnectionPool | None = field(default=None, repr=False)
-    # The queues this worker runs without job rows (`@handler(..., job_rows=False)`).
-    no_job_rows: frozenset[str] = field(default=frozenset(), repr=False)
-    outbox: list[Handoff] = field(default_factory=list, repr=False)
+    runtime: Runtime = field(repr=False)
+    job: JobRow | None = field(repr=False)
+    # What ctx.enqueue asked for: the attempt that made this context owns it, and sends it with its ack.
+    handoffs: Handoffs = field(repr=False)
+    reporter: Reporter | None = field(default=None, repr=False)  # the job row's, or a test's
+
+    @classmethod
+    def for_test(
+        cls,
+        queue: str = "test",
+        *,
+        msg_id: int = 1,
+        attempt: int = 1,
+        max_attempts: int = 5,
+        reporter: Reporter | None = None,
+        settings: WorkerSettings | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> Context:
+        """A context for calling a handler directly in a unit test, without a worker or a database.
+
+        `ctx.step` runs its function (nothing stored), `ctx.limit` does not hold, `ctx.progress`
+        goes to `reporter` (anything with `async def report(self, report)`), `ctx.enqueue`
+        gathers in `ctx.handoffs` (see `ctx.handoffs.sent`); fan-out and artifacts need a worker.
+        """
+        runtime = Runtime(
+            pool=None,
+            executor=None,
+            loop=None,
+            settings=settings or WorkerSettings(),
+            http=http,
+            keeps_job_rows=lambda _queue: True,
+            standalone=True,
+        )
+        return cls(
+            queue=queue,
+            msg_id=msg_id,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            enqueued_at=datetime.now(UTC),
+            log=structlog.get_logger().bind(queue=queue, msg_id=msg_id, attempt=attempt),
+            runtime=runtime,
+            job=None,
+            handoffs=Handoffs(),
+            reporter=reporter,
+        )
+
+    @property
+    def settings(self) -> WorkerSettings:
+        """The worker process's settings."""
+        return self.runtime.settings
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The process's one HTTP client: share its connections instead of opening a client per job."""
+        return self.runtime.http
+
+    def config(self, cls: type[C]) -> C:
+        """The process's instance of your settings class (pydantic-settings), read once."""
+        return self.runtime.config(cls)
 
     @property
     def idempotency_key(self) -> str:
@@ -73,9 +188,7 @@ class Context:
 
     async def to_thread(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking work (OCR, a sync SDK) off the event loop, keeping log context."""
-        ctx = contextvars.copy_context()
-        call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        return await in_thread(self.runtime.executor, fn, *args, **kwargs)
 
     async def progress(
         self, percent: float, *, step: str | None = None, detail: dict[str, Any] | None = None
@@ -93,9 +206,12 @@ class Context:
     ) -> None:
         """`progress` for `def` handlers, which run in a thread."""
         report = check_report(percent, step, detail)
-        if self.reporter is None or self.loop is None:
+        if self.reporter is None:
             return
-        asyncio.run_coroutine_threadsafe(self.reporter.report(report), self.loop).result()
+        if self.runtime.loop is None:  # standalone: called from the test's own thread
+            asyncio.run(self.reporter.report(report))
+            return
+        asyncio.run_coroutine_threadsafe(self.reporter.report(report), self.runtime.loop).result()
 
     async def step(
         self,
@@ -117,12 +233,14 @@ class Context:
         Progress and the step name are reported automatically (percentages when the handler
         declares `steps=[...]`).
         """
-        if self.steps is None and self.pool is not None:
+        if self.job is not None:
+            return await self.job.steps.run(
+                name, fn, args, kwargs, limit_s=timeout, max_attempts=max_attempts
+            )
+        if not self.runtime.standalone:
             raise Permanent(self._without_job_rows("ctx.step"))
-        if self.steps is None:  # no job row (a direct call in a test): run it, no persistence
-            result = fn(*args, **kwargs)
-            return as_json(await result if inspect.isawaitable(result) else result, name)
-        return await self.steps.run(name, fn, args, kwargs, limit_s=timeout, max_attempts=max_attempts)
+        result = fn(*args, **kwargs)  # a unit test: run it, nothing stored
+        return as_json(await result if inspect.isawaitable(result) else result, name)
 
     @contextlib.asynccontextmanager
     async def limit(self, limit: Limit) -> AsyncIterator[None]:
@@ -130,10 +248,10 @@ class Context:
 
         Without a database (a direct call in a test) the block runs unlimited.
         """
-        if self.pool is None:
+        if self.runtime.pool is None:  # standalone
             yield
             return
-        async with hold(self.pool, limit):
+        async with hold(self.runtime.pool, limit):
             yield
 
     async def fan_out(
@@ -166,17 +284,14 @@ class Context:
             min_succeeded=min_succeeded,
         )
         prepared = [prepare(queue, p) for p in payloads]  # InvalidPayload before anything is sent
-        if self.steps is None and self.pool is not None:
-            raise Permanent(self._without_job_rows("ctx.fan_out"))
-        if self.steps is None or self.pool is None:
-            raise WorkerError("ctx.fan_out needs a job row: it runs only in a worker's delivery")
+        job, pool = self._job_row("ctx.fan_out")
         child_queue = prepared[0][0]
-        if child_queue in self.no_job_rows:  # a child without a job row could never report back
+        if not self.runtime.keeps_job_rows(child_queue):  # a child without a job row could never report back
             raise Permanent(f"ctx.fan_out: queue {child_queue!r} runs without job rows (job_rows=False)")
-        async with self.pool.connection() as conn:
+        async with pool.connection() as conn:
             if not await aqueue_exists(conn, child_queue):
                 raise UnknownQueue(f"ctx.fan_out: no queue named {child_queue!r}")
-        result = await self.steps.fan_out(
+        result = await job.steps.fan_out(
             name,
             parent_queue=self.queue,
             parent_msg_id=self.msg_id,
@@ -201,7 +316,7 @@ class Context:
         when the handler returns. A handler that raises sends nothing.
         """
         name, body = queue_of(queue), encode(queue, payload)
-        self.outbox.append(Handoff(name, body, delay_seconds(delay), owner_id(owner)))
+        self.handoffs.add(Handoff(name, body, delay_seconds(delay), owner_id(owner)))
 
     async def artifact(self, name: str, data: bytes, content_type: str) -> str:
         """Store a file this job made (audio, an image) in Postgres; the URL path the web serves it at.
@@ -210,15 +325,20 @@ class Context:
         again replaces the file, so a step that runs twice leaves one. A bad name or type, or more
         than 10 MB (queues.artifacts.MAX_ARTIFACT_BYTES), is Permanent: no retry makes it fit.
         """
-        if self.steps is None and self.pool is not None:
-            raise Permanent(self._without_job_rows("ctx.artifact"))
-        if self.steps is None or self.pool is None:
-            raise WorkerError("ctx.artifact needs a job row: it runs only in a worker's delivery")
+        job, pool = self._job_row("ctx.artifact")
         try:
-            async with self.pool.connection() as conn:
-                return await aput_artifact(conn, self.steps.job_id, name, data, content_type)
+            async with pool.connection() as conn:
+                return await aput_artifact(conn, job.job_id, name, data, content_type)
         except InvalidArtifact as exc:
             raise Permanent(str(exc)) from exc
+
+    def _job_row(self, what: str) -> tuple[JobRow, AsyncConnectionPool]:
+        """The job row and the pool `what` needs: WorkerError standalone, Permanent without job rows."""
+        if self.runtime.standalone:
+            raise WorkerError(f"{what} needs a job row: it runs only in a worker's delivery")
+        if self.job is None or self.runtime.pool is None:
+            raise Permanent(self._without_job_rows(what))
+        return self.job, self.runtime.pool
 
     def _without_job_rows(self, what: str) -> str:
         return f"{what} needs a job row, and queue {self.queue!r} runs without them (job_rows=False)"

@@ -1,14 +1,30 @@
 """What a handler raises to steer its message, and what the worker reports.
 
+Defined here:
+
 WorkerError
  ├─ Retry(delay, reason)   try again after `delay` (still counts as an attempt)
  │   └─ RateLimited         the provider said 429: come back later, not counted as an attempt
  ├─ Permanent(reason)      never retry: dead-letter now
+ │   └─ FanOutFailed        (worker.fanout) too few children succeeded
  ├─ InvalidResult          a result, step output or progress report that may not be stored
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
  ├─ PoolerMisconfigured    an undeclared transaction pooler (seen at start, or prepared statements fail)
  └─ SideTaskFailed         lease renewal, the listener, the ack flusher...: died, so the worker stopped
-QueueError (from queues)
+
+Raised by the worker elsewhere, each beside what raises it:
+
+TimeoutError
+ ├─ AttemptTimeout         (worker.execute) the handler ran past its timeout: a failed attempt
+ └─ StepTimeout            (worker.steps) a step ran past its own timeout: a failed attempt
+ValueError
+ └─ WebhookRefused         (worker.webhooks) a webhook URL that may not be called: not sent
+BaseException
+ └─ WaitForChildren        (worker.fanout) not an error: ctx.fan_out ends the delivery to wait
+
+From queues (queues.errors has the whole tree):
+
+QueueError
  ├─ InvalidPayload         the message is not a JSON object or fails the handler's model: dead-letter
  └─ UnknownQueue           no handler, or no pgmq queue, by that name
 """

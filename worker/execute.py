@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 from concurrent.futures import Executor
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
 from db import storable
 from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
-from queues.pgmq import Message
 from worker.context import Context
 from worker.errors import (
     DEFAULT_RATE_LIMIT_DELAY_S,
@@ -25,14 +23,20 @@ from worker.errors import (
 )
 from worker.fanout import WaitForChildren
 from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded, Waiting
-from worker.registry import Task
+from worker.registry import HandlerSpec
+from worker.store.deliveries import Message
+from worker.threads import in_thread
+from worker.trouble import one_line
+
+# A value the settle cannot store: Postgres refused it (a NUL in a result), or encoding it raised.
+VALUE_ERRORS = (psycopg.DataError, TypeError, ValueError, RecursionError, OverflowError)
 
 
 class AttemptTimeout(TimeoutError):
     """The handler ran past its timeout."""
 
 
-def parse_payload(task: Task, body: Any) -> Any:
+def parse_payload(task: HandlerSpec, body: Any) -> Any:
     """The handler's argument: its pydantic model when annotated, else the JSON object."""
     if not isinstance(body, dict):
         raise InvalidPayload(f"message on {task.queue!r} is not a JSON object (got {type(body).__name__})")
@@ -46,7 +50,7 @@ def parse_payload(task: Task, body: Any) -> Any:
         ) from exc
 
 
-async def execute(task: Task, message: Message, ctx: Context, executor: Executor) -> Outcome:
+async def execute(task: HandlerSpec, message: Message, ctx: Context, executor: Executor | None) -> Outcome:
     """Run the handler once and classify what happened."""
     try:
         payload = parse_payload(task, message.body)
@@ -89,7 +93,7 @@ def _succeeded(result: Any) -> Succeeded | DeadLetter:
         return DeadLetter("invalid_result", ErrorInfo.of(problem))
 
 
-def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:
+def failed(task: HandlerSpec, message: Message, exc: BaseException) -> RetryLater | Deferred | DeadLetter:
     """A failed attempt: retry after backoff (or the Retry's delay), or dead-letter when spent.
 
     RateLimited is no failure: the delivery is deferred, not counted (up to MAX_DEFERRALS). Without
@@ -105,15 +109,9 @@ def failed(task: Task, message: Message, exc: BaseException) -> RetryLater | Def
     return RetryLater(task.backoff.delay(message.attempt), error)
 
 
-async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> Any:
-    if task.is_async:
-        call = task.fn(payload, ctx)
-    else:
-        # A thread keeps blocking work (OCR, sync HTTP) off the loop; copy_context carries the
-        # structlog contextvars (queue, msg_id) into it.
-        loop = asyncio.get_running_loop()
-        run = functools.partial(contextvars.copy_context().run, task.fn, payload, ctx)
-        call = loop.run_in_executor(executor, run)
+async def _call(task: HandlerSpec, payload: Any, ctx: Context, executor: Executor | None) -> Any:
+    # A `def` handler runs in a thread: blocking work (OCR, sync HTTP) stays off the loop.
+    call = task.fn(payload, ctx) if task.is_async else in_thread(executor, task.fn, payload, ctx)
     if task.timeout is None:
         return await call  # no timeout context to set up and tear down per message
     limit = asyncio.timeout(task.timeout)
@@ -128,4 +126,20 @@ async def _call(task: Task, payload: Any, ctx: Context, executor: Executor) -> A
         raise AttemptTimeout(f"handler ran past its timeout of {task.timeout:g}s") from None
 
 
-__all__ = ["AttemptTimeout", "execute", "failed", "parse_payload"]
+def unrecorded(spec: HandlerSpec, message: Message, outcome: Outcome, exc: Exception) -> Outcome | None:
+    """What to record instead of a success whose settle failed for good; None: nothing better.
+
+    Postgres refused its result (a NUL the result check missed), or encoding it raised: dead-letter
+    `invalid_result`, as the check does (the same handler returns the same value again). Anything
+    else (a handoff's queue gone, our own bug): a failed attempt, retried with the error recorded.
+    """
+    if not isinstance(outcome, Succeeded):
+        return None
+    if isinstance(exc, VALUE_ERRORS):
+        refused = InvalidResult(f"the result cannot be stored ({type(exc).__name__}: {one_line(exc)})")
+        refused.__cause__ = exc
+        return DeadLetter("invalid_result", ErrorInfo.of(refused))
+    return failed(spec, message, exc)
+
+
+__all__ = ["AttemptTimeout", "execute", "failed", "parse_payload", "unrecorded"]

@@ -22,8 +22,8 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from queues.fanout import ChildPolicy, ChildRow
 from worker.errors import Permanent
+from worker.store.fanouts import ChildPolicy, ChildRow
 
 TIMEOUT_ERRORS = frozenset({"AttemptTimeout", "StepTimeout"})
 MAX_CHILDREN = 10_000

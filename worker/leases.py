@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from db.listen import sleep_or_stop
 from db.logs import get_logger
-from queues import pgmq
-from queues.pgmq import Message
+from worker.store import deliveries
+from worker.store.deliveries import Message
+from worker.trouble import TRANSIENT, one_line
 
 log = get_logger()
 
@@ -70,9 +71,10 @@ class Leases:
         while not stopping.is_set():
             try:
                 await self.renew_due()
-            except (psycopg.Error, PoolTimeout, OSError) as exc:
-                # The database is away: keep trying. Each lease has half its timeout in hand.
-                log.warning("lease.renew_failed", error=str(exc).strip().splitlines()[0:1])
+            except TRANSIENT as exc:  # the database is away: keep trying, each lease has half its timeout
+                log.warning("lease.renew_failed", error=one_line(exc))
+            except psycopg.Error as exc:  # a queue's table dropped, say: the other queues' leases go on
+                log.warning("lease.renew_failed", error=one_line(exc), transient=False)
             await sleep_or_stop(stopping, self._interval)
 
     async def renew_due(self) -> None:
@@ -88,7 +90,7 @@ class Leases:
             for (queue, vt_s), leases in due.items():
                 started = asyncio.get_running_loop().time()
                 held = [(lease.message.msg_id, lease.message.read_ct) for lease in leases]
-                renewed = await pgmq.extend(conn, queue, held, vt_s)
+                renewed = await deliveries.extend(conn, queue, held, vt_s)
                 for lease in leases:
                     if lease.message.msg_id in renewed:
                         lease.expires_at = started + vt_s

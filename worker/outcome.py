@@ -5,12 +5,12 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from db.redact import process_secrets, redact
 from db.storable import safe_text
-from queues.pgmq import Message
+from worker.store.deliveries import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,10 @@ class ErrorInfo:
         """JSON-ready form."""
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
+    def summary(self) -> dict[str, str]:
+        """Type and message, without the traceback (what a webhook says)."""
+        return {"type": self.type, "message": self.message}
+
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
@@ -52,12 +56,48 @@ class Handoff:
     owner: UUID | None
 
 
+class Handoffs:
+    """What `ctx.enqueue` asked for during one attempt; the attempt that made it sends them with its ack."""
+
+    __slots__ = ("_sent",)
+
+    def __init__(self) -> None:
+        self._sent: list[Handoff] = []
+
+    def add(self, handoff: Handoff) -> None:
+        """One more message to send if (and only if) this delivery is acked."""
+        self._sent.append(handoff)
+
+    @property
+    def sent(self) -> tuple[Handoff, ...]:
+        """Every handoff so far, in the order asked."""
+        return tuple(self._sent)
+
+
+# Each outcome says what it records, logs and announces: the job status its settle writes, the
+# event (and level) of its log line with the fields that line carries, and the fields its webhook
+# adds. `announced` False: no webhook (a parent waiting for its children is still running).
+
+
 @dataclass(frozen=True, slots=True)
 class Succeeded:
     """The handler returned: ack (and send its handoffs in the same transaction)."""
 
     result: Any
-    then: tuple[Handoff, ...] = ()
+    handoffs: tuple[Handoff, ...] = ()  # what ctx.enqueue asked for, sent only with this ack
+
+    status: ClassVar[str] = "succeeded"
+    event: ClassVar[str] = "job.succeeded"
+    level: ClassVar[str] = "info"
+    announced: ClassVar[bool] = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {"result": self.result}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +107,19 @@ class RetryLater:
     delay: float
     error: ErrorInfo
 
+    status: ClassVar[str] = "failed"
+    event: ClassVar[str] = "job.retry_scheduled"
+    level: ClassVar[str] = "warning"
+    announced: ClassVar[bool] = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {"delay_s": round(self.delay, 3), "error_type": self.error.type, "error": self.error.message}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {"error": self.error.summary(), "retry_in_s": round(self.delay, 3)}
+
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
@@ -74,6 +127,19 @@ class Deferred:
 
     delay: float
     error: ErrorInfo
+
+    status: ClassVar[str] = "queued"
+    event: ClassVar[str] = "job.deferred"
+    level: ClassVar[str] = "info"
+    announced: ClassVar[bool] = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {"delay_s": round(self.delay, 3), "reason": self.error.message}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {"error": self.error.summary(), "retry_in_s": round(self.delay, 3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +149,39 @@ class DeadLetter:
     reason: str  # "max_attempts" | "invalid_payload" | "invalid_result" | "permanent" | "crashed"
     error: ErrorInfo
 
+    status: ClassVar[str] = "dead"
+    event: ClassVar[str] = "job.dead_lettered"
+    level: ClassVar[str] = "error"
+    announced: ClassVar[bool] = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {"reason": self.reason, "error_type": self.error.type, "error": self.error.message}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {"error": self.error.summary()}
+
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
-    """A parent started or checked on its fan-out: hide it until its children wake it."""
+    """A parent started or checked on its fan-out: hidden (job still `running`) until its children wake it."""
 
     job_id: UUID
     fan_out: str
+
+    status: ClassVar[str] = "running"
+    event: ClassVar[str] = "job.waiting"
+    level: ClassVar[str] = "info"
+    announced: ClassVar[bool] = False
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {"fan_out": self.fan_out}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """Nothing: a waiting parent sends no webhook."""
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +189,19 @@ class Abandoned:
     """The worker stopped or lost the lease mid-attempt: no settle, or a release on shutdown."""
 
     why: str  # "shutdown" | "lease_lost"
+
+    status: ClassVar[str] = "queued"
+    event: ClassVar[str] = "job.released"
+    level: ClassVar[str] = "info"
+    announced: ClassVar[bool] = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {}
 
 
 Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Waiting | Abandoned

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from db import storable
 from db.logs import get_logger
 from worker.errors import InvalidResult
+from worker.trouble import TRANSIENT, one_line
 
 log = get_logger()
 
@@ -134,9 +134,8 @@ class ProgressReporter:
                     },
                 )
             self.writes += 1
-        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-            # Progress is advisory: a handler must not fail because the database blinked.
-            log.warning("job.progress_not_written", error=str(exc).strip()[:200])
+        except TRANSIENT as exc:  # progress is advisory: a handler must not fail because the database blinked
+            log.warning("job.progress_not_written", error=one_line(exc)[:200])
 
     async def close(self) -> None:
         """Stop the timer and write what is pending; raise what a timed write could not write."""

@@ -1,8 +1,18 @@
-"""The handler registry: `@handler(queue, ...)` ties a function to a queue and its policy."""
+"""The handler registry: `@handler(queue, ...)` ties a function to a queue and its policy.
+
+`@handler` marks the function with its HandlerSpec (`SPEC_ATTRIBUTE`); a Registry is an
+explicit object built from the modules that hold the marked functions
+(`Registry.from_modules(["handlers"])`, what `--import` names), so nothing depends on which
+module a test imported first. `@handler(..., registry=reg)` also adds it to `reg` at once (tests
+defining handlers inline). The web process derives its catalog from the same registry, as plain
+data (`Registry.queue_specs()`: queues never imports worker).
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import sys
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from queues.catalog import catalog
+from queues.catalog import QueueSpec, catalog
 from queues.contract import Contract, QueueRef, queue_of
 from worker.backoff import Backoff
 from worker.errors import HandlerRegistrationError, UnknownQueue
@@ -19,6 +29,7 @@ from worker.errors import HandlerRegistrationError, UnknownQueue
 HandlerFn = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Any])
 
+SPEC_ATTRIBUTE = "__pgmq_handler__"  # where @handler leaves a function's HandlerSpec
 MIN_VISIBILITY_TIMEOUT_S = 2  # the lease is renewed at half of it: below this, renewals thrash
 
 
@@ -31,8 +42,8 @@ def seconds(value: float | timedelta, what: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    """A registered handler with its queue and policy."""
+class HandlerSpec:
+    """A registered handler: its function, its queue and the policy its deliveries run under."""
 
     queue: str
     fn: HandlerFn
@@ -46,6 +57,11 @@ class Task:
     name: str = field(default="")
     steps: tuple[str, ...] = ()  # declared step names, in order: progress percentages
     job_rows: bool = True  # False: no pgmq_worker.jobs row is created or updated for this queue
+    summary: str = ""  # the first line of the handler's docstring (the web's queue list)
+
+    def queue_spec(self) -> QueueSpec:
+        """What a web process needs to know of this queue, as plain data (see queues.catalog)."""
+        return QueueSpec(self.queue, self.model, self.summary, self.steps, self.job_rows)
 
     @property
     def read_vt(self) -> int:
@@ -54,13 +70,13 @@ class Task:
 
 
 class Registry:
-    """Queue name -> Task. One handler per queue."""
+    """Queue name -> HandlerSpec. One handler per queue."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, HandlerSpec] = {}
 
-    def add(self, task: Task) -> None:
-        """Register a task; re-registering the same function (a re-import) replaces it."""
+    def add(self, task: HandlerSpec) -> None:
+        """Register a handler; re-registering the same function (a re-import) replaces it."""
         existing = self._tasks.get(task.queue)
         if existing is not None and existing.name != task.name:
             raise HandlerRegistrationError(
@@ -68,8 +84,26 @@ class Registry:
             )
         self._tasks[task.queue] = task
 
-    def get(self, queue: str) -> Task:
-        """The task for a queue, or UnknownQueue."""
+    @classmethod
+    def from_modules(cls, names: Sequence[str]) -> Registry:
+        """The handlers `@handler` marked in these modules and their submodules (imported if need be)."""
+        found = cls()
+        for name in names:
+            importlib.import_module(name)
+            modules = [m for key, m in list(sys.modules.items()) if key == name or key.startswith(name + ".")]
+            for module in modules:
+                for value in list(vars(module).values()):
+                    spec = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
+                    if isinstance(spec, HandlerSpec) and spec.fn is value:
+                        found.add(spec)
+        return found
+
+    def queue_specs(self) -> list[QueueSpec]:
+        """Every registered queue as the catalog's plain data, sorted by name (Catalog derives from it)."""
+        return [self._tasks[queue].queue_spec() for queue in self.queues()]
+
+    def get(self, queue: str) -> HandlerSpec:
+        """The handler of a queue, or UnknownQueue."""
         try:
             return self._tasks[queue]
         except KeyError:
@@ -79,18 +113,22 @@ class Registry:
         """Registered queue names, sorted."""
         return sorted(self._tasks)
 
-    def __iter__(self) -> Iterator[Task]:
+    def keeps_job_rows(self, queue: str) -> bool:
+        """Whether `queue`'s messages come with job rows: its handler's `job_rows`, True for a queue
+        no handler here serves (a handoff's or fan-out's target another worker runs)."""
+        spec = self._tasks.get(queue)
+        return True if spec is None else spec.job_rows
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._tasks.values())
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def clear(self) -> None:
-        """Forget every handler (tests)."""
-        self._tasks.clear()
 
-
-default_registry = registry = Registry()  # the one @handler fills; the CLI imports handler modules into it
+# Transitional, until worker/cli.py and queues/catalog.py load `Registry.from_modules(...)` and
+# derive the catalog from `registry.queue_specs()`: @handler without `registry=` still fills these.
+default_registry = registry = Registry()
 
 
 def handler(
@@ -103,7 +141,7 @@ def handler(
     archive: bool = False,
     steps: Sequence[str] = (),
     job_rows: bool = True,
-    registry: Registry = registry,
+    registry: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register `def f(payload, ctx)` or `async def f(payload, ctx)` as the handler of a queue.
 
@@ -145,30 +183,27 @@ def handler(
                 f"handler {fn.__qualname__} must take (payload, ctx), it takes {len(params)} parameters"
             )
         model = queue.model if isinstance(queue, Contract) else _annotated_model(fn, params[0].name)
-        registry.add(
-            Task(
-                queue=name,
-                fn=fn,
-                model=model,
-                is_async=inspect.iscoroutinefunction(fn),
-                max_attempts=max_attempts,
-                visibility_timeout=vt,
-                timeout=limit,
-                backoff=policy,
-                archive=archive,
-                name=f"{fn.__module__}.{fn.__qualname__}",
-                steps=declared,
-                job_rows=job_rows,
-            )
+        spec = HandlerSpec(
+            queue=name,
+            fn=fn,
+            model=model,
+            is_async=inspect.iscoroutinefunction(fn),
+            max_attempts=max_attempts,
+            visibility_timeout=vt,
+            timeout=limit,
+            backoff=policy,
+            archive=archive,
+            name=f"{fn.__module__}.{fn.__qualname__}",
+            steps=declared,
+            job_rows=job_rows,
+            summary=(inspect.getdoc(fn) or "").split("\n", 1)[0],
         )
-        if registry is default_registry:  # a web process that imports this module accepts its payloads
-            summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
-            catalog.declare(
-                Contract(name, model) if model is not None else name,
-                summary=summary,
-                steps=declared,
-                job_rows=job_rows,
-            )
+        setattr(fn, SPEC_ATTRIBUTE, spec)  # Registry.from_modules finds it here
+        if registry is not None:
+            registry.add(spec)
+        else:  # transitional (see default_registry): the CLI and the web process still read these
+            default_registry.add(spec)
+            catalog.declare(spec.queue_spec().ref, summary=spec.summary, steps=declared, job_rows=job_rows)
         return fn
 
     return register
@@ -183,3 +218,6 @@ def _annotated_model(fn: Callable[..., Any], param: str) -> type[BaseModel] | No
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return hint
     return None
+
+
+Task = HandlerSpec  # the old name, still imported by worker/cli.py: drop it when that file is renamed

@@ -11,8 +11,6 @@ same on the first run as on a resumed one.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import inspect
 import json
 from collections.abc import Callable, Sequence
@@ -24,12 +22,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from db import storable
 from db.storable import safe_text
-from queues import fanout
-from queues.jobs import fail_step, finish_step, load_steps, start_step
 from worker.errors import InvalidResult, Permanent, RateLimited
 from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
 from worker.progress import ProgressReporter, check_report
+from worker.store import fanouts
+from worker.store.job_steps import fail_step, finish_step, load_steps, start_step
+from worker.threads import in_thread
 
 
 class StepTimeout(TimeoutError):
@@ -71,13 +70,13 @@ class Steps:
         *,
         declared: Sequence[str] = (),
         reporter: ProgressReporter | None = None,
-        to_thread: Callable[..., Any] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.pool = pool
         self.job_id = job_id
         self.declared = tuple(declared)
         self.reporter = reporter
-        self._to_thread = to_thread
+        self._executor = executor  # the handler threads a plain step function runs in
         self._known: dict[str, tuple[str, int, Any]] | None = None
         self.ran: list[str] = []  # steps this delivery ran (not resumed), in order
         self._percent = 0
@@ -131,7 +130,7 @@ class Steps:
         parent_msg_id: int,
         child_queue: str,
         bodies: list[dict[str, Any]],
-        policy: fanout.ChildPolicy,
+        policy: fanouts.ChildPolicy,
     ) -> FanIn:
         """The fan-in of a finished fan-out step; else spawn or check on its children.
 
@@ -145,9 +144,9 @@ class Steps:
             return FanIn.from_json(output)
         result: FanIn | None = None
         async with self.pool.connection() as conn, conn.transaction():
-            state = await fanout.lock(conn, self.job_id, name)
+            state = await fanouts.lock(conn, self.job_id, name)
             if state is None:
-                await fanout.spawn(
+                await fanouts.spawn(
                     conn,
                     parent=self.job_id,
                     name=name,
@@ -161,8 +160,8 @@ class Steps:
                 await start_step(conn, self.job_id, name)
             elif state.status == "closed" or state.complete or state.past_deadline:
                 reason = f"fan-out {name!r} passed its deadline before this child finished"
-                await fanout.close(conn, self.job_id, name, reason)
-                rows = await fanout.children(conn, self.job_id, name)
+                await fanouts.close(conn, self.job_id, name, reason)
+                rows = await fanouts.children(conn, self.job_id, name)
                 result = FanIn.of(name, state.total, rows, reason)
                 # Started (counted) when it spawned, in that transaction: collecting is no new start.
                 await finish_step(conn, self.job_id, name, result.as_json())
@@ -197,10 +196,8 @@ class Steps:
     ) -> Any:
         if inspect.iscoroutinefunction(fn):
             call = fn(*args, **kwargs)
-        elif self._to_thread is not None:
-            call = self._to_thread(fn, *args, **kwargs)
         else:
-            return fn(*args, **kwargs)
+            call = in_thread(self._executor, fn, *args, **kwargs)
         if limit_s is None:
             return await call
         try:
@@ -215,11 +212,3 @@ class Steps:
             self._percent = max(self._percent, round(100 * index / len(self.declared)))
         if self.reporter is not None:
             await self.reporter.report(check_report(self._percent, name, None))
-
-
-async def run_in_thread(
-    executor: Executor | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> Any:
-    """Run a plain step function in the handler thread pool, keeping the log context."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, call)

@@ -32,8 +32,9 @@ import httpx
 
 from db import storable
 from db.logs import get_logger
-from queues.pgmq import Message
 from worker.backoff import Backoff
+from worker.outcome import Outcome
+from worker.store.deliveries import Message
 
 log = get_logger()
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -317,21 +318,13 @@ def started(message: Message) -> Event | None:
     return Event(message.webhook_url, str(message.job_id), "running", _data(message, "running"))
 
 
-def settled(message: Message, outcome: Any) -> Event | None:
-    """The event for a settled delivery (see worker.outcome), if its job has a webhook."""
-    name = type(outcome).__name__
-    if not message.webhook_url or message.job_id is None or name == "Waiting":
-        return None  # a parent waiting for its children is still running: nothing to say
-    status = {"Succeeded": "succeeded", "RetryLater": "failed", "DeadLetter": "dead"}.get(name, "queued")
-    data = _data(message, status)
-    if name == "Succeeded":
-        data["result"] = outcome.result
-    error = getattr(outcome, "error", None)
-    if error is not None:
-        data["error"] = {"type": error.type, "message": error.message}
-    if name in {"RetryLater", "Deferred"}:
-        data["retry_in_s"] = round(outcome.delay, 3)
-    return Event(message.webhook_url, str(message.job_id), status, data)
+def settled(message: Message, outcome: Outcome) -> Event | None:
+    """The event for a settled delivery, if its job has a webhook and the outcome is announced."""
+    if not message.webhook_url or message.job_id is None or not outcome.announced:
+        return None
+    data = _data(message, outcome.status)
+    data.update(outcome.webhook_fields())
+    return Event(message.webhook_url, str(message.job_id), outcome.status, data)
 
 
 def _data(message: Message, status: str) -> dict[str, Any]:

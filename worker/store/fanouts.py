@@ -31,7 +31,7 @@ SELECT %(parent)s, %(name)s, c.i - 1, c.body FROM unnest(%(bodies)s::jsonb[]) WI
 """
 SEND = "SELECT pgmq_worker.fan_out_send(%s, %s, %s)"
 # FOR UPDATE: a child's settle updates this row first too, so the parent's decision to sleep
-# until its deadline and the last child's wake-up cannot cross (see worker.runner, Parked).
+# until its deadline and the last child's wake-up cannot cross (see worker.settle, Waiting).
 LOCK = """
 SELECT total, succeeded, failed, status, now() >= deadline AS past_deadline,
     greatest(0, extract(epoch FROM deadline - now()))::float8 AS remaining_s
