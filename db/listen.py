@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import sql
 
+from db.backoff import reconnect_delay
 from db.connect import Target, aconnect
-from db.errors import DatabaseUnavailable
+from db.errors import DatabaseUnavailable, one_line
 from db.logs import get_logger
 
+# reconnect_delay (db.backoff) is named here for worker/runner.py's import until it imports db.backoff.
+__all__ = ["listen", "reconnect_delay", "sleep_or_stop"]
 log = get_logger()
-_rng = random.Random()  # noqa: S311  jitter is not security-sensitive
-
-
-def reconnect_delay(failures: int, cap: float) -> float:
-    """Seconds to wait after `failures` consecutive failures: 0.25 s doubling, capped, jittered."""
-    ceiling = min(cap, 0.25 * 2.0 ** min(failures, 16))
-    return ceiling * (0.5 + _rng.random() / 2)
 
 
 async def sleep_or_stop(stopping: asyncio.Event, delay: float) -> None:
@@ -71,6 +66,6 @@ async def listen(
                     await conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
             failures += 1
-            log.warning("listener.lost", error=str(exc).strip()[:200], attempt=failures)
+            log.warning("listener.lost", error=one_line(exc), attempt=failures)
             on_connect(False)
             await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -16,7 +15,8 @@ from uuid import UUID
 import psycopg
 from pydantic import BaseModel
 
-from db import storable
+from db import durations, storable
+from db.durations import Seconds
 from queues import pgmq
 from queues.catalog import catalog
 from queues.contract import Contract, QueueRef, queue_of
@@ -123,13 +123,14 @@ def _check_size(data: bytes) -> None:
         )
 
 
-def delay_seconds(delay: float | timedelta | None) -> int:
+def delay_seconds(delay: Seconds | None) -> int:
     """Whole seconds of delay (pgmq.send takes integers); InvalidPayload if negative."""
     if delay is None:
         return 0
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise InvalidPayload(f"delay must not be negative, got {seconds}")
+    try:
+        seconds = durations.non_negative(delay, "delay").total_seconds()
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
     return round(seconds)  # pgmq.send takes whole seconds on every version we support
 
 
@@ -198,7 +199,7 @@ def enqueue(
     ref: QueueRef,
     payload: Any,
     *,
-    delay: float | timedelta | None = None,
+    delay: Seconds | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
@@ -237,7 +238,7 @@ def enqueue_batch(
     ref: QueueRef,
     payloads: Sequence[Any],
     *,
-    delay: float | timedelta | None = None,
+    delay: Seconds | None = None,
     owner: UUID | str | None = None,
 ) -> list[Enqueued]:
     """Send many messages (and their job rows) in one statement; all are validated first."""
@@ -258,7 +259,7 @@ async def aenqueue(
     ref: QueueRef,
     payload: Any,
     *,
-    delay: float | timedelta | None = None,
+    delay: Seconds | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from db.connect import resolve
 from db.embedded import pgdata_path
-from db.errors import DatabaseError
+from db.errors import DatabaseError, one_line
 from db.logs import configure_logging, get_logger
 from db.redact import environment_secrets, redact
 from db.schema import prepare_schema
@@ -50,7 +50,7 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
     except (QueueError, DatabaseError) as exc:
         raise click.ClickException(redact(str(exc), secrets)) from exc
     except psycopg.OperationalError as exc:
-        raise click.ClickException(redact(f"database error: {exc}".strip().splitlines()[0], secrets)) from exc
+        raise click.ClickException(f"database error: {one_line(exc, secrets)}") from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
     app = create_app(target, settings=settings, db_settings=db_settings)

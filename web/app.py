@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.connect import Target, async_pool, connect
+from db.errors import one_line
 from db.logs import get_logger
 from db.settings import DatabaseSettings
 from queues import pgmq
@@ -157,7 +158,7 @@ def create_app(
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("web.database_unavailable", error=type(exc).__name__, detail=str(exc).strip()[:200])
+        log.warning("web.database_unavailable", error=type(exc).__name__, detail=one_line(exc))
         return await api_error(request, database_unavailable(RETRY_AFTER_S))
 
     for error in DB_ERRORS:
@@ -244,7 +245,7 @@ def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
             async with jobs.pool.connection(timeout=3) as conn:
                 await conn.execute("SELECT 1")
         except Exception as exc:  # any failure to reach the database is "unhealthy"
-            body = {"status": "unavailable", "error": str(exc).strip()[:200]}
+            body = {"status": "unavailable", "error": one_line(exc)}
             return JSONResponse(body, 503)
         return JSONResponse(
             {"status": "ok", "listening": jobs.events.listening, "streams": jobs.events.streams}

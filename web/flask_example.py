@@ -26,6 +26,7 @@ from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from psycopg_pool import ConnectionPool
 
 from db.connect import resolve, sync_pool
+from db.errors import one_line
 from db.logs import get_logger
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
@@ -135,7 +136,7 @@ def create_app(database_url: str | None = None, *, modules: tuple[str, ...] = ()
             with pool.connection(timeout=3) as conn:
                 conn.execute("SELECT 1")
         except Exception as exc:  # any failure to reach the database is "unhealthy"
-            return {"status": "unavailable", "error": str(exc).strip()[:200]}, 503
+            return {"status": "unavailable", "error": one_line(exc)}, 503
         return {"status": "ok"}, 200
 
     log.info("web.started", framework="flask", database=target.describe(), auth=auth.enabled)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from db import storable
 from db.connect import Target, connect, resolve
 from db.embedded import pgdata_path, stop_embedded
-from db.errors import DatabaseError
+from db.errors import DatabaseError, one_line
 from db.logs import configure_logging, get_logger
 from db.migrate import migrate as apply_migrations
 from db.migrate import status as migration_status
@@ -60,7 +60,7 @@ def _one_line_errors() -> Iterator[None]:
     except ValidationError as exc:
         raise _error_line(f"invalid setting: {describe_validation_error(exc)}") from exc
     except psycopg.OperationalError as exc:
-        raise _error_line(f"database error: {_first(exc)}") from exc
+        raise _error_line(f"database error: {one_line(exc, _secrets(), lines=2)}") from exc
 
 
 def _error_line(message: str) -> click.ClickException:
@@ -70,11 +70,6 @@ def _error_line(message: str) -> click.ClickException:
 def _secrets() -> tuple[str, ...]:
     """What is never printed or logged: the secrets of this process's environment (db.redact)."""
     return environment_secrets(os.environ)
-
-
-def _first(exc: BaseException) -> str:
-    text = redact(str(exc), _secrets()).strip()  # masked before it is cut
-    return " ".join(text.splitlines()[:2]) if text else type(exc).__name__
 
 
 def _settings(factory: Callable[..., T], **overrides: Any) -> T:
