@@ -187,7 +187,13 @@ def create_app(
         try:
             async with jobs.pool.connection() as conn:
                 sent = await aenqueue(
-                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                    conn,
+                    sub.queue,
+                    sub.body,
+                    delay=sub.delay,
+                    owner=owner,
+                    idempotency_key=scoped,
+                    catalog=jobs.catalog,
                 )
         except QueueError as exc:
             raise from_queue_error(exc) from exc

@@ -74,7 +74,13 @@ def jobs_blueprint(
         try:
             with pool.connection() as conn:
                 sent = enqueue(
-                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                    conn,
+                    sub.queue,
+                    sub.body,
+                    delay=sub.delay,
+                    owner=owner,
+                    idempotency_key=scoped,
+                    catalog=catalog,
                 )
         except QueueError as exc:
             raise from_queue_error(exc) from exc
