@@ -26,7 +26,6 @@ from queues import pgmq
 from queues.artifacts import NAME as ARTIFACT_NAME
 from queues.artifacts import Artifact, aget_artifact
 from queues.catalog import Catalog
-from queues.catalog import catalog as default_catalog
 from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
@@ -133,10 +132,11 @@ def create_app(
     *,
     settings: WebSettings | None = None,
     db_settings: DatabaseSettings | None = None,
-    catalog: Catalog = default_catalog,
+    catalog: Catalog | None = None,
 ) -> FastAPI:
-    """The web app on `target`; the catalog decides which queues accept which payloads."""
-    jobs = Jobs(target, settings or WebSettings(), db_settings or DatabaseSettings(), catalog)
+    """The web app on `target`; the catalog (None: an empty one) says which queues take which payloads."""
+    known = catalog if catalog is not None else Catalog()
+    jobs = Jobs(target, settings or WebSettings(), db_settings or DatabaseSettings(), known)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.durations import Duration
 
+# The handler modules a web process imports when none are named (`--import`, `modules=`).
+DEFAULT_IMPORTS = ("handlers",)
 MIN_SECRET_LENGTH = 16  # Supabase's are 40+; anything this short is a mistake, not a secret
 
 
