@@ -11,6 +11,7 @@ imports a handler module validates a payload exactly as the worker will, without
 from __future__ import annotations
 
 import importlib
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from pydantic import BaseModel
 from queues.contract import Contract, QueueRef, queue_of
 from queues.errors import QueueError
 
-SPEC_ATTRIBUTE = "__pgmq_queue__"  # where `mark` puts a handler function's QueueSpec
+# Where @handler leaves a function's spec: a QueueSpec, or a worker HandlerSpec with queue_spec().
+SPEC_ATTRIBUTE = "__pgmq_handler__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,27 +111,39 @@ catalog = Catalog()
 
 
 def mark(fn: Callable[..., Any], spec: QueueSpec) -> None:
-    """Attach to a handler function the queue it handles, for `load_catalog` to find (`@handler` calls it)."""
+    """Attach to a handler function the queue it handles, for `load_catalog` to find."""
     setattr(fn, SPEC_ATTRIBUTE, spec)
 
 
-def declared_in(modules: Iterable[ModuleType]) -> list[QueueSpec]:
-    """The QueueSpecs of the marked functions in `modules` and in their submodules they hold."""
-    found: list[QueueSpec] = []
-    seen: set[str] = set()
-    pending = list(modules)
-    while pending:
-        module = pending.pop(0)
-        if module.__name__ in seen:
-            continue
-        seen.add(module.__name__)
-        for value in vars(module).values():
-            if isinstance(value, ModuleType):
-                if value.__name__.startswith(module.__name__ + "."):  # a package's own submodule
-                    pending.append(value)
-            elif isinstance(spec := getattr(value, SPEC_ATTRIBUTE, None), QueueSpec):
-                found.append(spec)
+def marked(modules: Iterable[ModuleType]) -> list[Any]:
+    """What `@handler` left on the functions of `modules` and their submodules (SPEC_ATTRIBUTE).
+
+    The one walk over handler modules: the worker's Registry.from_modules keeps the values that
+    are its HandlerSpecs, load_catalog turns each into a QueueSpec.
+    """
+    found: list[Any] = []
+    for module in modules:
+        prefix = module.__name__ + "."
+        inside = [
+            m for key, m in list(sys.modules.items()) if key == module.__name__ or key.startswith(prefix)
+        ]
+        for each in inside:
+            for value in list(vars(each).values()):
+                mark_value = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
+                if mark_value is not None and getattr(mark_value, "fn", value) is value:  # not a copy's
+                    found.append(mark_value)
     return found
+
+
+def declared_in(modules: Iterable[ModuleType]) -> list[QueueSpec]:
+    """The queues the marked functions of `modules` (and their submodules) handle, as QueueSpecs."""
+    specs = []
+    for value in marked(modules):
+        if isinstance(value, QueueSpec):
+            specs.append(value)
+        elif isinstance(spec := getattr(value, "queue_spec", lambda: None)(), QueueSpec):
+            specs.append(spec)  # a worker HandlerSpec: its plain-data QueueSpec
+    return specs
 
 
 def load_catalog(names: Sequence[str]) -> Catalog:

@@ -38,6 +38,23 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                 pass
 
             mark(plain, QueueSpec("marked_plain", None, job_rows=False))
+
+            class Handler:  # what the worker's @handler leaves: its own spec, with queue_spec()
+                def __init__(self, fn):
+                    self.fn = fn
+
+                def queue_spec(self):
+                    return QueueSpec("marked_by_worker", None)
+
+            def work(payload, ctx):
+                pass
+
+            work.__pgmq_handler__ = Handler(work)
+
+            def alias(payload, ctx):
+                pass
+
+            alias.__pgmq_handler__ = Handler(work)  # another function's spec: not this one's handler
             """
         )
     )
@@ -53,6 +70,8 @@ def test_load_catalog_finds_the_queues_a_package_and_its_submodules_declare(pack
     ocr, plain = catalog.get("marked_ocr"), catalog.get("marked_plain")
     assert ocr is not None and ocr.summary == "Read the page." and ocr.steps == ("read",)
     assert plain is not None and plain.job_rows is False
+    assert catalog.get("marked_by_worker") is not None
+    assert len(catalog) == 3
 
 
 def test_declared_in_reads_only_the_modules_it_is_given(package: str) -> None:

@@ -18,20 +18,19 @@ from db.migrate import migrate as apply_migrations
 from db.pgmq_install import ensure_installed
 from db.settings import DatabaseSettings
 from queues import pgmq
-from queues.errors import UnknownQueue
 from worker.commands.edge import (
     concurrency_option,
     freeze_startup_objects,
-    import_handlers,
     imports_option,
+    load_registry,
     one_line_errors,
+    require_handlers,
     secrets,
     settings_from_env,
     target_of,
     threads_option,
 )
 from worker.loop import run as run_loop
-from worker.registry import registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 
@@ -69,10 +68,9 @@ def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None,
     settings = settings_from_env(WorkerSettings, concurrency=concurrency, threads=threads)
     db_settings = settings_from_env(DatabaseSettings)
     configure_logging(settings.log_format, settings.log_level, secrets())
-    names = import_handlers(imports)
+    registry = load_registry(imports)
     with one_line_errors():
-        if not registry:
-            raise UnknownQueue(f"no handlers registered by {', '.join(names)}")
+        require_handlers(registry, imports)
         target = target_of(db_settings)
         with connect(target) as conn:
             ensure_installed(conn)

@@ -23,8 +23,9 @@ from db.redact import environment_secrets, redact
 from db.settings import DatabaseSettings
 from queues.catalog import import_modules
 from queues.contract import describe_validation_error
-from queues.errors import QueueError
+from queues.errors import QueueError, UnknownQueue
 from worker.errors import WorkerError
+from worker.registry import Registry, registry
 
 T = TypeVar("T")
 DEFAULT_IMPORTS = ("handlers",)  # the project's reference handlers, when no --import is given
@@ -74,12 +75,18 @@ def target_of(db_settings: DatabaseSettings) -> Target:
     return target
 
 
-def import_handlers(modules: tuple[str, ...]) -> tuple[str, ...]:
-    """Import the handler modules named by --import (default: `handlers`); the names imported."""
-    names = modules or DEFAULT_IMPORTS
+def load_registry(modules: tuple[str, ...]) -> Registry:
+    """The registry of the handlers in the modules named by --import (default: `handlers`)."""
     with one_line_errors():
-        import_modules(names)
-    return names
+        import_modules(modules or DEFAULT_IMPORTS)
+    # @handler fills worker.registry's process registry; Registry.from_modules(names) replaces this.
+    return registry
+
+
+def require_handlers(reg: Registry, modules: tuple[str, ...]) -> None:
+    """UnknownQueue when the modules registered no handler: a worker would serve nothing."""
+    if not reg:
+        raise UnknownQueue(f"no handlers registered by {', '.join(modules or DEFAULT_IMPORTS)}")
 
 
 def freeze_startup_objects() -> None:

@@ -11,21 +11,20 @@ import click
 from db.logs import configure_logging, get_logger
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
-from queues.errors import UnknownQueue
 from queues.names import validate_queue_name
 from worker.commands.edge import (
     concurrency_option,
     freeze_startup_objects,
-    import_handlers,
     imports_option,
+    load_registry,
     one_line_errors,
+    require_handlers,
     secrets,
     settings_from_env,
     target_of,
     threads_option,
 )
 from worker.loop import run as run_loop
-from worker.registry import registry
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 from worker.supervisor import Supervisor, child_argv, child_env
@@ -63,12 +62,11 @@ def run(  # noqa: PLR0917  (click passes every option)
     )
     db_settings = settings_from_env(DatabaseSettings)
     configure_logging(settings.log_format, settings.log_level, secrets())
-    names = import_handlers(imports)
+    registry = load_registry(imports)
     with one_line_errors():
         for q in queues:
             validate_queue_name(q)
-        if not registry:
-            raise UnknownQueue(f"no handlers registered by {', '.join(names)}")
+        require_handlers(registry, imports)
         for q in queues:
             registry.get(q)
         target = target_of(db_settings)

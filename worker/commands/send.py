@@ -16,13 +16,13 @@ from queues.enqueue import delay_seconds, enqueue, prepare
 from queues.errors import UnknownQueue
 from queues.names import validate_queue_name
 from worker.commands.edge import (
-    import_handlers,
     imports_option,
+    load_registry,
     one_line_errors,
     settings_from_env,
     target_of,
 )
-from worker.registry import Registry, Task, registry
+from worker.registry import Registry, Task
 
 
 @click.command()
@@ -37,7 +37,7 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
     except storable.InvalidJson as exc:
         raise click.ClickException(f"PAYLOAD is not valid JSON: {exc}") from None
     db_settings = settings_from_env(DatabaseSettings)
-    import_handlers(imports)
+    registry = load_registry(imports)
     with one_line_errors():
         validate_queue_name(queue)
         known = _known(registry, queue)
