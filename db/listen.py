@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg import sql
 
-from db.backoff import reconnect_delay
+from db.backoff import reconnect_backoff, reconnect_delay
 from db.connect import Target, aconnect
+from db.durations import Seconds
 from db.errors import DatabaseUnavailable, one_line
 from db.logs import get_logger
 
@@ -36,13 +37,14 @@ async def listen(
     on_notify: Callable[[str, str], None],
     on_connect: Callable[[bool], None],
     stopping: asyncio.Event,
-    reconnect_max: float,
+    reconnect_max: Seconds,
 ) -> None:
     """LISTEN on `channels` until `stopping` is set; `on_notify(channel, payload)` for each message.
 
     `on_connect(True)` after every successful (re)connect, `on_connect(False)` when the
     connection is lost.
     """
+    backoff = reconnect_backoff(reconnect_max)
     failures = 0
     while not stopping.is_set():
         try:
@@ -50,7 +52,7 @@ async def listen(
         except DatabaseUnavailable as exc:
             failures += 1
             log.warning("listener.reconnecting", error=str(exc), attempt=failures)
-            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
+            await sleep_or_stop(stopping, backoff.delay(failures))
             continue
         try:
             async with conn:
@@ -68,4 +70,4 @@ async def listen(
             failures += 1
             log.warning("listener.lost", error=one_line(exc), attempt=failures)
             on_connect(False)
-            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
+            await sleep_or_stop(stopping, backoff.delay(failures))

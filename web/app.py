@@ -84,7 +84,7 @@ class Jobs:
             check=True,
             timeout=REQUEST_DB_TIMEOUT_S,
         )
-        self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout.total_seconds())
+        self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout)
 
     async def open(self) -> None:
         """Create the catalog's queues (as the worker would), open the pool, start listening."""

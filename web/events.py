@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
 from db.connect import Target
+from db.durations import Seconds
 from db.errors import one_line
 from db.listen import listen, sleep_or_stop
 from db.logs import get_logger
@@ -32,7 +34,9 @@ WATCH_TTL_S = 120.0  # a crashed process's watches expire after this; live ones 
 class JobEvents:
     """Wakes the streams that follow a job when its row changes."""
 
-    def __init__(self, target: Target, pool: AsyncConnectionPool, *, reconnect_max: float = 30.0) -> None:
+    def __init__(
+        self, target: Target, pool: AsyncConnectionPool, *, reconnect_max: Seconds = timedelta(seconds=30)
+    ) -> None:
         self.target = target
         self.pool = pool
         self.reconnect_max = reconnect_max
