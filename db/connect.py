@@ -10,8 +10,8 @@ from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from db.embedded import embedded_url, pgdata_path
-from db.errors import DatabaseUnavailable
-from db.redact import mask_url, redact, reserved_in_password, url_secrets
+from db.errors import DatabaseUnavailable, one_line
+from db.redact import mask_url, reserved_in_password, url_secrets
 from db.settings import DatabaseSettings, PoolerMode
 
 SUPAVISOR_TRANSACTION_PORT = 6543
@@ -84,7 +84,7 @@ def resolve(settings: DatabaseSettings) -> Target:
         # message out of tracebacks too. A percent-escape that is not UTF-8 (`%80`) fails in
         # psycopg's decoding of what libpq parsed.
         raise DatabaseUnavailable(
-            f"DATABASE_URL is not a valid Postgres URL: {_first_line(exc, url_secrets(url))}"
+            f"DATABASE_URL is not a valid Postgres URL: {one_line(exc, url_secrets(url))}"
         ) from None
     if settings.pooler is PoolerMode.AUTO:
         pooled = str(info.get("port", "")) == str(SUPAVISOR_TRANSACTION_PORT)
@@ -177,10 +177,4 @@ def _backend_pid(conn: psycopg.Connection[Any]) -> int:
 
 def _unavailable(target: Target, exc: psycopg.Error) -> DatabaseUnavailable:
     """A one-line error without the password (`from None` at the raise: the cause may quote it)."""
-    return DatabaseUnavailable(f"cannot reach {target.describe()}: {_first_line(exc, target.secrets())}")
-
-
-def _first_line(exc: BaseException, secrets: tuple[str, ...]) -> str:
-    # Masked before it is cut: a password may hold a line break of its own (U+0085).
-    text = redact(str(exc), secrets).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return DatabaseUnavailable(f"cannot reach {target.describe()}: {one_line(exc, target.secrets())}")

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import sql
 
+from db.backoff import reconnect_backoff, reconnect_delay
 from db.connect import Target, aconnect
-from db.errors import DatabaseUnavailable
+from db.durations import Seconds
+from db.errors import DatabaseUnavailable, one_line
 from db.logs import get_logger
 
+# reconnect_delay (db.backoff) is named here for worker/runner.py's import until it imports db.backoff.
+__all__ = ["listen", "reconnect_delay", "sleep_or_stop"]
 log = get_logger()
-_rng = random.Random()  # noqa: S311  jitter is not security-sensitive
-
-
-def reconnect_delay(failures: int, cap: float) -> float:
-    """Seconds to wait after `failures` consecutive failures: 0.25 s doubling, capped, jittered."""
-    ceiling = min(cap, 0.25 * 2.0 ** min(failures, 16))
-    return ceiling * (0.5 + _rng.random() / 2)
 
 
 async def sleep_or_stop(stopping: asyncio.Event, delay: float) -> None:
@@ -41,13 +37,14 @@ async def listen(
     on_notify: Callable[[str, str], None],
     on_connect: Callable[[bool], None],
     stopping: asyncio.Event,
-    reconnect_max: float,
+    reconnect_max: Seconds,
 ) -> None:
     """LISTEN on `channels` until `stopping` is set; `on_notify(channel, payload)` for each message.
 
     `on_connect(True)` after every successful (re)connect, `on_connect(False)` when the
     connection is lost.
     """
+    backoff = reconnect_backoff(reconnect_max)
     failures = 0
     while not stopping.is_set():
         try:
@@ -55,7 +52,7 @@ async def listen(
         except DatabaseUnavailable as exc:
             failures += 1
             log.warning("listener.reconnecting", error=str(exc), attempt=failures)
-            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
+            await sleep_or_stop(stopping, backoff.delay(failures))
             continue
         try:
             async with conn:
@@ -71,6 +68,6 @@ async def listen(
                     await conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
             failures += 1
-            log.warning("listener.lost", error=str(exc).strip()[:200], attempt=failures)
+            log.warning("listener.lost", error=one_line(exc), attempt=failures)
             on_connect(False)
-            await sleep_or_stop(stopping, reconnect_delay(failures, reconnect_max))
+            await sleep_or_stop(stopping, backoff.delay(failures))

@@ -5,24 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _seconds(value: Any) -> Any:
-    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second (pydantic wants ISO 8601 strings)."""
-    if isinstance(value, str):
-        try:
-            return timedelta(seconds=float(value))
-        except ValueError:
-            return value  # ISO 8601 ("PT30S") and "HH:MM:SS" still go to pydantic
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_seconds)]
-"""A duration setting: seconds as a number (`0.5`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""
+from db.durations import Duration
 
 
 class PoolerMode(StrEnum):

@@ -1,6 +1,6 @@
 """Queue declarations, typed message contracts and the enqueue API used by web processes."""
 
-from queues.catalog import Catalog, QueueSpec, catalog
+from queues.catalog import Catalog, QueueSpec, load_catalog
 from queues.contract import Contract, QueueRef, queue_of
 from queues.enqueue import Enqueued, aenqueue, enqueue, enqueue_batch
 from queues.errors import InvalidPayload, InvalidQueueName, PayloadTooLarge, QueueError, UnknownQueue
@@ -21,11 +21,11 @@ __all__ = [
     "UnknownQueue",
     "aenqueue",
     "aget_job",
-    "catalog",
     "dlq_name",
     "enqueue",
     "enqueue_batch",
     "get_job",
+    "load_catalog",
     "queue_of",
     "validate_queue_name",
 ]

@@ -1,24 +1,30 @@
-"""The queues this process knows by name, with their payload models: what web endpoints accept.
+"""The queues a process knows by name, with their payload models: what web endpoints accept.
 
-`@handler` declares its queue here, so a web process that imports the handler modules validates
-a payload exactly as the worker will, without importing the worker itself. Web code that only
-enqueues declares its contracts directly with `catalog.declare(Contract(...))`.
+A `Catalog` is an object the process builds at its edge and passes down (no module-level one is
+read here): the web process builds it from its handler modules (`load_catalog`), the worker from
+its registry (`Catalog.from_registry`), web code that only enqueues from its contracts
+(`Catalog([...])` or `declare`). queues/ never imports worker/: the registry hands over plain
+`QueueSpec`s, and `@handler` marks each function with its QueueSpec (`mark`), so a process that
+imports a handler module validates a payload exactly as the worker will, without the worker.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from queues.contract import Contract, QueueRef, queue_of
 from queues.errors import QueueError
 
-DEFAULT_MODULES = ("handlers",)  # the project's reference handlers
+# Where @handler leaves a function's spec: a QueueSpec, or a worker HandlerSpec with queue_spec().
+SPEC_ATTRIBUTE = "__pgmq_handler__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +64,26 @@ class QueueSpec:
         }
 
 
+class QueueSource(Protocol):
+    """What a catalog can be derived from: the worker's Registry hands out one QueueSpec per handler."""
+
+    def queue_specs(self) -> Iterable[QueueSpec]:
+        """The declared queues, as plain data."""
+        ...
+
+
 class Catalog:
     """Queue name -> QueueSpec; a later declaration of the same queue replaces the earlier one."""
 
-    def __init__(self) -> None:
+    def __init__(self, specs: Iterable[QueueSpec] = ()) -> None:
         self._specs: dict[str, QueueSpec] = {}
+        for spec in specs:
+            self._specs[spec.queue] = spec
+
+    @classmethod
+    def from_registry(cls, source: QueueSource) -> Catalog:
+        """The catalog of a registry's queues (worker.registry.Registry.queue_specs)."""
+        return cls(source.queue_specs())
 
     def declare(
         self, ref: QueueRef, *, summary: str = "", steps: Sequence[str] = (), job_rows: bool = True
@@ -83,25 +104,67 @@ class Catalog:
     def __len__(self) -> int:
         return len(self._specs)
 
-    def clear(self) -> None:
-        """Forget every declaration (tests)."""
-        self._specs.clear()
+
+# TRANSITIONAL, read by load_catalog only: worker/registry.py still declares the default
+# registry's handlers here. Once @handler calls `mark` instead (see the dedup report), this goes.
+catalog = Catalog()
 
 
-catalog = Catalog()  # the one `@handler` fills and the web process reads
+def mark(fn: Callable[..., Any], spec: QueueSpec) -> None:
+    """Attach to a handler function the queue it handles, for `load_catalog` to find."""
+    setattr(fn, SPEC_ATTRIBUTE, spec)
 
 
-def import_modules(names: Sequence[str]) -> None:
-    """Import the modules that declare queues (handler modules: `@handler` declares as it registers).
+def marked(modules: Iterable[ModuleType]) -> list[Any]:
+    """What `@handler` left on the functions of `modules` and their submodules (SPEC_ATTRIBUTE).
+
+    The one walk over handler modules: the worker's Registry.from_modules keeps the values that
+    are its HandlerSpecs, load_catalog turns each into a QueueSpec.
+    """
+    found: list[Any] = []
+    for module in modules:
+        prefix = module.__name__ + "."
+        inside = [
+            m for key, m in list(sys.modules.items()) if key == module.__name__ or key.startswith(prefix)
+        ]
+        for each in inside:
+            for value in list(vars(each).values()):
+                mark_value = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
+                if mark_value is not None and getattr(mark_value, "fn", value) is value:  # not a copy's
+                    found.append(mark_value)
+    return found
+
+
+def declared_in(modules: Iterable[ModuleType]) -> list[QueueSpec]:
+    """The queues the marked functions of `modules` (and their submodules) handle, as QueueSpecs."""
+    specs = []
+    for value in marked(modules):
+        if isinstance(value, QueueSpec):
+            specs.append(value)
+        elif isinstance(spec := getattr(value, "queue_spec", lambda: None)(), QueueSpec):
+            specs.append(spec)  # a worker HandlerSpec: its plain-data QueueSpec
+    return specs
+
+
+def load_catalog(names: Sequence[str]) -> Catalog:
+    """Import the named handler modules; the catalog of the queues they declare."""
+    modules = import_modules(names)
+    return Catalog([*catalog, *declared_in(modules)])
+
+
+def import_modules(names: Sequence[str]) -> list[ModuleType]:
+    """Import the modules that declare queues (handler modules), by the names the edge was given.
 
     QueueError names the module and the failing line when one cannot be imported.
     """
-    for name in names or DEFAULT_MODULES:
+    modules = []
+    for name in names:
         try:
-            importlib.import_module(name)
+            modules.append(importlib.import_module(name))
         except Exception as exc:
             where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             at = f" ({where.filename}:{where.lineno})" if where else ""
             raise QueueError(
                 f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}{at}"
             ) from exc
+    return modules

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -16,9 +15,10 @@ from uuid import UUID
 import psycopg
 from pydantic import BaseModel
 
-from db import storable
+from db import durations, storable
+from db.durations import Seconds
 from queues import pgmq
-from queues.catalog import catalog
+from queues.catalog import Catalog
 from queues.contract import Contract, QueueRef, queue_of
 from queues.errors import InvalidPayload, NoJobRows, PayloadTooLarge, UnknownQueue
 
@@ -44,22 +44,20 @@ def prepare(ref: QueueRef, payload: Any) -> tuple[str, dict[str, Any]]:
     The object holds JSON types only (db.storable: what may be stored), checked and within the
     size limit; InvalidPayload otherwise.
     """
-    queue = queue_of(ref)
-    if isinstance(ref, Contract):
-        body: Any = ref.parse(payload).model_dump(mode="json")
-    elif isinstance(payload, BaseModel):
-        body = payload.model_dump(mode="json")
-    else:
-        body = payload
-    if not isinstance(body, dict):
-        raise InvalidPayload(f"a message must be a JSON object, got {type(body).__name__}")
-    body = _storable(body)
+    body = _storable(_object(ref, payload))
     _check_size(storable.dumps_bytes(body))
-    return queue, body
+    return queue_of(ref), body
 
 
 def encode(ref: QueueRef, payload: Any) -> str:
     """prepare's checks, returning the object as JSON text (what travels to the database)."""
+    text = _dumps(_object(ref, payload))
+    _check_size(text.encode())
+    return text
+
+
+def _object(ref: QueueRef, payload: Any) -> dict[str, Any]:
+    """The payload as a JSON object: validated by the contract (when given); InvalidPayload if not one."""
     if isinstance(ref, Contract):
         # Dumped by pydantic, then checked by the storage rule: a model's str field may hold a NUL.
         body: Any = ref.parse(payload).model_dump(mode="json")
@@ -69,9 +67,7 @@ def encode(ref: QueueRef, payload: Any) -> str:
         body = payload
     if not isinstance(body, dict):
         raise InvalidPayload(f"a message must be a JSON object, got {type(body).__name__}")
-    text = _dumps(body)
-    _check_size(text.encode())
-    return text
+    return body
 
 
 def _storable(body: Any) -> Any:
@@ -123,13 +119,14 @@ def _check_size(data: bytes) -> None:
         )
 
 
-def delay_seconds(delay: float | timedelta | None) -> int:
+def delay_seconds(delay: Seconds | None) -> int:
     """Whole seconds of delay (pgmq.send takes integers); InvalidPayload if negative."""
     if delay is None:
         return 0
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise InvalidPayload(f"delay must not be negative, got {seconds}")
+    try:
+        seconds = durations.non_negative(delay, "delay").total_seconds()
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
     return round(seconds)  # pgmq.send takes whole seconds on every version we support
 
 
@@ -176,12 +173,55 @@ def _key(key: str | None) -> str | None:
     return key
 
 
-def _with_job_rows(queue: str) -> None:
-    """NoJobRows when this process knows the queue's handler runs without job rows.
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """One enqueue's checked parameters, built before any statement is sent (sync or async)."""
+
+    queue: str
+    body: str
+    delay_s: int
+    owner: UUID | None
+    key: str | None
+    webhook: str | None
+
+    @classmethod
+    def of(
+        cls,
+        ref: QueueRef,
+        payload: Any,
+        delay: Seconds | None,
+        owner: UUID | str | None,
+        *,
+        key: str | None,
+        hook: str | None,
+        catalog: Catalog | None,
+    ) -> _Send:
+        """Every check enqueue and aenqueue make, in the order they have always made them."""
+        queue, body = queue_of(ref), encode(ref, payload)
+        _with_job_rows(catalog, queue)
+        return cls(queue, body, delay_seconds(delay), owner_id(owner), _key(key), _webhook(hook))
+
+    def params(self, *, key: str | None) -> dict[str, Any]:
+        """send_job's keyword arguments (`key` None: the first, unkeyed, statement)."""
+        return {"owner": self.owner, "key": key, "webhook": self.webhook}
+
+    def sent(self, sent: tuple[UUID, int] | None) -> Enqueued:
+        """The new job; UnknownQueue if send_job found no such queue."""
+        if sent is None:
+            raise _unknown(self.queue)
+        return Enqueued(self.queue, sent[1], sent[0])
+
+    def existing(self, found: tuple[UUID, int]) -> Enqueued:
+        """The unfinished job an earlier enqueue with the same idempotency key made."""
+        return Enqueued(self.queue, found[1], found[0], created=False)
+
+
+def _with_job_rows(catalog: Catalog | None, queue: str) -> None:
+    """NoJobRows when the caller's catalog says the queue's handler runs without job rows.
 
     An enqueue returns a job; such a queue's worker would leave that row `queued` for ever.
     """
-    spec = catalog.get(queue)
+    spec = catalog.get(queue) if catalog is not None else None
     if spec is not None and not spec.job_rows:
         raise NoJobRows(
             f"queue {queue!r} runs without job rows (job_rows=False): send with pgmq.send / "
@@ -198,59 +238,32 @@ def enqueue(
     ref: QueueRef,
     payload: Any,
     *,
-    delay: float | timedelta | None = None,
+    delay: Seconds | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    catalog: Catalog | None = None,
 ) -> Enqueued:
     """Send one message and create its job row on the caller's connection (and transaction).
 
     With an idempotency key, a second enqueue while the first job is unfinished returns that job.
-    With a webhook_url, the worker POSTs the job's status changes there (signed).
+    With a webhook_url, the worker POSTs the job's status changes there (signed). With a catalog
+    (the process's declared queues), a queue declared without job rows is refused (NoJobRows).
     """
-    queue, body = queue_of(ref), encode(ref, payload)
-    _with_job_rows(queue)
-    delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
-    hook = _webhook(webhook_url)
-    if key is None:  # one statement, one round trip
-        sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=None, webhook=hook)
-        if sent is None:
-            raise _unknown(queue)
-        return Enqueued(queue, sent[1], sent[0])
-    if (found := pgmq.active_job(conn, queue, key)) is not None:
-        return Enqueued(queue, found[1], found[0], created=False)
+    s = _Send.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
+    if s.key is None:  # one statement, one round trip
+        return s.sent(pgmq.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
+    if (found := pgmq.active_job(conn, s.queue, s.key)) is not None:
+        return s.existing(found)
     try:
         with conn.transaction():  # a savepoint: a lost race must not abort the caller's transaction
-            sent = pgmq.send_job(conn, queue, body, delay_s, owner=who, key=key, webhook=hook)
+            sent = pgmq.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
     except psycopg.errors.UniqueViolation:
         # A concurrent enqueue with the same key won; ours (message included) was rolled back.
-        if (found := pgmq.active_job(conn, queue, key)) is None:
+        if (found := pgmq.active_job(conn, s.queue, s.key)) is None:
             raise
-        return Enqueued(queue, found[1], found[0], created=False)
-    if sent is None:
-        raise _unknown(queue)
-    return Enqueued(queue, sent[1], sent[0])
-
-
-def enqueue_batch(
-    conn: psycopg.Connection[Any],
-    ref: QueueRef,
-    payloads: Sequence[Any],
-    *,
-    delay: float | timedelta | None = None,
-    owner: UUID | str | None = None,
-) -> list[Enqueued]:
-    """Send many messages (and their job rows) in one statement; all are validated first."""
-    queue = queue_of(ref)
-    bodies = encode_batch(ref, payloads)
-    delay_s, who = delay_seconds(delay), owner_id(owner)
-    if not payloads:
-        return []
-    _with_job_rows(queue)
-    sent = pgmq.send_job_batch(conn, queue, bodies, len(payloads), delay_s=delay_s, owner=who)
-    if not sent:
-        raise _unknown(queue)
-    return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]
+        return s.existing(found)
+    return s.sent(sent)
 
 
 async def aenqueue(
@@ -258,30 +271,45 @@ async def aenqueue(
     ref: QueueRef,
     payload: Any,
     *,
-    delay: float | timedelta | None = None,
+    delay: Seconds | None = None,
     owner: UUID | str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    catalog: Catalog | None = None,
 ) -> Enqueued:
-    """The async twin of enqueue, for FastAPI."""
-    queue, body = queue_of(ref), encode(ref, payload)
-    _with_job_rows(queue)
-    delay_s, who, key = delay_seconds(delay), owner_id(owner), _key(idempotency_key)
-    hook = _webhook(webhook_url)
-    if key is None:
-        sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=None, webhook=hook)
-        if sent is None:
-            raise _unknown(queue)
-        return Enqueued(queue, sent[1], sent[0])
-    if (found := await pgmq.aactive_job(conn, queue, key)) is not None:
-        return Enqueued(queue, found[1], found[0], created=False)
+    """The async twin of enqueue, for FastAPI: the same checks (_Send), awaited statements."""
+    s = _Send.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
+    if s.key is None:
+        return s.sent(await pgmq.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
+    if (found := await pgmq.aactive_job(conn, s.queue, s.key)) is not None:
+        return s.existing(found)
     try:
         async with conn.transaction():
-            sent = await pgmq.asend_job(conn, queue, body, delay_s, owner=who, key=key, webhook=hook)
+            sent = await pgmq.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
     except psycopg.errors.UniqueViolation:
-        if (found := await pgmq.aactive_job(conn, queue, key)) is None:
+        if (found := await pgmq.aactive_job(conn, s.queue, s.key)) is None:
             raise
-        return Enqueued(queue, found[1], found[0], created=False)
-    if sent is None:
+        return s.existing(found)
+    return s.sent(sent)
+
+
+def enqueue_batch(
+    conn: psycopg.Connection[Any],
+    ref: QueueRef,
+    payloads: Sequence[Any],
+    *,
+    delay: Seconds | None = None,
+    owner: UUID | str | None = None,
+    catalog: Catalog | None = None,
+) -> list[Enqueued]:
+    """Send many messages (and their job rows) in one statement; all are validated first."""
+    queue = queue_of(ref)
+    bodies = encode_batch(ref, payloads)
+    delay_s, who = delay_seconds(delay), owner_id(owner)
+    if not payloads:
+        return []
+    _with_job_rows(catalog, queue)
+    sent = pgmq.send_job_batch(conn, queue, bodies, len(payloads), delay_s=delay_s, owner=who)
+    if not sent:
         raise _unknown(queue)
-    return Enqueued(queue, sent[1], sent[0])
+    return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]

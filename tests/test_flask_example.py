@@ -17,9 +17,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg_pool import ConnectionPool
 
-import handlers  # noqa: F401  (declares text_stats in the catalog)
 from db.connect import Target, sync_pool
-from queues import enqueue, pgmq
+from queues import enqueue, load_catalog, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
 from queues.jobs import get_job
 from tests.helpers import rows
@@ -27,6 +26,8 @@ from web.app import create_app as create_fastapi_app
 from web.auth import Auth
 from web.flask_example import POOL_EXTENSION, create_app, jobs_blueprint
 from web.settings import WebSettings
+
+HANDLERS = load_catalog(["handlers"])  # the reference handlers' queues, as `python -m web` loads them
 
 SECRET = "flask-test-secret-of-32-chars!!!"
 ALICE, BOB = uuid.UUID(int=11), uuid.UUID(int=12)
@@ -57,7 +58,7 @@ def pool(target: Target, conn: psycopg.Connection[Any]) -> Iterator[ConnectionPo
 def client_for(pool: ConnectionPool, auth: Auth | None = None, url_prefix: str = "") -> FlaskClient:
     """A Flask app with only the jobs blueprint, and its test client."""
     app = Flask(__name__)
-    app.register_blueprint(jobs_blueprint(pool, auth=auth, url_prefix=url_prefix))
+    app.register_blueprint(jobs_blueprint(pool, catalog=HANDLERS, auth=auth, url_prefix=url_prefix))
     return app.test_client()
 
 
@@ -223,7 +224,7 @@ def test_url_prefix_is_in_the_routes_and_the_location(pool: ConnectionPool) -> N
     assert client.get(answer.headers["Location"]).get_json()["id"] == body["job_id"]
 
     app = Flask(__name__)
-    app.register_blueprint(jobs_blueprint(pool), url_prefix="/v1")
+    app.register_blueprint(jobs_blueprint(pool, catalog=HANDLERS), url_prefix="/v1")
     mounted = app.test_client().post("/v1/jobs/text_stats", json={"text": "a"})
     assert mounted.headers["Location"].startswith("/v1/jobs/")
 
@@ -262,7 +263,7 @@ def fastapi_and_flask(
 ) -> Iterator[tuple[TestClient, FlaskClient]]:
     """Test clients of the FastAPI app and of the blueprint, on the same database and auth settings."""
     settings = WebSettings(jwt_secret=secret)
-    with TestClient(create_fastapi_app(target, settings=settings)) as api:
+    with TestClient(create_fastapi_app(target, settings=settings, catalog=HANDLERS)) as api:
         yield api, client_for(pool, Auth(secret))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -259,17 +258,14 @@ def test_bad_job_rows_combinations_are_refused_at_declaration(kwargs: dict[str, 
         handler("q", registry=Registry(), **kwargs)
 
 
-def test_enqueue_refuses_a_queue_declared_without_job_rows(
-    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_enqueue_refuses_a_queue_declared_without_job_rows(conn: psycopg.Connection[Any]) -> None:
     """enqueue returns a job, and such a queue would never settle one: a clear error, nothing sent."""
     declared = Catalog()  # as `@handler(..., job_rows=False)` declares it in a web process
     declared.declare("plain_declared", job_rows=False)
-    monkeypatch.setattr(sys.modules["queues.enqueue"], "catalog", declared)
     pgmq.ensure_queue(conn, "plain_declared")
     with pytest.raises(NoJobRows, match="job_rows=False"):
-        enqueue(conn, "plain_declared", {"n": 1})
+        enqueue(conn, "plain_declared", {"n": 1}, catalog=declared)
     with pytest.raises(NoJobRows):
-        enqueue_batch(conn, "plain_declared", [{"n": 1}, {"n": 2}])
+        enqueue_batch(conn, "plain_declared", [{"n": 1}, {"n": 2}], catalog=declared)
     assert rows(conn, "plain_declared") == []
     assert job_rows(conn, "plain_declared") == 0

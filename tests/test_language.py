@@ -38,7 +38,7 @@ from handlers.language import LANGUAGE_PAGE, MAX_IMAGE_BYTES, Translation, read_
 from handlers.llm import NOT_CONFIGURED, LlmSettings, chat, parse_answer
 from handlers.provider import ProviderError
 from handlers.samples.make_sample import TEXT
-from queues import InvalidPayload, enqueue, pgmq
+from queues import InvalidPayload, enqueue, load_catalog, pgmq
 from queues.artifacts import MAX_ARTIFACT_BYTES
 from tests.helpers import captured, dead, job, rows, run_burst, sigkill, spawned, visible_now, worker_process
 from tests.standins import TRANSLATION, LlmStandIn, llm_server
@@ -274,7 +274,7 @@ def test_the_artifact_route_serves_the_wav_to_the_jobs_owner_only(
     run_language(target)
     row = job(conn, QUEUE, msg_id)
     url = row["result"]["audio"][0]["url"]
-    app = create_app(target, settings=WebSettings(jwt_secret=SECRET))
+    app = create_app(target, settings=WebSettings(jwt_secret=SECRET), catalog=load_catalog(["handlers"]))
     with TestClient(app) as client:
         for answer in (
             client.get(url, headers={"Authorization": f"Bearer {token(ALICE)}"}),
@@ -370,7 +370,7 @@ def test_the_web_process_refuses_bad_pages_and_the_worker_dead_letters_them(
 ) -> None:
     """POST with a text file as the image is a 422 naming the problem; a body over 1 MB a 413; a bad
     page sent straight to pgmq (another client) is dead-lettered as invalid_payload, never OCRed."""
-    with TestClient(create_app(target)) as client:
+    with TestClient(create_app(target, catalog=load_catalog(["handlers"]))) as client:
         answer = client.post(f"/jobs/{QUEUE}", json={"image_base64": b64(b"plain text")})
         assert answer.status_code == 422
         assert answer.json()["error"]["code"] == "invalid_payload"

@@ -21,11 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import handlers  # noqa: F401  (declares text_stats and text_report in the catalog)
 from db.connect import Target
 from handlers.images import IMAGE_BATCH
 from handlers.report import TEXT_REPORT
-from queues import enqueue_batch, pgmq
+from queues import enqueue_batch, load_catalog, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
 from queues.jobs import JOB_CHANNEL, get_job
 from tests.helpers import make_worker, rows
@@ -66,7 +65,7 @@ def web_settings(**overrides: Any) -> WebSettings:
 
 
 def app_on(target: Target, **settings: Any) -> FastAPI:
-    return create_app(target, settings=web_settings(**settings))
+    return create_app(target, settings=web_settings(**settings), catalog=load_catalog(["handlers"]))
 
 
 @pytest.fixture

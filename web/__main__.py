@@ -14,16 +14,16 @@ from pydantic import ValidationError
 
 from db.connect import resolve
 from db.embedded import pgdata_path
-from db.errors import DatabaseError
+from db.errors import DatabaseError, one_line
 from db.logs import configure_logging, get_logger
 from db.redact import environment_secrets, redact
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
-from queues.catalog import import_modules
+from queues.catalog import load_catalog
 from queues.contract import describe_validation_error
 from queues.errors import QueueError
 from web.app import create_app
-from web.settings import WebSettings
+from web.settings import DEFAULT_IMPORTS, WebSettings
 
 GRACEFUL_SHUTDOWN_S = 5  # open SSE streams are cut after this; browsers' EventSource reconnects
 
@@ -44,16 +44,16 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
     if settings.jwt_secret is None:  # before any database work: a configuration error
         refuse_open_endpoints(host, private=settings.web_private)
     try:
-        import_modules(imports)
+        catalog = load_catalog(imports or DEFAULT_IMPORTS)  # this process's queues, built here
         target = resolve(db_settings)
         prepare_schema(target)
     except (QueueError, DatabaseError) as exc:
         raise click.ClickException(redact(str(exc), secrets)) from exc
     except psycopg.OperationalError as exc:
-        raise click.ClickException(redact(f"database error: {exc}".strip().splitlines()[0], secrets)) from exc
+        raise click.ClickException(f"database error: {one_line(exc, secrets)}") from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
-    app = create_app(target, settings=settings, db_settings=db_settings)
+    app = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
     # uvicorn re-raises the stop signal after its graceful shutdown; with this handler in place the
     # re-raised signal is a no-op, so a clean stop exits 0 (Fly and `dev` read the exit status).
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,13 +19,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.connect import Target, async_pool, connect
+from db.errors import one_line
 from db.logs import get_logger
 from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.artifacts import NAME as ARTIFACT_NAME
 from queues.artifacts import Artifact, aget_artifact
 from queues.catalog import Catalog
-from queues.catalog import catalog as default_catalog
 from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
@@ -85,7 +85,7 @@ class Jobs:
             check=True,
             timeout=REQUEST_DB_TIMEOUT_S,
         )
-        self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout.total_seconds())
+        self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout)
 
     async def open(self) -> None:
         """Create the catalog's queues (as the worker would), open the pool, start listening."""
@@ -133,10 +133,11 @@ def create_app(
     *,
     settings: WebSettings | None = None,
     db_settings: DatabaseSettings | None = None,
-    catalog: Catalog = default_catalog,
+    catalog: Catalog | None = None,
 ) -> FastAPI:
-    """The web app on `target`; the catalog decides which queues accept which payloads."""
-    jobs = Jobs(target, settings or WebSettings(), db_settings or DatabaseSettings(), catalog)
+    """The web app on `target`; the catalog (None: an empty one) says which queues take which payloads."""
+    known = catalog if catalog is not None else Catalog()
+    jobs = Jobs(target, settings or WebSettings(), db_settings or DatabaseSettings(), known)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -158,7 +159,7 @@ def create_app(
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("web.database_unavailable", error=type(exc).__name__, detail=str(exc).strip()[:200])
+        log.warning("web.database_unavailable", error=type(exc).__name__, detail=one_line(exc))
         return await api_error(request, database_unavailable(RETRY_AFTER_S))
 
     for error in DB_ERRORS:
@@ -192,7 +193,13 @@ def create_app(
         try:
             async with jobs.pool.connection() as conn:
                 sent = await aenqueue(
-                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                    conn,
+                    sub.queue,
+                    sub.body,
+                    delay=sub.delay,
+                    owner=owner,
+                    idempotency_key=scoped,
+                    catalog=jobs.catalog,
                 )
         except QueueError as exc:
             raise from_queue_error(exc) from exc
@@ -269,7 +276,7 @@ def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
             async with jobs.pool.connection(timeout=3) as conn:
                 await conn.execute("SELECT 1")
         except Exception as exc:  # any failure to reach the database is "unhealthy"
-            body = {"status": "unavailable", "error": str(exc).strip()[:200]}
+            body = {"status": "unavailable", "error": one_line(exc)}
             return JSONResponse(body, 503)
         return JSONResponse(
             {"status": "ok", "listening": jobs.events.listening, "streams": jobs.events.streams}

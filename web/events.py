@@ -15,11 +15,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
 from db.connect import Target
+from db.durations import Seconds
+from db.errors import one_line
 from db.listen import listen, sleep_or_stop
 from db.logs import get_logger
 from queues.jobs import JOB_CHANNEL, renew_watches, unwatch, unwatch_all, watch
@@ -31,7 +34,9 @@ WATCH_TTL_S = 120.0  # a crashed process's watches expire after this; live ones 
 class JobEvents:
     """Wakes the streams that follow a job when its row changes."""
 
-    def __init__(self, target: Target, pool: AsyncConnectionPool, *, reconnect_max: float = 30.0) -> None:
+    def __init__(
+        self, target: Target, pool: AsyncConnectionPool, *, reconnect_max: Seconds = timedelta(seconds=30)
+    ) -> None:
         self.target = target
         self.pool = pool
         self.reconnect_max = reconnect_max
@@ -63,7 +68,7 @@ class JobEvents:
                 async with self.pool.connection(timeout=5) as conn:
                     await unwatch_all(conn, self.listener_id)
             except Exception as exc:  # they expire on their own
-                log.warning("job_events.unwatch_failed", error=str(exc).strip()[:200])
+                log.warning("job_events.unwatch_failed", error=one_line(exc))
         self._tasks = []
         self._wake_all()
 
@@ -102,7 +107,7 @@ class JobEvents:
                     async with self.pool.connection(timeout=5) as conn:
                         await unwatch(conn, job_id, self.listener_id)
         except Exception as exc:  # the watch expires on its own; only costs a few notifications
-            log.warning("job_events.unwatch_failed", job_id=key, error=str(exc).strip()[:200])
+            log.warning("job_events.unwatch_failed", job_id=key, error=one_line(exc))
 
     @property
     def streams(self) -> int:
@@ -146,4 +151,4 @@ class JobEvents:
                 async with self.pool.connection(timeout=5) as conn:
                     await renew_watches(conn, self.listener_id, WATCH_TTL_S)
             except Exception as exc:  # the database is away; the next round tries again
-                log.warning("job_events.renew_failed", error=str(exc).strip()[:200])
+                log.warning("job_events.renew_failed", error=one_line(exc))

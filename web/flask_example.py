@@ -26,18 +26,18 @@ from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from psycopg_pool import ConnectionPool
 
 from db.connect import resolve, sync_pool
+from db.errors import one_line
 from db.logs import get_logger
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues import pgmq
-from queues.catalog import Catalog, import_modules
-from queues.catalog import catalog as default_catalog
+from queues.catalog import Catalog, load_catalog
 from queues.enqueue import MAX_PAYLOAD_BYTES, enqueue
 from queues.errors import QueueError
 from queues.jobs import get_job, parse_job_id
 from web.auth import Auth
 from web.errors import ApiError, from_queue_error, job_not_found
-from web.settings import WebSettings
+from web.settings import DEFAULT_IMPORTS, WebSettings
 from web.submit import accepted, check
 
 log = get_logger()
@@ -48,12 +48,13 @@ POOL_EXTENSION = "pgmq_worker_pool"  # app.extensions key of create_app's pool (
 def jobs_blueprint(
     pool: ConnectionPool,
     *,
-    catalog: Catalog = default_catalog,
+    catalog: Catalog | None = None,
     auth: Auth | None = None,
     url_prefix: str = "",
 ) -> Blueprint:
     """`POST /jobs/<queue>` and `GET /jobs/<job_id>` on an autocommit psycopg pool (`sync_pool`)."""
     access = auth or Auth(None)
+    known = catalog if catalog is not None else Catalog()  # none: any queue, any JSON object
     bp = Blueprint("pgmq_worker_jobs", __name__, url_prefix=url_prefix or None)
 
     @bp.errorhandler(ApiError)
@@ -66,14 +67,20 @@ def jobs_blueprint(
         owner = access.owner(request.headers.get("Authorization"))
         key = request.headers.get("Idempotency-Key")
         sub = check(
-            catalog, queue, _body(MAX_PAYLOAD_BYTES), delay=request.args.get("delay"), idempotency_key=key
+            known, queue, _body(MAX_PAYLOAD_BYTES), delay=request.args.get("delay"), idempotency_key=key
         )
         # Keys are per caller, as in web/app.py: another user's key must never hand back their job.
         scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
         try:
             with pool.connection() as conn:
                 sent = enqueue(
-                    conn, sub.queue, sub.body, delay=sub.delay, owner=owner, idempotency_key=scoped
+                    conn,
+                    sub.queue,
+                    sub.body,
+                    delay=sub.delay,
+                    owner=owner,
+                    idempotency_key=scoped,
+                    catalog=known,
                 )
         except QueueError as exc:
             raise from_queue_error(exc) from exc
@@ -113,20 +120,20 @@ def create_app(database_url: str | None = None, *, modules: tuple[str, ...] = ()
     """
     settings = WebSettings()
     db = DatabaseSettings() if database_url is None else DatabaseSettings(database_url=database_url)
-    import_modules(modules)
+    catalog = load_catalog(modules or DEFAULT_IMPORTS)
     target = resolve(db)
     prepare_schema(target)  # the embedded database migrates itself; others must be migrated
     pool = sync_pool(target, min_size=min(1, db.pool_max_size), max_size=db.pool_max_size)
     pool.open()
     with pool.connection() as conn:
-        for spec in default_catalog:  # create the declared queues, as the FastAPI app does
+        for spec in catalog:  # create the declared queues, as the FastAPI app does
             pgmq.ensure_queue(conn, spec.queue)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     auth = Auth(secret, settings.jwt_audience)
 
     app = Flask(__name__)
     app.extensions[POOL_EXTENSION] = pool
-    app.register_blueprint(jobs_blueprint(pool, auth=auth))
+    app.register_blueprint(jobs_blueprint(pool, catalog=catalog, auth=auth))
 
     @app.get("/healthz")
     def healthz() -> tuple[dict[str, Any], int]:
@@ -135,7 +142,7 @@ def create_app(database_url: str | None = None, *, modules: tuple[str, ...] = ()
             with pool.connection(timeout=3) as conn:
                 conn.execute("SELECT 1")
         except Exception as exc:  # any failure to reach the database is "unhealthy"
-            return {"status": "unavailable", "error": str(exc).strip()[:200]}, 503
+            return {"status": "unavailable", "error": one_line(exc)}, 503
         return {"status": "ok"}, 200
 
     log.info("web.started", framework="flask", database=target.describe(), auth=auth.enabled)

@@ -7,8 +7,10 @@ from datetime import timedelta
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.settings import Duration
+from db.durations import Duration
 
+# The handler modules a web process imports when none are named (`--import`, `modules=`).
+DEFAULT_IMPORTS = ("handlers",)
 MIN_SECRET_LENGTH = 16  # Supabase's are 40+; anything this short is a mistake, not a secret
 
 

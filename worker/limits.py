@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from db.backoff import jittered
+from db.errors import one_line
 from db.logs import get_logger
 from worker.errors import HandlerRegistrationError
 
@@ -29,7 +30,6 @@ log = get_logger()
 ACQUIRE = "SELECT pgmq_worker.limit_acquire(%s, %s, %s, %s, %s)"
 RELEASE = "DELETE FROM pgmq_worker.limit_holds WHERE name = %s AND holder = %s"
 MAX_WAIT_S = 5.0  # ask again at least this often while waiting
-_rng = random.Random()  # noqa: S311  jitter is not security-sensitive
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,8 @@ async def hold(pool: AsyncConnectionPool, limit: Limit) -> AsyncIterator[None]:
         wait = float(row[0]) if row else 0.0
         if wait <= 0:
             break
-        pause = min(wait, MAX_WAIT_S) * (0.8 + 0.4 * _rng.random())
+        # 0.8-1.2 times the wait the database named: waiters spread out instead of asking together.
+        pause = jittered(1.2 * min(wait, MAX_WAIT_S), 1 / 3)
         waited += pause
         await asyncio.sleep(pause)
     if waited:
@@ -86,4 +87,4 @@ async def _release(pool: AsyncConnectionPool, name: str, holder: uuid.UUID) -> N
         async with pool.connection(timeout=5) as conn:
             await conn.execute(RELEASE, (name, holder))
     except Exception as exc:  # the hold expires on its own after hold_s
-        log.warning("limit.release_failed", limit=name, error=str(exc).strip()[:200])
+        log.warning("limit.release_failed", limit=name, error=one_line(exc))

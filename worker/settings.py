@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.settings import Duration
+from db.durations import Duration
 from worker.loop import EventLoop, uvloop_installed
 from worker.webhooks import secret_key
 

@@ -23,10 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+from db.backoff import Backoff
 from db.logs import get_logger
 
 log = get_logger()
-RESTART_DELAY_MAX_S = 30.0
+# A worker that keeps dying: the second quick death waits 1 s, then 2, 4 ... up to 30 s.
+RESTART_BACKOFF = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0)
 STABLE_AFTER_S = 30.0  # a worker that ran this long before dying restarts at once
 
 
@@ -124,9 +126,8 @@ class Supervisor:
             if slot.restart_at == 0.0:
                 ran = now - slot.started_at
                 slot.failures = 0 if ran >= STABLE_AFTER_S else slot.failures + 1
-                delay = min(
-                    RESTART_DELAY_MAX_S, 0.0 if slot.failures <= 1 else 0.5 * 2 ** (slot.failures - 1)
-                )
+                # The first quick death restarts at once: one crash is not yet a crash loop.
+                delay = 0.0 if slot.failures <= 1 else RESTART_BACKOFF.delay(slot.failures - 1)
                 slot.restart_at = now + delay
                 log.warning(
                     "supervisor.worker_exited",

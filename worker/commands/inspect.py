@@ -1,0 +1,91 @@
+"""`pgmq-worker queues` and `pgmq-worker dlq list|replay`: look at the queues, replay dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from db.connect import connect
+from db.schema import prepare_schema
+from db.settings import DatabaseSettings
+from queues import pgmq
+from queues.errors import UnknownQueue
+from queues.names import dlq_name, is_dlq, validate_queue_name
+from worker.commands.edge import one_line_errors, settings_from_env, target_of
+
+
+@click.command(name="queues")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per queue.")
+def list_queues(as_json: bool) -> None:
+    """Each queue with its depth, in-flight count, oldest message age and dead-letter depth."""
+    db_settings = settings_from_env(DatabaseSettings)
+    with one_line_errors():
+        target = target_of(db_settings)
+        features = prepare_schema(target)
+        with connect(target) as conn:
+            names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
+            rows = [pgmq.metrics(conn, q, features) for q in names]
+    if as_json:
+        for r in rows:
+            click.echo(
+                json.dumps(
+                    {
+                        "queue": r.queue,
+                        "depth": r.depth,
+                        "visible": r.visible,
+                        "in_flight": r.in_flight,
+                        "oldest_age_s": r.oldest_age_s,
+                        "dead": r.dead,
+                    }
+                )
+            )
+        return
+    header = f"{'queue':<32} {'depth':>8} {'in_flight':>9} {'oldest_s':>9} {'dead':>6}"
+    click.echo(header)
+    for r in rows:
+        oldest = "-" if r.oldest_age_s is None else str(r.oldest_age_s)
+        click.echo(f"{r.queue:<32} {r.depth:>8} {r.in_flight:>9} {oldest:>9} {r.dead:>6}")
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and replay dead-lettered messages."""
+
+
+@dlq.command(name="list")
+@click.argument("queue")
+@click.option("--limit", type=click.IntRange(1), default=50)
+def dlq_list(queue: str, limit: int) -> None:
+    """Show the oldest dead letters of QUEUE, one JSON object per line."""
+    db_settings = settings_from_env(DatabaseSettings)
+    with one_line_errors():
+        validate_queue_name(queue)
+        target = target_of(db_settings)
+        prepare_schema(target)
+        with connect(target) as conn:
+            if not pgmq.queue_exists(conn, dlq_name(queue)):
+                raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
+            entries = pgmq.dead_letters(conn, queue, limit)
+    for e in entries:
+        click.echo(json.dumps({"dlq_msg_id": e.msg_id, **e.record}, default=str))
+
+
+@dlq.command(name="replay")
+@click.argument("queue")
+@click.option("--msg-id", "msg_ids", multiple=True, type=int, help="Dead letter ids (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of QUEUE.")
+def dlq_replay(queue: str, msg_ids: tuple[int, ...], replay_all: bool) -> None:
+    """Send dead letters back to QUEUE as fresh messages (attempts start again at 1)."""
+    if not msg_ids and not replay_all:
+        raise click.UsageError("name dead letters with --msg-id, or pass --all")
+    db_settings = settings_from_env(DatabaseSettings)
+    with one_line_errors():
+        validate_queue_name(queue)
+        target = target_of(db_settings)
+        prepare_schema(target)
+        with connect(target) as conn:
+            if not pgmq.queue_exists(conn, dlq_name(queue)):
+                raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
+            new_ids = pgmq.replay(conn, queue, None if replay_all else msg_ids)
+    click.echo(json.dumps({"queue": queue, "replayed": len(new_ids), "msg_ids": new_ids}))
