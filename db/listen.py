@@ -13,14 +13,12 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg import sql
 
-from db.backoff import reconnect_backoff, reconnect_delay
+from db.backoff import reconnect_backoff
 from db.connect import Target, aconnect
 from db.durations import Seconds
 from db.errors import DatabaseUnavailable, one_line
 from db.logs import get_logger
 
-# reconnect_delay (db.backoff) is named here for worker/runner.py's import until it imports db.backoff.
-__all__ = ["listen", "reconnect_delay", "sleep_or_stop"]
 log = get_logger()
 
 

@@ -105,11 +105,6 @@ class Catalog:
         return len(self._specs)
 
 
-# TRANSITIONAL, read by load_catalog only: worker/registry.py still declares the default
-# registry's handlers here. Once @handler calls `mark` instead (see the dedup report), this goes.
-catalog = Catalog()
-
-
 def mark(fn: Callable[..., Any], spec: QueueSpec) -> None:
     """Attach to a handler function the queue it handles, for `load_catalog` to find."""
     setattr(fn, SPEC_ATTRIBUTE, spec)
@@ -149,7 +144,7 @@ def declared_in(modules: Iterable[ModuleType]) -> list[QueueSpec]:
 def load_catalog(names: Sequence[str]) -> Catalog:
     """Import the named handler modules; the catalog of the queues they declare."""
     modules = import_modules(names)
-    return Catalog([*catalog, *declared_in(modules)])
+    return Catalog(declared_in(modules))
 
 
 def import_modules(names: Sequence[str]) -> list[ModuleType]:

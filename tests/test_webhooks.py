@@ -33,12 +33,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from db.backoff import Backoff
 from db.connect import Target
 from queues import InvalidPayload, enqueue, pgmq
 from tests.helpers import captured, job, run_burst
 from worker import Context, Registry, handler
 from worker import webhooks as webhooks_module
-from worker.backoff import Backoff
 from worker.cli import main
 from worker.settings import WorkerSettings
 from worker.webhooks import Event, WebhookRefused, Webhooks, check_destination, sign

@@ -1,6 +1,6 @@
 """The daemon runtime: `@handler`, `Context`, and the worker that runs them."""
 
-from worker.backoff import Backoff
+from db.backoff import Backoff
 from worker.context import Context
 from worker.errors import InvalidPayload, Permanent, RateLimited, Retry, UnknownQueue, WorkerError
 from worker.limits import Limit

@@ -22,6 +22,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from db.errors import one_line
 from db.logs import get_logger
 from queues.pgmq import aqueue_exists
 from worker import webhooks
@@ -36,7 +37,7 @@ from worker.settle import Settle, bind_delivery
 from worker.slots import Slots
 from worker.steps import Steps
 from worker.store.deliveries import Message
-from worker.trouble import TRANSIENT, one_line
+from worker.trouble import TRANSIENT
 from worker.webhooks import Webhooks
 
 log = get_logger()

@@ -10,6 +10,7 @@ import psycopg
 from pydantic import ValidationError
 
 from db import storable
+from db.errors import one_line
 from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
 from worker.context import Context
@@ -26,7 +27,6 @@ from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater,
 from worker.registry import HandlerSpec
 from worker.store.deliveries import Message
 from worker.threads import in_thread
-from worker.trouble import one_line
 
 # A value the settle cannot store: Postgres refused it (a NUL in a result), or encoding it raised.
 VALUE_ERRORS = (psycopg.DataError, TypeError, ValueError, RecursionError, OverflowError)

@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from db.durations import positive
 from worker.errors import Permanent
 from worker.store.fanouts import ChildPolicy, ChildRow
 
@@ -222,10 +223,7 @@ def policy(
 def _seconds(value: float | timedelta | None, what: str) -> float | None:
     if value is None:
         return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not seconds > 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
-    return seconds
+    return positive(value, what).total_seconds()
 
 
 def _short_error(error: Any) -> Any:

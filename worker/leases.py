@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from db.errors import one_line
 from db.listen import sleep_or_stop
 from db.logs import get_logger
 from worker.store import deliveries
 from worker.store.deliveries import Message
-from worker.trouble import TRANSIENT, one_line
+from worker.trouble import TRANSIENT
 
 log = get_logger()
 

@@ -19,9 +19,10 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from db import storable
+from db.errors import one_line
 from db.logs import get_logger
 from worker.errors import InvalidResult
-from worker.trouble import TRANSIENT, one_line
+from worker.trouble import TRANSIENT
 
 log = get_logger()
 

@@ -10,9 +10,7 @@ data (`Registry.queue_specs()`: queues never imports worker).
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +19,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from queues.catalog import QueueSpec, catalog
+from db.backoff import Backoff
+from db.durations import positive
+from queues.catalog import QueueSpec, import_modules, marked
 from queues.contract import Contract, QueueRef, queue_of
-from worker.backoff import Backoff
 from worker.errors import HandlerRegistrationError, UnknownQueue
 
 HandlerFn = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
@@ -35,10 +34,10 @@ MIN_VISIBILITY_TIMEOUT_S = 2  # the lease is renewed at half of it: below this, 
 
 def seconds(value: float | timedelta, what: str) -> float:
     """Normalise a duration given as seconds or a timedelta; it must be positive."""
-    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if result <= 0:
-        raise HandlerRegistrationError(f"{what} must be positive, got {value!r}")
-    return result
+    try:
+        return positive(value, what).total_seconds()
+    except ValueError as exc:
+        raise HandlerRegistrationError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +87,9 @@ class Registry:
     def from_modules(cls, names: Sequence[str]) -> Registry:
         """The handlers `@handler` marked in these modules and their submodules (imported if need be)."""
         found = cls()
-        for name in names:
-            importlib.import_module(name)
-            modules = [m for key, m in list(sys.modules.items()) if key == name or key.startswith(name + ".")]
-            for module in modules:
-                for value in list(vars(module).values()):
-                    spec = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
-                    if isinstance(spec, HandlerSpec) and spec.fn is value:
-                        found.add(spec)
+        for spec in marked(import_modules(names)):
+            if isinstance(spec, HandlerSpec):
+                found.add(spec)
         return found
 
     def queue_specs(self) -> list[QueueSpec]:
@@ -201,9 +195,8 @@ def handler(
         setattr(fn, SPEC_ATTRIBUTE, spec)  # Registry.from_modules finds it here
         if registry is not None:
             registry.add(spec)
-        else:  # transitional (see default_registry): the CLI and the web process still read these
+        else:  # transitional (see default_registry)
             default_registry.add(spec)
-            catalog.declare(spec.queue_spec().ref, summary=spec.summary, steps=declared, job_rows=job_rows)
         return fn
 
     return register

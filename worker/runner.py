@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from db.connect import Target, async_pool, connect, transaction_pooler_evidence
+from db.errors import one_line
 from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
@@ -42,7 +43,7 @@ from worker.slots import Slots
 from worker.store import deliveries, waiters
 from worker.store.deliveries import Message
 from worker.threads import HandlerThreads
-from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, one_line
+from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble
 from worker.wakeup import BURST_WAIT_S, Wakeup
 from worker.webhooks import Webhooks
 

@@ -22,6 +22,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from db.errors import one_line
 from db.logs import get_logger
 from queues import pgmq
 from queues.errors import UnknownQueue
@@ -40,7 +41,7 @@ from worker.outcome import (
 from worker.registry import HandlerSpec
 from worker.store import deliveries, fanouts
 from worker.store.deliveries import Message
-from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, one_line, pooler_misconfigured, retry_delay
+from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, pooler_misconfigured, retry_delay
 from worker.webhooks import Webhooks
 
 log = get_logger()

@@ -17,7 +17,9 @@ import contextlib
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from db.listen import reconnect_delay, sleep_or_stop
+from db.backoff import reconnect_delay
+from db.errors import one_line
+from db.listen import sleep_or_stop
 from db.logs import get_logger
 from worker.errors import PoolerMisconfigured
 from worker.signals import Stop
@@ -33,12 +35,6 @@ PREPARED_STATEMENT_ERRORS = (
 )
 # What a caller that retries catches: transient trouble, or the pooler it must stop for.
 RETRIED = (*TRANSIENT, *PREPARED_STATEMENT_ERRORS)
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's text (its type's name when it has none): for log fields."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pooler_misconfigured(exc: BaseException) -> bool:

@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 
 from db import storable
+from db.backoff import Backoff
 from db.logs import get_logger
-from worker.backoff import Backoff
 from worker.outcome import Outcome
 from worker.store.deliveries import Message
 

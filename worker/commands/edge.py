@@ -21,11 +21,10 @@ from db.embedded import pgdata_path
 from db.errors import DatabaseError, one_line
 from db.redact import environment_secrets, redact
 from db.settings import DatabaseSettings
-from queues.catalog import import_modules
 from queues.contract import describe_validation_error
 from queues.errors import QueueError, UnknownQueue
 from worker.errors import WorkerError
-from worker.registry import Registry, registry
+from worker.registry import Registry
 
 T = TypeVar("T")
 DEFAULT_IMPORTS = ("handlers",)  # the project's reference handlers, when no --import is given
@@ -78,9 +77,7 @@ def target_of(db_settings: DatabaseSettings) -> Target:
 def load_registry(modules: tuple[str, ...]) -> Registry:
     """The registry of the handlers in the modules named by --import (default: `handlers`)."""
     with one_line_errors():
-        import_modules(modules or DEFAULT_IMPORTS)
-    # @handler fills worker.registry's process registry; Registry.from_modules(names) replaces this.
-    return registry
+        return Registry.from_modules(modules or DEFAULT_IMPORTS)
 
 
 def require_handlers(reg: Registry, modules: tuple[str, ...]) -> None:
