@@ -239,10 +239,11 @@ def test_every_python_block_is_included_or_an_excerpt_and_parses(page: str, info
 
 def test_the_openapi_document_describes_the_real_answers(target: Target) -> None:
     """The schemas of the HTTP API page are the web process's answers: same fields, listed statuses."""
-    import handlers  # noqa: F401, PLC0415  (text_stats in the catalog, as `pgmq-worker web` imports it)
+    from queues import load_catalog  # noqa: PLC0415
     from web.app import create_app  # noqa: PLC0415
 
-    with TestClient(create_app(target)) as client:
+    # text_stats in the catalog, as `pgmq-worker web` loads it from the handlers package.
+    with TestClient(create_app(target, catalog=load_catalog(["handlers"]))) as client:
         document = client.app.openapi()  # type: ignore[attr-defined]
         schemas = document["components"]["schemas"]
         sent = client.post("/jobs/text_stats", json={"text": "described"})
