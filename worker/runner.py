@@ -3,28 +3,21 @@
 The parts it holds, each owning its state: `Slots` (what is in flight, the leases, the drain),
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
-`Wakeup` (notifications and the poll interval) and `SideTasks` (the heartbeat, the listener and
-the ack flusher, supervised: one that dies stops the worker). `_lifespan` makes and closes them
-all, in one `async with`.
+`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows) and
+`SideTasks` (the heartbeat, the listener and the ack flusher, supervised: one that dies stops the
+worker). `_lifespan` makes and closes them all, in one `async with`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from db.connect import Target, async_pool, connect, transaction_pooler_evidence
-from db.errors import one_line
 from db.logs import get_logger
 from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
@@ -40,11 +33,11 @@ from worker.settle import Settle
 from worker.side_tasks import SideTasks
 from worker.signals import Stop
 from worker.slots import Slots
-from worker.store import deliveries, waiters
+from worker.store import deliveries
 from worker.store.deliveries import Message
 from worker.threads import HandlerThreads
 from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble
-from worker.wakeup import BURST_WAIT_S, Wakeup
+from worker.wakeup import BURST_WAIT_S, Announcements, Wakeup
 from worker.webhooks import Webhooks
 
 log = get_logger()
@@ -76,8 +69,6 @@ class Worker:
         # that frees may start one before the next notification or poll.
         self._threads_were_busy = False
         self._notifying = False
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._announcing = False  # idle waits are announced (listening, and allowed to)
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -161,7 +152,7 @@ class Worker:
         waits. Also after a read that found work: under steady traffic every read may find a
         message, and the announcement must not lapse while the worker waits between them.
         """
-        if self._announcing and self.wakeup.announce_due() and await self._announce_waiting():
+        if await self.announcements.announce_if_due():
             return
         if not self._threads_were_busy:
             await self.wakeup.wait(self.stops.stopping, found=found)
@@ -177,28 +168,6 @@ class Worker:
         finally:
             for waiter in waiters_:
                 waiter.cancel()
-
-    async def _announce_waiting(self) -> bool:
-        """Tell the database this worker waits on its queues (migration 0013); True once committed."""
-        at = time.monotonic()
-        try:
-            async with self.pool.connection(timeout=5) as conn:
-                await waiters.announce_waiting(conn, self._worker_id, self.queues, self.wakeup.announce_ttl)
-        except TRANSIENT as exc:
-            await self.trouble.wait_out(exc)
-            return False
-        except psycopg.Error as exc:  # no privilege on pgmq_worker.waiters, say: inserts will not notify
-            self._announcing = False
-            log.warning("worker.notify_unavailable", reason=one_line(exc), note="polling")
-            return False
-        self.wakeup.announced(at)
-        return True
-
-    async def _withdraw_waiting(self) -> None:
-        """Stopping: inserts need not notify on this worker's account any more (best effort)."""
-        with contextlib.suppress(*TRANSIENT, psycopg.Error):
-            async with self.pool.connection(timeout=2) as conn:
-                await waiters.withdraw_waiting(conn, self._worker_id)
 
     async def _queues_empty(self) -> bool:
         """Burst mode: no message left in any of our queues (delayed and held ones count)."""
@@ -258,6 +227,7 @@ class Worker:
             # The flusher stops after the drain and before the pool closes.
             side_tasks.watch(self.settle.acks.start(), lasting=True)
             stack.push_async_callback(self.settle.acks.close)
+            self.announcements = Announcements(self.pool, self.trouble, self.wakeup, self.queues)
             leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
             runtime = Runtime(
@@ -300,14 +270,13 @@ class Worker:
                 burst=self.burst,
                 loop=loop_name(),
             )
-            self._announcing = listening
+            self.announcements.enabled = listening
             try:
                 yield
             finally:
                 self.stops.stopping.set()
                 await side_tasks.stop()
-                if self._announcing:
-                    await self._withdraw_waiting()
+                await self.announcements.withdraw()
                 log.info("worker.stopped")
 
     def _check_queues(self) -> None:

@@ -17,15 +17,28 @@ not half a poll interval, while an idle one still reads once per interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from db.connect import Target
-from db.listen import listen
-from queues.names import table_name
+import psycopg
+from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["BURST_WAIT_S", "REPOLL_S", "Wakeup", "channel"]
+from db.connect import Target
+from db.errors import one_line
+from db.listen import listen
+from db.logs import get_logger
+from queues.names import table_name
+from worker.store import waiters
+from worker.trouble import TRANSIENT, DatabaseTrouble
+
+__all__ = ["BURST_WAIT_S", "REPOLL_S", "Announcements", "Wakeup", "channel"]
+
+log = get_logger()
 
 REPOLL_S = 0.02  # the first wait after a read that found work
 # Burst mode's poll interval: an idle burst worker waits only while its queues still hold
@@ -122,3 +135,43 @@ class Wakeup:
             )
         finally:
             self.listening = False
+
+
+class Announcements:
+    """This worker's rows in pgmq_worker.waiters: its queues' inserts notify while it waits."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, trouble: DatabaseTrouble, wakeup: Wakeup, queues: Sequence[str]
+    ) -> None:
+        self._pool = pool
+        self._trouble = trouble
+        self._wakeup = wakeup
+        self._queues = list(queues)
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.enabled = False  # listening, and allowed to announce
+
+    async def announce_if_due(self) -> bool:
+        """Announce (or renew) before an idle wait; True once committed: read once more, then wait."""
+        if not (self.enabled and self._wakeup.announce_due()):
+            return False
+        at = time.monotonic()
+        try:
+            async with self._pool.connection(timeout=5) as conn:
+                await waiters.announce_waiting(conn, self._worker_id, self._queues, self._wakeup.announce_ttl)
+        except TRANSIENT as exc:
+            await self._trouble.wait_out(exc)
+            return False
+        except psycopg.Error as exc:  # no privilege on pgmq_worker.waiters, say: inserts will not notify
+            self.enabled = False
+            log.warning("worker.notify_unavailable", reason=one_line(exc), note="polling")
+            return False
+        self._wakeup.announced(at)
+        return True
+
+    async def withdraw(self) -> None:
+        """Stopping: inserts need not notify on this worker's account any more (best effort)."""
+        if not self.enabled:
+            return
+        with contextlib.suppress(*TRANSIENT, psycopg.Error):
+            async with self._pool.connection(timeout=2) as conn:
+                await waiters.withdraw_waiting(conn, self._worker_id)
