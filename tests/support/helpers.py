@@ -1,0 +1,161 @@
+"""Shared test helpers: run a worker in-process, read queue state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+from structlog.testing import capture_logs
+
+from db.connect import Target
+from db.settings import DatabaseSettings
+from queues import pgmq
+from queues.names import dlq_name, table_name
+from worker.registry import Registry
+from worker.runner import Worker
+from worker.settings import WorkerSettings
+
+
+def worker_settings(**overrides: Any) -> WorkerSettings:
+    """Fast settings for tests: short polls and heartbeats, small grace."""
+    values: dict[str, Any] = {
+        "concurrency": 4,
+        "poll_interval": timedelta(milliseconds=100),
+        "heartbeat_interval": timedelta(milliseconds=200),
+        "shutdown_grace": timedelta(seconds=5),
+        "reconnect_max": timedelta(seconds=1),
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+def make_worker(
+    target: Target, registry: Registry, *, burst: bool = True, queues: tuple[str, ...] = (), **settings: Any
+) -> Worker:
+    """A Worker on the test database with test settings."""
+    return Worker(
+        target,
+        registry,
+        worker_settings(**settings),
+        DatabaseSettings(database_url=target.url, pool_min_size=1, pool_max_size=6),
+        queues=queues,
+        burst=burst,
+    )
+
+
+def run_burst(target: Target, registry: Registry, *, timeout: float = 60, **settings: Any) -> Worker:
+    """Run a burst worker to completion (queues empty, nothing in flight)."""
+    worker = make_worker(target, registry, burst=True, **settings)
+    asyncio.run(asyncio.wait_for(worker.run(), timeout))
+    return worker
+
+
+def stop_once_started(worker: Worker, started: threading.Event, *, timeout: float = 10) -> None:
+    """Run a non-burst worker until a handler sets `started`, then stop it (warm) and wait."""
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run())
+        while not started.is_set():
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await asyncio.wait_for(task, timeout)
+
+    asyncio.run(go())
+
+
+def send(conn: psycopg.Connection[Any], queue: str, *bodies: Any) -> list[int]:
+    """Create the queue if need be and send each body as a plain pgmq message; their msg_ids."""
+    pgmq.ensure_queue(conn, queue)
+    return [pgmq.send(conn, queue, b) for b in bodies]
+
+
+def rows(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
+    """Every message row of a queue (no read_ct bump), oldest first."""
+    query = sql.SQL(
+        "SELECT msg_id, read_ct, vt, vt <= clock_timestamp() AS visible, message FROM pgmq.{} ORDER BY msg_id"
+    ).format(sql.Identifier(table_name(queue)))
+    cur = conn.execute(query)
+    cols = [d.name for d in cur.description or []]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """structlog events with their bound context (queue, msg_id, attempt) merged in."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        yield logs
+
+
+def dead(conn: psycopg.Connection[Any], queue: str) -> list[dict[str, Any]]:
+    """The dead-letter records of a queue."""
+    return [r["message"] for r in rows(conn, dlq_name(queue))]
+
+
+def job(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any]:
+    """The job row of a message."""
+    cur = conn.execute("SELECT * FROM pgmq_worker.jobs WHERE queue = %s AND msg_id = %s", (queue, msg_id))
+    cols = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    assert row is not None, f"no job row for {queue}:{msg_id}"
+    return dict(zip(cols, row, strict=True))
+
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def worker_process(db_url: str, *imports: str, **settings: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for a `pgmq-worker run` subprocess on `db_url` importing `imports`.
+
+    Only the settings given here (PGMQ_WORKER_* keyword names, plus a 0.2 s poll and JSON logs)
+    reach it: a developer's own PGMQ_WORKER_* and TEST_DATABASE_URL do not.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PGMQ_WORKER_") and k not in {"DATABASE_URL", "TEST_DATABASE_URL"}
+    }
+    env.update(DATABASE_URL=db_url, PYTHONPATH=str(REPO), PGMQ_WORKER_POLL_INTERVAL="0.2")
+    env.update(PGMQ_WORKER_LOG_FORMAT="json", **settings)
+    argv = [sys.executable, "-m", "worker.cli", "run"]
+    for module in imports:
+        argv += ["--import", module]
+    return argv, env
+
+
+@contextmanager
+def spawned(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess writing stdout and stderr to `log`; killed at the end of the block if still up."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process (no chance to release or settle anything) and see it gone."""
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+
+def visible_now(conn: psycopg.Connection[Any], queue: str, msg_id: int | None = None) -> None:
+    """Make a killed worker's messages (one, or the whole queue's) visible now, not after their vt."""
+    update = sql.SQL("UPDATE pgmq.{} SET vt = clock_timestamp()").format(sql.Identifier(table_name(queue)))
+    if msg_id is not None:
+        update = sql.SQL("{} WHERE msg_id = {}").format(update, sql.Literal(msg_id))
+    conn.execute(update)
