@@ -31,7 +31,7 @@ from db.embedded import embedded_url, stop_embedded
 from db.migrate import migrate
 from db.pgmq_install import PgmqFeatures, detect, ensure_installed, install_sql
 
-pytest_plugins = ["tests.support.pgbouncer"]
+pytest_plugins = ["tests.support.pgbouncer", "tests.support.fixtures"]
 PGMQ_CHOICE = os.environ.get("PGMQ_WORKER_TEST_PGMQ", "")
 AVAILABLE_VERSIONS = "SELECT version FROM pg_available_extension_versions WHERE name = 'pgmq'"
 _installed: list[PgmqFeatures] = []  # what the template got, for the closing summary

@@ -9,14 +9,12 @@ the tests see from outside which attempts ran; final state is read straight from
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,10 +36,10 @@ from tests.support.acceptance_handlers import (
     SYNC_SLOW,
 )
 from tests.support.helpers import dead, job, rows
+from tests.support.processes import REPO, WorkerProcess, Workers, worker_process
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent.parent
 APPLICATION_NAME = "pgmq-worker"  # DatabaseSettings.application_name: how we find its backends
 GRACE_S = 2.0
 T = TypeVar("T")
@@ -72,135 +70,25 @@ def route(request: pytest.FixtureRequest, db_url: str) -> Route:
 
 # -- the worker process ----------------------------------------------------------------------------
 
-
-def worker_command() -> list[str]:
-    """The installed console script next to this interpreter, else the module."""
-    script = Path(sys.executable).with_name("pgmq-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
+HANDLERS = "tests.support.acceptance_handlers"
 
 
-def worker_env(route: Route) -> dict[str, str]:
-    """The environment of a worker subprocess: the route's URL and fast timings."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PGMQ_WORKER_") and k not in {"DATABASE_URL", "TEST_DATABASE_URL"}
+def route_settings(route: Route) -> dict[str, str]:
+    """The settings of a worker subprocess on this route: fast timings, info-level logs."""
+    return {
+        "PGMQ_WORKER_POOLER": "transaction" if route.pooled else "direct",
+        "PGMQ_WORKER_HEARTBEAT_INTERVAL": "0.5",
+        "PGMQ_WORKER_SHUTDOWN_GRACE": f"{GRACE_S:g}",
+        "PGMQ_WORKER_RECONNECT_MAX": "1",
+        "PGMQ_WORKER_CONNECT_TIMEOUT": "5",
+        "PGMQ_WORKER_LOG_LEVEL": "info",
     }
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env.update(
-        DATABASE_URL=route.url,
-        PGMQ_WORKER_POOLER="transaction" if route.pooled else "direct",
-        PGMQ_WORKER_POLL_INTERVAL="0.2",  # durations in plain seconds
-        PGMQ_WORKER_HEARTBEAT_INTERVAL="0.5",
-        PGMQ_WORKER_SHUTDOWN_GRACE=f"{GRACE_S:g}",
-        PGMQ_WORKER_RECONNECT_MAX="1",
-        PGMQ_WORKER_CONNECT_TIMEOUT="5",
-        PGMQ_WORKER_LOG_FORMAT="json",
-        PGMQ_WORKER_LOG_LEVEL="info",
-    )
-    return env
-
-
-@dataclass
-class WorkerProcess:
-    """One `pgmq-worker run` subprocess, its stderr kept in a file."""
-
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.proc.poll() is None
-
-    def signal(self, sig: signal.Signals) -> None:
-        """Send a signal."""
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        """Its exit status, failing the test when it does not exit within `timeout`."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"worker {self.pid} still running after {timeout}s\n{self.tail()}")
-
-    def stop(self) -> int:
-        """SIGTERM and the exit status (the grace period plus slack to exit)."""
-        self.signal(signal.SIGTERM)
-        return self.wait(GRACE_S + 10)
-
-    def stderr(self) -> str:
-        """Everything it wrote to stderr so far."""
-        return self.stderr_path.read_text(errors="replace")
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of its stderr, for failure messages."""
-        text = self.stderr().splitlines()[-lines:]
-        return f"--- stderr of worker {self.pid} ---\n" + "\n".join(text)
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Its structured log events (JSON lines), optionally only those named `name`."""
-        found = []
-        for line in self.stderr().splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                found.append(event)
-        return found
-
-
-@dataclass
-class Workers:
-    """Starts worker processes for one test and kills whatever is left at its end."""
-
-    route: Route
-    tmp_path: Path
-    started: list[WorkerProcess] = field(default_factory=list)
-
-    def start(self, queue: str, *, concurrency: int = 4, env: dict[str, str] | None = None) -> WorkerProcess:
-        """Start `pgmq-worker run` for one queue of the acceptance handlers (`env` on top)."""
-        stderr_path = self.tmp_path / f"worker-{len(self.started) + 1}.stderr"
-        argv = [
-            *worker_command(),
-            "run",
-            "--import",
-            "tests.support.acceptance_handlers",
-            "--queue",
-            queue,
-            "--concurrency",
-            str(concurrency),
-        ]
-        with stderr_path.open("wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env={**worker_env(self.route), **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        worker = WorkerProcess(proc, stderr_path)
-        self.started.append(worker)
-        return worker
-
-    def kill_leftovers(self) -> None:
-        """SIGKILL every worker this test started that still runs."""
-        for worker in self.started:
-            if worker.alive():
-                worker.proc.kill()
-                worker.proc.wait()
 
 
 @pytest.fixture
 def workers(route: Route, tmp_path: Path) -> Iterator[Workers]:
     """Worker processes on the test's route; none outlives the test."""
-    started = Workers(route, tmp_path)
+    started = Workers(route.url, tmp_path, (HANDLERS,), route_settings(route))
     try:
         yield started
     finally:
@@ -563,20 +451,11 @@ def test_an_undeclared_transaction_pooler_is_a_one_line_error_not_a_crash_loop(
     # timing (a run without a collision is harmless, but proves nothing here).
     for i in range(200):
         pgmq.send(conn, JOBS, {"key": f"m{i}", "marker": str(marker)})
-    env = worker_env(Route("pgbouncer", pgbouncer_url, pooled=True))
-    env["PGMQ_WORKER_POOLER"] = "direct"  # the mistake
+    settings = route_settings(Route("pgbouncer", pgbouncer_url, pooled=True))
+    settings["PGMQ_WORKER_POOLER"] = "direct"  # the mistake
+    argv, env = worker_process(pgbouncer_url, HANDLERS, **settings)
     done = subprocess.run(
-        [
-            *worker_command(),
-            "run",
-            "--burst",
-            "--import",
-            "tests.support.acceptance_handlers",
-            "--queue",
-            JOBS,
-            "--concurrency",
-            "4",
-        ],
+        [*argv, "--burst", "--queue", JOBS, "--concurrency", "4"],
         cwd=REPO,
         env=env,
         capture_output=True,

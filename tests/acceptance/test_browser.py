@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from handlers.language import STEPS as LANGUAGE_STEPS
 from handlers.samples.make_sample import FONT, render
+from tests.support.ports import free_port
 from tests.support.standins import TRANSLATION, ImagesStandIn, LlmStandIn, images_server, llm_server
+from tests.support.tokens import token
 
 REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_CHROMIUM"
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
@@ -87,12 +87,6 @@ class Providers:
     images: ImagesStandIn
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_for_url(proc: subprocess.Popen[bytes], stdout_path: Path, stderr_path: Path) -> str:
     """The URL from the `pgmq-worker dev: open http://...` line, once dev has printed it."""
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -132,7 +126,7 @@ def dev(db_url: str, tmp_path: Path, providers: Providers, dev_env: dict[str, st
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PGMQ_WORKER_", "SUPABASE_"))}
     env.update(DATABASE_URL=db_url, PGMQ_WORKER_LOG_FORMAT="json", PGMQ_WORKER_POLL_INTERVAL="0.2")
     env.update(providers.llm.env | providers.images.env | dev_env)
-    argv = [sys.executable, "-m", "worker.cli", "dev", "--port", str(_free_port())]
+    argv = [sys.executable, "-m", "worker.cli", "dev", "--port", str(free_port())]
     stdout_path, stderr_path = tmp_path / "dev.stdout", tmp_path / "dev.stderr"
     # Files, not pipes: nothing has to drain them while the test waits on the browser.
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
@@ -408,8 +402,7 @@ SECRET = "browser-test-jwt-secret-of-32-chars!"
 
 def access_token(expires_in: float) -> str:
     """A Supabase-style access token for one user, expiring in `expires_in` seconds."""
-    claims = {"sub": "00000000-0000-0000-0000-00000000000a", "aud": "authenticated"}
-    return jwt.encode(claims | {"exp": time.time() + expires_in}, SECRET, algorithm="HS256")
+    return token("00000000-0000-0000-0000-00000000000a", secret=SECRET, expires_in=expires_in)
 
 
 @pytest.mark.parametrize("dev_env", [{"SUPABASE_JWT_SECRET": SECRET}], indirect=True)

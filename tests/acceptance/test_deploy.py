@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from handlers.language import ESPEAK, LANGUAGES, TESSERACT, tesseract_data
 from handlers.programs import Program
 from tests.conftest import with_dbname
 from tests.support.dockerfile import Dockerfile, Stage, apt_installs, expand, parse, replay_copies
+from tests.support.ports import free_port
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -111,12 +111,6 @@ def test_procfile_and_fly_run_the_same_commands() -> None:
     assert set(lines) == {"web", "worker"}
     for name, command in lines.items():
         assert shlex.split(command)[:2] == shlex.split(processes[name])[:2]  # type: ignore[index]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -20,7 +20,9 @@ import pytest
 from handlers.images import IMAGE_BATCH, ImageBatchRequested, image_bytes, sniff
 from handlers.provider import ProviderError
 from queues import InvalidPayload, pgmq
-from tests.support.helpers import job, run_burst, sigkill, spawned, visible_now, worker_process
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import job, visible_now
+from tests.support.processes import sigkill, spawned, worker_process
 from tests.support.standins import ImagesStandIn, images_server, tiny_png
 from worker import Registry, registry
 
@@ -44,7 +46,7 @@ def prepare(conn: psycopg.Connection[Any]) -> Registry:
 
 
 def test_a_batch_with_slow_broken_and_rate_limited_images_succeeds_partially(
-    target: Any, conn: psycopg.Connection[Any], images_api: ImagesStandIn
+    conn: psycopg.Connection[Any], images_api: ImagesStandIn, burst_worker: BurstWorker
 ) -> None:
     """Five prompts: one times out (0.5 s per attempt), one keeps failing (HTTP 500), one is
     rate-limited once (429, a deferral, not an attempt), two are fine. The batch reports each
@@ -59,7 +61,7 @@ def test_a_batch_with_slow_broken_and_rate_limited_images_succeeds_partially(
         "min_success": 0.6,
     }
     msg_id = pgmq.send(conn, "image_batch", IMAGE_BATCH.parse(payload).model_dump())
-    run_burst(target, reg, timeout=60)
+    burst_worker(reg, timeout=60)
 
     row = job(conn, "image_batch", msg_id)
     assert row["status"] == "succeeded", row["error"]
@@ -137,13 +139,13 @@ def test_a_worker_killed_mid_batch_resumes_without_planning_or_generating_again(
 
 
 def test_without_an_images_api_the_batch_says_it_skipped(
-    target: Any, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, burst_worker: BurstWorker
 ) -> None:
     """No PGMQ_WORKER_IMAGE_BASE_URL: the batch succeeds with the reason, and no child is sent."""
     monkeypatch.delenv("PGMQ_WORKER_IMAGE_BASE_URL", raising=False)
     reg = prepare(conn)
     msg_id = pgmq.send(conn, "image_batch", {"prompts": ["a fox"]})
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "image_batch", msg_id)
     assert row["status"] == "succeeded"
     assert row["result"]["skipped"] == "no image API configured: set PGMQ_WORKER_IMAGE_BASE_URL"

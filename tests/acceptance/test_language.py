@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 import pytest
 import structlog
@@ -42,26 +40,17 @@ from handlers.provider import ProviderError
 from handlers.samples.make_sample import TEXT
 from queues import InvalidPayload, enqueue, pgmq
 from queues.artifacts import MAX_ARTIFACT_BYTES
-from tests.support.helpers import (
-    captured,
-    dead,
-    job,
-    rows,
-    run_burst,
-    sigkill,
-    spawned,
-    visible_now,
-    worker_process,
-)
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import captured, dead, job, rows, run_burst, visible_now
+from tests.support.processes import REPO, sigkill, spawned, worker_process
 from tests.support.standins import TRANSLATION, LlmStandIn, llm_server
+from tests.support.tokens import SECRET, token
 from web import create_app
 from web.settings import WebSettings
 from worker import Context, Permanent, RateLimited, Registry, handler
 from worker.registry import registry
 
-REPO = Path(__file__).resolve().parent.parent.parent
 QUEUE = LANGUAGE_PAGE.queue
-SECRET = "test-jwt-secret-with-32-characters!"
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
 LLM_ENV = ("PGMQ_WORKER_LLM_BASE_URL", "PGMQ_WORKER_LLM_MODEL", "PGMQ_WORKER_LLM_API_KEY")
 
@@ -272,11 +261,6 @@ def test_a_worker_killed_after_translate_resumes_without_asking_the_llm_again(
 # -- artifacts over HTTP -----------------------------------------------------------------------------------
 
 
-def token(sub: uuid.UUID) -> str:
-    claims = {"sub": str(sub), "aud": "authenticated", "role": "authenticated", "exp": time.time() + 3600}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
 def test_the_artifact_route_serves_the_wav_to_the_jobs_owner_only(
     target: Target, conn: psycopg.Connection[Any], no_llm: None
 ) -> None:
@@ -310,10 +294,9 @@ def test_the_artifact_route_serves_the_wav_to_the_jobs_owner_only(
 
 
 def test_artifacts_over_the_limit_or_badly_named_end_the_job(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """ctx.artifact refuses more than 10 MB, or a name with a slash: Permanent, with the reason."""
-    reg = Registry()
 
     @handler("too_big", registry=reg)
     async def too_big(payload: dict[str, Any], ctx: Context) -> str:
@@ -324,7 +307,7 @@ def test_artifacts_over_the_limit_or_badly_named_end_the_job(
     pgmq.ensure_queue(conn, "too_big")
     first = pgmq.send(conn, "too_big", {"kind": "size"})
     pgmq.send(conn, "too_big", {"kind": "name"})
-    run_burst(target, reg)
+    burst_worker(reg)
     size, name = sorted(dead(conn, "too_big"), key=lambda r: r["msg_id"] != first)
     assert size["reason"] == name["reason"] == "permanent"
     assert f"over the {MAX_ARTIFACT_BYTES}-byte limit" in size["error"]["message"]

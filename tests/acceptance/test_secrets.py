@@ -38,7 +38,8 @@ from db.settings import DatabaseSettings
 from queues import pgmq
 from queues.catalog import Catalog
 from queues.enqueue import enqueue
-from tests.support.helpers import REPO, captured, dead, spawned, worker_process
+from tests.support.helpers import captured, dead
+from tests.support.processes import REPO, spawned, worker_process
 from tests.support.standins import serving
 from web import create_app
 from web.__main__ import main as web_main

@@ -18,7 +18,9 @@ import pytest
 
 from db.connect import Target
 from queues import enqueue, pgmq
-from tests.support.helpers import REPO, captured, job, make_worker, rows, run_burst, worker_process
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import captured, job, make_worker, rows
+from tests.support.processes import REPO, worker_process
 from tests.support.runtime_handlers import GUARDED, MIXED
 from worker import Context, Registry, handler
 from worker import wakeup as wakeup_module
@@ -62,12 +64,16 @@ def break_side_task(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["leases", "acks", "listener", "webhook"])
 def test_a_side_task_that_dies_stops_the_worker_and_releases_its_messages(
-    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, name: str
+    target: Target,
+    conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    reg: Registry,
+    burst_worker: BurstWorker,
 ) -> None:
     """The side task raises: the worker does not run on without it. run() raises SideTaskFailed,
     the failure is logged with its traceback, and every message it held is visible again at once
     (not after its visibility timeout); a healthy worker then finishes them."""
-    reg = Registry()
 
     @handler("guarded", registry=reg, visibility_timeout=60)
     async def guarded(payload: dict[str, Any], ctx: Context) -> None:
@@ -98,7 +104,7 @@ def test_a_side_task_that_dies_stops_the_worker_and_releases_its_messages(
     async def healthy(payload: dict[str, Any], ctx: Context) -> None:
         return None
 
-    run_burst(target, reg, timeout=30)
+    burst_worker(reg, timeout=30)
     assert rows(conn, "guarded") == []
     assert {job(conn, "guarded", e.msg_id)["status"] for e in sent} == {"succeeded"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,27 +16,20 @@ import pytest
 from queues import pgmq
 from tests.support.acceptance_handlers import JOBS
 from tests.support.helpers import rows
+from tests.support.processes import log_events, worker_process
 from worker.supervisor import Supervisor
 
 pytestmark = pytest.mark.slow
 
 
 def start(db_url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGMQ_WORKER_")}
-    env.update({"DATABASE_URL": db_url, "PGMQ_WORKER_LOG_FORMAT": "json", "PGMQ_WORKER_POLL_INTERVAL": "0.2"})
-    command = [sys.executable, "-m", "worker.cli", "run", "--import", "tests.support.acceptance_handlers"]
+    argv, env = worker_process(db_url, "tests.support.acceptance_handlers")
     with log.open("wb") as out:
-        return subprocess.Popen([*command, "--queue", JOBS, *extra], env=env, stderr=out)
+        return subprocess.Popen([*argv, "--queue", JOBS, *extra], env=env, stderr=out)
 
 
 def events(log: Path, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event.get("event") == name:
-                found.append(event)
-    return found
+    return log_events(log.read_text(), name)
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:

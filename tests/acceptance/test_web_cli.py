@@ -18,15 +18,10 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import with_dbname
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "worker.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env_for(db_url: str, **extra: str) -> dict[str, str]:

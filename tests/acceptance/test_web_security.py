@@ -29,8 +29,10 @@ from structlog.testing import capture_logs
 
 from db.connect import Target
 from queues.artifacts import Artifact
-from tests.acceptance.test_web_cli import env_for, free_port, one_line_error, wait_healthy
-from tests.integration.test_web import ALICE, BOB, SECRET, app_on, bearer, serve, token
+from tests.acceptance.test_web_cli import env_for, one_line_error, wait_healthy
+from tests.integration.test_web import ALICE, BOB, app_on, serve
+from tests.support.ports import free_port
+from tests.support.tokens import SECRET, bearer, token
 from web.__main__ import is_loopback
 from web.app import artifact_response
 from web.auth import REFUSAL_MESSAGE, Auth

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
-import jwt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -22,6 +21,7 @@ from db.connect import Target, sync_pool
 from queues import enqueue, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
 from queues.jobs import get_job
+from tests.support import tokens
 from tests.support.helpers import rows
 from web.app import create_app as create_fastapi_app
 from web.auth import Auth
@@ -33,15 +33,8 @@ ALICE, BOB = uuid.UUID(int=11), uuid.UUID(int=12)
 OVERSIZED = b'{"text": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
 
 
-def token(sub: uuid.UUID, *, expires_in: float = 3600) -> str:
-    """A Supabase-style access token: HS256, aud=authenticated, sub=the user id."""
-    claims = {"sub": str(sub), "aud": "authenticated", "exp": time.time() + expires_in}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def bearer(sub: uuid.UUID, *, expires_in: float = 3600) -> dict[str, str]:
-    """An Authorization header for `sub`."""
-    return {"Authorization": f"Bearer {token(sub, expires_in=expires_in)}"}
+token = partial(tokens.token, secret=SECRET)
+bearer = partial(tokens.bearer, secret=SECRET)
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ from db import storable
 from db.connect import Target, sync_pool
 from queues import aenqueue, enqueue, enqueue_batch, pgmq
 from queues.errors import InvalidPayload
-from tests.support.helpers import dead, job, rows, run_burst, send, spawned, worker_process
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import dead, job, rows, run_burst, send
+from tests.support.processes import spawned, worker_process
 from tests.support.values import TEXT, TOO_DEEP, anything, json_like, nested, same
 from web import create_app
 from web.flask_example import jobs_blueprint
@@ -336,7 +338,7 @@ def test_a_burst_stores_each_handlers_value_or_dead_letters_that_delivery_alone(
 
 
 def test_a_burst_over_good_and_bad_jobs_succeeds_the_good_and_dead_letters_the_bad_readably(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], burst_worker: BurstWorker
 ) -> None:
     """Results with NUL, bytes, NaN; progress with a NUL step or detail; step outputs with a NUL:
     each bad delivery is dead (`invalid_result`, one attempt) with the field and path named, every
@@ -352,7 +354,7 @@ def test_a_burst_over_good_and_bad_jobs_succeeds_the_good_and_dead_letters_the_b
     }
     cases = {i: (bad[i][0], bad[i][1]) if i in bad else ("result", {"n": i, "ok": True}) for i in range(16)}
     ids = send(conn, QUEUE, *({"i": i} for i in cases))
-    run_burst(target, storing_worker(cases))  # returns: the worker did not exit or hang
+    burst_worker(storing_worker(cases))  # returns: the worker did not exit or hang
     assert rows(conn, QUEUE) == []
     records = {r["payload"]["i"]: r for r in dead(conn, QUEUE)}
     assert sorted(records) == sorted(bad)
@@ -371,11 +373,10 @@ def test_a_burst_over_good_and_bad_jobs_succeeds_the_good_and_dead_letters_the_b
 
 
 def test_errors_holding_nul_or_surrogates_and_payloads_python_cannot_rewrite_still_dead_letter(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Error text is sanitised, not refused; the payload is copied into the record as stored (a
     number past a double, sent by another client, is kept as it was)."""
-    reg = Registry()
 
     @handler(QUEUE, registry=reg, max_attempts=1, backoff=FAST)
     async def fail(payload: dict[str, Any], ctx: Context) -> None:
@@ -383,7 +384,7 @@ def test_errors_holding_nul_or_surrogates_and_payloads_python_cannot_rewrite_sti
 
     pgmq.ensure_queue(conn, QUEUE)
     conn.execute("SELECT pgmq.send(%s, %s::jsonb)", (QUEUE, '{"huge": 1e400, "n": 1}'))
-    run_burst(target, reg)
+    burst_worker(reg)
     [record] = dead(conn, QUEUE)
     assert record["error"]["message"] == "bad page \\u0000 and \\udc80 from a file name"
     assert record["payload"]["n"] == 1 and record["payload"]["huge"] == 10**400
@@ -406,11 +407,10 @@ def test_an_artifact_name_with_a_nul_finds_nothing_instead_of_failing(
 
 
 def test_ctx_enqueue_and_fan_out_refuse_a_bad_payload_before_sending_anything(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """InvalidPayload at the call, naming the path; the delivery is dead (`invalid_payload`), and no
     handoff or child was sent."""
-    reg = Registry()
     seen: list[str] = []
 
     @handler(QUEUE, registry=reg, max_attempts=3, backoff=FAST)
@@ -431,7 +431,7 @@ def test_ctx_enqueue_and_fan_out_refuse_a_bad_payload_before_sending_anything(
 
     pgmq.ensure_queue(conn, "children")
     send(conn, QUEUE, {"how": "enqueue"}, {"how": "fan_out"})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert sorted(seen) == sorted(
         [
             "the payload cannot be stored: $.text: contains NUL (U+0000), which Postgres text and jsonb"
@@ -446,7 +446,7 @@ def test_ctx_enqueue_and_fan_out_refuse_a_bad_payload_before_sending_anything(
 
 
 def test_webhook_bodies_use_the_same_encoding_as_the_job_row(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """The `succeeded` body's result reads exactly as the job row's (ISO datetimes, UUID strings),
     and a `dead` body's error is the sanitised text."""
@@ -464,7 +464,6 @@ def test_webhook_bodies_use_the_same_encoding_as_the_job_row(
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    reg = Registry()
 
     @handler(QUEUE, registry=reg, max_attempts=1)
     async def hooked(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -476,7 +475,7 @@ def test_webhook_bodies_use_the_same_encoding_as_the_job_row(
     ok = enqueue(conn, QUEUE, {"fail": False}, webhook_url=url)
     enqueue(conn, QUEUE, {"fail": True}, webhook_url=url)
     try:
-        run_burst(target, reg, webhook_secret="whsec_" + "A" * 32, webhook_allow_private=True)
+        burst_worker(reg, webhook_secret="whsec_" + "A" * 32, webhook_allow_private=True)
     finally:
         server.shutdown()
         server.server_close()

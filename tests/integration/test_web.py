@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 import pytest
 import uvicorn
@@ -29,31 +28,12 @@ from queues import enqueue_batch, pgmq
 from queues.enqueue import MAX_PAYLOAD_BYTES
 from queues.jobs import JOB_CHANNEL, get_job
 from tests.support.helpers import make_worker, rows
+from tests.support.tokens import SECRET, bearer, token
 from web import create_app
 from web.settings import WebSettings
 from worker.registry import registry
 
-SECRET = "test-jwt-secret-with-32-characters!"
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
-
-
-def token(
-    sub: uuid.UUID | str | None, *, secret: str = SECRET, expires_in: float = 3600, **claims: Any
-) -> str:
-    """A Supabase-style access token (HS256, aud=authenticated)."""
-    payload: dict[str, Any] = {
-        "aud": "authenticated",
-        "role": "authenticated",
-        "exp": time.time() + expires_in,
-    }
-    if sub is not None:
-        payload["sub"] = str(sub)
-    payload.update(claims)
-    return jwt.encode(payload, secret, algorithm="HS256")
-
-
-def bearer(sub: uuid.UUID) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(sub)}"}
 
 
 def web_settings(**overrides: Any) -> WebSettings:

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -110,47 +105,6 @@ def job(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any
     row = cur.fetchone()
     assert row is not None, f"no job row for {queue}:{msg_id}"
     return dict(zip(cols, row, strict=True))
-
-
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def worker_process(db_url: str, *imports: str, **settings: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for a `pgmq-worker run` subprocess on `db_url` importing `imports`.
-
-    Only the settings given here (PGMQ_WORKER_* keyword names, plus a 0.2 s poll and JSON logs)
-    reach it: a developer's own PGMQ_WORKER_* and TEST_DATABASE_URL do not.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PGMQ_WORKER_") and k not in {"DATABASE_URL", "TEST_DATABASE_URL"}
-    }
-    env.update(DATABASE_URL=db_url, PYTHONPATH=str(REPO), PGMQ_WORKER_POLL_INTERVAL="0.2")
-    env.update(PGMQ_WORKER_LOG_FORMAT="json", **settings)
-    argv = [sys.executable, "-m", "worker.cli", "run"]
-    for module in imports:
-        argv += ["--import", module]
-    return argv, env
-
-
-@contextmanager
-def spawned(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A subprocess writing stdout and stderr to `log`; killed at the end of the block if still up."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def sigkill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process (no chance to release or settle anything) and see it gone."""
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(10) == -signal.SIGKILL
 
 
 def visible_now(conn: psycopg.Connection[Any], queue: str, msg_id: int | None = None) -> None:

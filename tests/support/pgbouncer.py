@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import conninfo
+
+from tests.support.ports import free_port
 
 REQUIRE_ENV = "PGMQ_WORKER_REQUIRE_PGBOUNCER"
 DEBIAN_BINARY = "/usr/sbin/pgbouncer"  # /usr/sbin is often missing from a non-root PATH
@@ -55,12 +56,6 @@ def pgbouncer_binary() -> str | None:
     if found:
         return found
     return DEBIAN_BINARY if os.access(DEBIAN_BINARY, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _value(text: str) -> str:
@@ -146,7 +141,7 @@ def pgbouncer(server_url: str) -> Iterator[Bouncer]:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     ini, server_host = _config(server_url, port)
     user = _run_as(server_host)
     workdir = Path(tempfile.mkdtemp(prefix="pgmqw-pgbouncer-"))
