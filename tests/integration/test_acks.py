@@ -10,14 +10,16 @@ import psycopg
 from db.connect import Target, async_pool
 from queues import pgmq
 from queues.pgmq import Message
-from tests.support.helpers import captured, job, rows, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import captured, job, rows
 from worker import Context, Registry, handler
 from worker.acks import Acks
 
 
-def test_a_busy_worker_acks_many_per_statement(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_busy_worker_acks_many_per_statement(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """300 quick successes are acked in far fewer statements; every message is gone, every job done."""
-    reg = Registry()
 
     @handler("quick", registry=reg)
     async def quick(payload: dict[str, Any], ctx: Context) -> dict[str, int]:
@@ -25,7 +27,7 @@ def test_a_busy_worker_acks_many_per_statement(target: Target, conn: psycopg.Con
 
     pgmq.ensure_queue(conn, "quick")
     ids = pgmq.send_batch(conn, "quick", [{"n": i} for i in range(300)])
-    worker = run_burst(target, reg, concurrency=50)
+    worker = burst_worker(reg, concurrency=50)
     assert rows(conn, "quick") == []
     assert worker.acks.acked == 300
     assert worker.acks.batches < 150
@@ -87,11 +89,10 @@ def test_acks_surface_database_errors_to_each_waiter(target: Target, conn: psyco
 
 
 def test_a_batched_ack_that_fails_is_retried_and_the_success_logged(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """The handler's task ends when it hands its success to Acks; if that batch fails (the pool's
     connections were cut), the settle loop writes it again and the job is still logged and done."""
-    reg = Registry()
 
     @handler("cut", registry=reg)
     async def cut(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
@@ -108,7 +109,7 @@ def test_a_batched_ack_that_fails_is_retried_and_the_success_logged(
     pgmq.ensure_queue(conn, "cut")
     [msg_id] = pgmq.send_batch(conn, "cut", [{"i": 1}])
     with captured() as logs:
-        worker = run_burst(target, reg)
+        worker = burst_worker(reg)
     events = [(e["event"], e.get("msg_id")) for e in logs]
     assert ("job.settle_failed", msg_id) in events
     assert ("job.succeeded", msg_id) in events

@@ -11,7 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from queues import Contract, pgmq
-from tests.support.helpers import dead, job, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import dead, job
 from worker import Backoff, Context, Registry, WorkerError, handler
 from worker.fanout import FanIn, policy, required
 
@@ -60,14 +61,13 @@ def child_handler(reg: Registry, log: list[tuple[str, int]], peak: list[int]) ->
 
 
 def test_partial_success_reports_every_child_and_the_parent_resumes_after_earlier_steps(
-    target: Any, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """6 children (3 ok, 2 failing, 1 timing out), 2 at a time, 2 attempts each, 50% required.
 
     The parent succeeds with each child's outcome and "3 of 6 succeeded (2 failed, 1 timed
     out)"; its step before the fan-out ran once; waking up was not counted as an attempt.
     """
-    reg = Registry()
     child_runs: list[tuple[str, int]] = []
     peak = [0]
     child_handler(reg, child_runs, peak)
@@ -91,7 +91,7 @@ def test_partial_success_reports_every_child_and_the_parent_resumes_after_earlie
     for q in ("fan_parent", "fan_child"):
         pgmq.ensure_queue(conn, q)
     msg_id = pgmq.send(conn, "fan_parent", {"count": 6})
-    run_burst(target, reg)
+    burst_worker(reg)
 
     row = job(conn, "fan_parent", msg_id)
     assert row["status"] == "succeeded", row["error"]
@@ -129,10 +129,9 @@ def test_partial_success_reports_every_child_and_the_parent_resumes_after_earlie
 
 
 def test_too_few_successes_dead_letter_the_parent_with_the_summary(
-    target: Any, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Default policy: every child must succeed; one failure makes the parent dead (FanOutFailed)."""
-    reg = Registry()
     child_handler(reg, [], [0])
 
     @handler("fan_strict", registry=reg, backoff=FAST)
@@ -142,7 +141,7 @@ def test_too_few_successes_dead_letter_the_parent_with_the_summary(
     for q in ("fan_strict", "fan_child"):
         pgmq.ensure_queue(conn, q)
     msg_id = pgmq.send(conn, "fan_strict", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "fan_strict", msg_id)
     assert row["status"] == "dead"
     assert row["error"]["type"] == "FanOutFailed"
@@ -150,10 +149,11 @@ def test_too_few_successes_dead_letter_the_parent_with_the_summary(
     assert row["detail"] == {"children": 2, "finished": 2, "succeeded": 1, "failed": 1}
 
 
-def test_the_deadline_cancels_children_that_never_ran(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_the_deadline_cancels_children_that_never_ran(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """No worker serves the children's queue: at the deadline the parent wakes, cancels the sent
     child (its message deleted), drops the held-back ones, and reports all three as cancelled."""
-    reg = Registry()
 
     @handler("fan_orphan", registry=reg, backoff=FAST)
     async def orphan(payload: dict[str, Any], ctx: Context) -> str:
@@ -165,7 +165,7 @@ def test_the_deadline_cancels_children_that_never_ran(target: Any, conn: psycopg
     for q in ("fan_orphan", "fan_nobody"):
         pgmq.ensure_queue(conn, q)
     msg_id = pgmq.send(conn, "fan_orphan", {})
-    run_burst(target, reg, timeout=20)
+    burst_worker(reg, timeout=20)
     row = job(conn, "fan_orphan", msg_id)
     assert (row["status"], row["result"]) == ("succeeded", "0 of 3 succeeded (3 cancelled)")
     [sent] = children(conn, row["id"])  # max_running=1: only one was ever sent
@@ -177,11 +177,10 @@ def test_the_deadline_cancels_children_that_never_ran(target: Any, conn: psycopg
 
 
 def test_a_child_held_by_a_crashed_worker_reappears_and_the_parent_finishes(
-    target: Any, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A worker read a child and died without settling it: after its visibility timeout another
     worker runs it, and that settle wakes the parent."""
-    reg = Registry()
     child_handler(reg, [], [0])
     spawned = threading.Event()
 
@@ -198,20 +197,21 @@ def test_a_child_held_by_a_crashed_worker_reappears_and_the_parent_finishes(
     parent_only = Registry()
     parent_only.add(reg.get("fan_crash"))
     with pytest.raises(TimeoutError):
-        run_burst(target, parent_only, timeout=1.5)  # the parent waits: the burst cannot end
+        burst_worker(parent_only, timeout=1.5)  # the parent waits: the burst cannot end
     assert spawned.is_set()
     # The "crashed" worker: reads one child (1 s visibility) and never settles it.
     taken = conn.execute("SELECT msg_id FROM pgmq.read('fan_child', 1, 1)").fetchall()
     assert len(taken) == 1
-    run_burst(target, reg, timeout=20)
+    burst_worker(reg, timeout=20)
     row = job(conn, "fan_crash", msg_id)
     assert (row["status"], row["result"]) == ("succeeded", [9, 16])
     assert [c["attempts"] for c in children(conn, row["id"])].count(2) == 1  # the crashed delivery counted
 
 
-def test_a_finished_fan_out_is_not_spawned_again_on_retry(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_a_finished_fan_out_is_not_spawned_again_on_retry(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A step after the fan-out fails once: the retry gets the stored fan-in; children ran once."""
-    reg = Registry()
     runs: list[tuple[str, int]] = []
     child_handler(reg, runs, [0])
     after: list[int] = []
@@ -227,16 +227,17 @@ def test_a_finished_fan_out_is_not_spawned_again_on_retry(target: Any, conn: psy
     for q in ("fan_retry", "fan_child"):
         pgmq.ensure_queue(conn, q)
     msg_id = pgmq.send(conn, "fan_retry", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert job(conn, "fan_retry", msg_id)["result"] == 0 + 1 + 4 + 9
     assert after == [1, 2]
     assert len(runs) == 4
 
 
-def test_bad_children_are_refused_before_anything_is_sent(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_bad_children_are_refused_before_anything_is_sent(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A payload that fails the child contract dead-letters the parent (InvalidPayload); an unknown
     child queue is a failed attempt; neither sends a child."""
-    reg = Registry()
 
     @handler("fan_bad", registry=reg, backoff=FAST, max_attempts=1)
     async def bad(payload: dict[str, Any], ctx: Context) -> None:
@@ -249,7 +250,7 @@ def test_bad_children_are_refused_before_anything_is_sent(target: Any, conn: psy
         pgmq.ensure_queue(conn, q)
     invalid = pgmq.send(conn, "fan_bad", {"case": "invalid"})
     missing = pgmq.send(conn, "fan_bad", {"case": "missing"})
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "fan_bad", invalid)
     assert (row["status"], row["error"]["type"]) == ("dead", "InvalidPayload")
     assert "fan_child" in row["error"]["message"]

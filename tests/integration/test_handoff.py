@@ -6,9 +6,9 @@ from typing import Any
 
 import psycopg
 
-from db.connect import Target
 from queues import pgmq
-from tests.support.helpers import dead, job, rows, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import dead, job, rows
 from worker import Backoff, Context, Registry, handler
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
@@ -19,9 +19,10 @@ def queues(conn: psycopg.Connection[Any], *names: str) -> None:
         pgmq.ensure_queue(conn, name)
 
 
-def test_a_handoff_is_sent_with_the_ack(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_handoff_is_sent_with_the_ack(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """On success the next queue has the message and a queued job row; the first message is gone."""
-    reg = Registry()
 
     @handler("ocr", registry=reg)
     async def ocr(payload: dict[str, Any], ctx: Context) -> str:
@@ -32,7 +33,7 @@ def test_a_handoff_is_sent_with_the_ack(target: Target, conn: psycopg.Connection
 
     queues(conn, "ocr", "translate")
     pgmq.send(conn, "ocr", {"page": "bonjour"})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert rows(conn, "ocr") == []
     [sent] = rows(conn, "translate")
     assert sent["message"] == {"text": "BONJOUR"}
@@ -40,9 +41,10 @@ def test_a_handoff_is_sent_with_the_ack(target: Target, conn: psycopg.Connection
     assert (row["status"], str(row["owner"])) == ("queued", "00000000-0000-0000-0000-000000000007")
 
 
-def test_a_failed_attempt_sends_nothing(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_failed_attempt_sends_nothing(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A handler that enqueues, then raises, hands nothing off (the retry enqueues again, once)."""
-    reg = Registry()
     runs: list[int] = []
 
     @handler("flaky", registry=reg, backoff=FAST, max_attempts=3)
@@ -54,16 +56,15 @@ def test_a_failed_attempt_sends_nothing(target: Target, conn: psycopg.Connection
 
     queues(conn, "flaky", "next")
     pgmq.send(conn, "flaky", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert runs == [1, 2]
     assert [r["message"] for r in rows(conn, "next")] == [{"attempt": 2}]
 
 
 def test_a_handoff_to_a_missing_queue_fails_the_attempt(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Handing off to a queue that does not exist is a failed attempt: retried, then dead-lettered."""
-    reg = Registry()
 
     @handler("lost", registry=reg, backoff=FAST, max_attempts=2)
     async def lost(payload: dict[str, Any], ctx: Context) -> None:
@@ -71,7 +72,7 @@ def test_a_handoff_to_a_missing_queue_fails_the_attempt(
 
     queues(conn, "lost")
     msg_id = pgmq.send(conn, "lost", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     [record] = dead(conn, "lost")
     assert (record["reason"], record["error"]["type"]) == ("max_attempts", "UnknownQueue")
     assert "nowhere" in record["error"]["message"]
@@ -79,10 +80,9 @@ def test_a_handoff_to_a_missing_queue_fails_the_attempt(
 
 
 def test_no_handoff_when_the_delivery_is_no_longer_ours(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """If the lease passed to another reader before the ack, neither the ack nor the handoff happens."""
-    reg = Registry()
     runs: list[int] = []
 
     @handler("stale", registry=reg, visibility_timeout=2, max_attempts=5)
@@ -95,7 +95,7 @@ def test_no_handoff_when_the_delivery_is_no_longer_ours(
 
     queues(conn, "stale", "after")
     pgmq.send(conn, "stale", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert rows(conn, "stale") == []
     assert runs == [1, 3]  # the stale delivery's ack failed, so the message ran again
     assert [r["message"] for r in rows(conn, "after")] == [{"attempt": 3}]  # only the held one

@@ -16,7 +16,8 @@ from db.connect import Target
 from queues import enqueue, enqueue_batch, pgmq
 from queues.catalog import Catalog
 from queues.errors import NoJobRows
-from tests.support.helpers import captured, dead, make_worker, rows, run_burst, stop_once_started
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import captured, dead, make_worker, rows, stop_once_started
 from worker import Backoff, Context, Registry, handler
 from worker.errors import HandlerRegistrationError, RateLimited
 
@@ -31,10 +32,9 @@ def job_rows(conn: psycopg.Connection[Any], queue: str) -> int:
 
 
 def test_a_queue_without_job_rows_drains_and_acks_with_no_job_rows(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Every message is handled once and deleted; no job row is created for any of them."""
-    reg = Registry()
     seen: list[tuple[int, int]] = []
 
     @handler("plain", registry=reg, job_rows=False)
@@ -46,7 +46,7 @@ def test_a_queue_without_job_rows_drains_and_acks_with_no_job_rows(
     pgmq.ensure_queue(conn, "plain")
     pgmq.send_batch(conn, "plain", [{"i": i} for i in range(120)])
     with captured() as logs:
-        worker = run_burst(target, reg, concurrency=8)
+        worker = burst_worker(reg, concurrency=8)
     assert sorted(seen) == [(i, 1) for i in range(120)]
     assert rows(conn, "plain") == []
     assert dead(conn, "plain") == []
@@ -56,10 +56,9 @@ def test_a_queue_without_job_rows_drains_and_acks_with_no_job_rows(
 
 
 def test_without_job_rows_a_failing_handler_is_retried_then_dead_lettered(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Retries with backoff and the dead-letter record work as with job rows; still no row."""
-    reg = Registry()
     attempts: list[int] = []
 
     @handler("plain_flaky", registry=reg, max_attempts=3, backoff=FAST, job_rows=False)
@@ -70,7 +69,7 @@ def test_without_job_rows_a_failing_handler_is_retried_then_dead_lettered(
     pgmq.ensure_queue(conn, "plain_flaky")
     msg_id = pgmq.send(conn, "plain_flaky", {"n": 1})
     with captured() as logs:
-        run_burst(target, reg)
+        burst_worker(reg)
     assert attempts == [1, 2, 3]
     assert rows(conn, "plain_flaky") == []
     [record] = dead(conn, "plain_flaky")
@@ -83,10 +82,9 @@ def test_without_job_rows_a_failing_handler_is_retried_then_dead_lettered(
 
 
 def test_without_job_rows_rate_limited_is_a_failed_attempt(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """With no row to count deferrals in, RateLimited is retried after its delay and counts as an attempt."""
-    reg = Registry()
     attempts: list[int] = []
 
     @handler("plain_limited", registry=reg, max_attempts=2, job_rows=False)
@@ -96,7 +94,7 @@ def test_without_job_rows_rate_limited_is_a_failed_attempt(
 
     pgmq.ensure_queue(conn, "plain_limited")
     pgmq.send(conn, "plain_limited", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert attempts == [1, 2]
     [record] = dead(conn, "plain_limited")
     assert (record["reason"], record["error"]["type"]) == ("max_attempts", "RateLimited")
@@ -104,10 +102,9 @@ def test_without_job_rows_rate_limited_is_a_failed_attempt(
 
 
 def test_without_job_rows_steps_and_fan_out_are_refused_when_called(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """ctx.step and ctx.fan_out need a job row: the delivery is dead-lettered at once, saying why."""
-    reg = Registry()
 
     @handler("plain_step", registry=reg, job_rows=False)
     async def stepping(payload: dict[str, Any], ctx: Context) -> None:
@@ -118,7 +115,7 @@ def test_without_job_rows_steps_and_fan_out_are_refused_when_called(
 
     pgmq.ensure_queue(conn, "plain_step")
     pgmq.send_batch(conn, "plain_step", [{"call": "step"}, {"call": "fan_out"}])
-    run_burst(target, reg)
+    burst_worker(reg)
     records = dead(conn, "plain_step")
     assert sorted(r["payload"]["call"] for r in records) == ["fan_out", "step"]
     for record in records:
@@ -128,10 +125,9 @@ def test_without_job_rows_steps_and_fan_out_are_refused_when_called(
 
 
 def test_fan_out_into_a_queue_without_job_rows_is_refused(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Children without job rows could never report back to their parent: refused, not hung."""
-    reg = Registry()
 
     @handler("rows_parent", registry=reg)
     async def parent(payload: dict[str, Any], ctx: Context) -> None:
@@ -144,7 +140,7 @@ def test_fan_out_into_a_queue_without_job_rows_is_refused(
     pgmq.ensure_queue(conn, "rows_parent")
     pgmq.ensure_queue(conn, "plain_kid")
     msg_id = pgmq.send(conn, "rows_parent", {})
-    run_burst(target, reg, queues=("rows_parent", "plain_kid"))
+    burst_worker(reg, queues=("rows_parent", "plain_kid"))
     [record] = dead(conn, "rows_parent")
     assert record["reason"] == "permanent" and "'plain_kid'" in record["error"]["message"]
     assert rows(conn, "plain_kid") == []
@@ -155,10 +151,9 @@ def test_fan_out_into_a_queue_without_job_rows_is_refused(
 
 
 def test_a_handoff_to_a_queue_without_job_rows_creates_no_row(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """ctx.enqueue into a queue this worker runs without job rows sends the message alone."""
-    reg = Registry()
     got: list[dict[str, Any]] = []
 
     @handler("rows_source", registry=reg)
@@ -172,7 +167,7 @@ def test_a_handoff_to_a_queue_without_job_rows_creates_no_row(
     pgmq.ensure_queue(conn, "rows_source")
     pgmq.ensure_queue(conn, "plain_sink")
     pgmq.send_batch(conn, "rows_source", [{"n": 1}, {"n": 2}])
-    run_burst(target, reg, queues=("rows_source", "plain_sink"))
+    burst_worker(reg, queues=("rows_source", "plain_sink"))
     assert sorted(p["from"] for p in got) == [1, 2]
     assert rows(conn, "rows_source") == [] and rows(conn, "plain_sink") == []
     assert job_rows(conn, "rows_source") == 2
@@ -180,10 +175,9 @@ def test_a_handoff_to_a_queue_without_job_rows_creates_no_row(
 
 
 def test_without_job_rows_archive_keeps_the_message_in_pgmqs_archive(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """archive=True works without job rows: the message moves to pgmq.a_<queue>."""
-    reg = Registry()
 
     @handler("plain_kept", registry=reg, archive=True, job_rows=False)
     async def kept(payload: dict[str, Any], ctx: Context) -> None:
@@ -191,17 +185,16 @@ def test_without_job_rows_archive_keeps_the_message_in_pgmqs_archive(
 
     pgmq.ensure_queue(conn, "plain_kept")
     msg_id = pgmq.send(conn, "plain_kept", {"k": 1})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert rows(conn, "plain_kept") == []
     assert conn.execute("SELECT msg_id, message FROM pgmq.a_plain_kept").fetchall() == [(msg_id, {"k": 1})]
     assert job_rows(conn, "plain_kept") == 0
 
 
 def test_without_job_rows_a_stopped_worker_releases_what_it_holds(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Past the grace a held message becomes visible at once, with no job row to mark `queued`."""
-    reg = Registry()
     started = threading.Event()
 
     @handler("plain_stuck", registry=reg, visibility_timeout=300, job_rows=False)
@@ -222,9 +215,10 @@ def test_without_job_rows_a_stopped_worker_releases_what_it_holds(
     assert job_rows(conn, "plain_stuck") == 0
 
 
-def test_job_rows_and_queues_with_them_share_a_worker(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_job_rows_and_queues_with_them_share_a_worker(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """One worker serves both kinds; each queue's acks keep to its own kind."""
-    reg = Registry()
 
     @handler("rows_on", registry=reg)
     async def on(payload: dict[str, Any], ctx: Context) -> int:
@@ -237,7 +231,7 @@ def test_job_rows_and_queues_with_them_share_a_worker(target: Target, conn: psyc
     for queue in ("rows_on", "rows_off"):
         pgmq.ensure_queue(conn, queue)
         pgmq.send_batch(conn, queue, [{"i": i} for i in range(30)])
-    run_burst(target, reg, queues=("rows_on", "rows_off"), concurrency=10)
+    burst_worker(reg, queues=("rows_on", "rows_off"), concurrency=10)
     assert rows(conn, "rows_on") == [] and rows(conn, "rows_off") == []
     done = conn.execute(
         "SELECT count(*) FROM pgmq_worker.jobs WHERE queue = 'rows_on' AND status = 'succeeded'"

@@ -11,13 +11,15 @@ import psycopg
 
 from db.connect import Target
 from queues import pgmq
-from tests.support.helpers import job, make_worker, run_burst, stop_once_started
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import job, make_worker, stop_once_started
 from worker import Backoff, Context, Registry, handler
 
 
-def test_a_finished_job_is_succeeded_with_its_result(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_finished_job_is_succeeded_with_its_result(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A message sent with plain SQL gets a job row when first read; success records the result."""
-    reg = Registry()
     seen_running: list[str] = []
 
     @handler("calc", registry=reg)
@@ -29,7 +31,7 @@ def test_a_finished_job_is_succeeded_with_its_result(target: Target, conn: psyco
 
     pgmq.ensure_queue(conn, "calc")
     [(msg_id,)] = conn.execute("""SELECT * FROM pgmq.send('calc', '{"a": 2, "b": 3}')""").fetchall()
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "calc", msg_id)
     assert seen_running == ["running"]
     assert row["status"] == "succeeded"
@@ -41,9 +43,10 @@ def test_a_finished_job_is_succeeded_with_its_result(target: Target, conn: psyco
     assert row["finished_at"] >= row["started_at"]
 
 
-def test_a_retried_then_dead_job_records_each_error(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_retried_then_dead_job_records_each_error(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A failed attempt leaves the row `failed` with its error; the last one leaves it `dead`."""
-    reg = Registry()
     rows_between: list[dict[str, Any]] = []
 
     @handler("bad", registry=reg, max_attempts=2, backoff=Backoff(base=0.05, jitter=0))
@@ -55,7 +58,7 @@ def test_a_retried_then_dead_job_records_each_error(target: Target, conn: psycop
 
     pgmq.ensure_queue(conn, "bad")
     msg_id = pgmq.send(conn, "bad", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     [between] = rows_between
     assert between["status"] == "running"
     assert between["attempts"] == 2
@@ -68,10 +71,9 @@ def test_a_retried_then_dead_job_records_each_error(target: Target, conn: psycop
 
 
 def test_a_retry_scheduled_job_is_failed_until_it_runs_again(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Between attempts the row says `failed`, with the error, and is not finished."""
-    reg = Registry()
 
     @handler("later", registry=reg, backoff=Backoff(base=600, jitter=0))
     async def later(payload: dict[str, Any], ctx: Context) -> None:
@@ -102,9 +104,10 @@ def job_status(conn: psycopg.Connection[Any], msg_id: int) -> str | None:
     return None if row is None else str(row[0])
 
 
-def test_a_poison_message_gets_a_dead_job_row(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_poison_message_gets_a_dead_job_row(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """Invalid payloads are dead-lettered and their job row says so."""
-    reg = Registry()
 
     @handler("strict", registry=reg)
     async def strict(payload: dict[str, Any], ctx: Context) -> None:
@@ -112,15 +115,16 @@ def test_a_poison_message_gets_a_dead_job_row(target: Target, conn: psycopg.Conn
 
     pgmq.ensure_queue(conn, "strict")
     [(msg_id,)] = conn.execute("SELECT * FROM pgmq.send('strict', '[1]')").fetchall()
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "strict", msg_id)
     assert row["status"] == "dead"
     assert row["error"]["type"] == "InvalidPayload"
 
 
-def test_a_job_released_on_shutdown_is_queued_again(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_job_released_on_shutdown_is_queued_again(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
+) -> None:
     """A handler cancelled past the grace leaves its row `queued`, ready for the next worker."""
-    reg = Registry()
     started = threading.Event()
 
     @handler("stuck", registry=reg, visibility_timeout=300)

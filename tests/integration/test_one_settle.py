@@ -76,11 +76,11 @@ def test_a_result_the_settle_cannot_store_dead_letters_that_delivery_alone(
     monkeypatch: pytest.MonkeyPatch,
     kind: str,
     archive: bool,
+    reg: Registry,
 ) -> None:
     """A result Postgres (or the encoder) refuses at the ack, past the result check: that delivery
     is dead-lettered `invalid_result` with the error, once; its batch-mates are acked; the worker
     does not stop, and on a direct connection nothing says "transaction pooler"."""
-    reg = Registry()
     calls: list[int] = []
 
     @handler("ocr_pages", registry=reg, max_attempts=5, archive=archive)
@@ -143,12 +143,11 @@ def test_acks_isolate_the_member_a_batch_fails_on(target: Target, conn: psycopg.
 
 @pytest.mark.parametrize("part", ["Context", "ProgressReporter", "Steps"])
 def test_our_own_code_raising_inside_a_delivery_still_settles_it(
-    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, part: str
+    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, part: str, reg: Registry
 ) -> None:
     """Building the delivery's Context (or its reporter, its steps) raises: the attempt fails with
     that error recorded and is retried, then dead-lettered; the job never stays `running`, no task
     loses its exception, and the other deliveries succeed."""
-    reg = Registry()
 
     @handler("fragile", registry=reg, max_attempts=2, backoff=FAST)
     async def fragile(payload: dict[str, Any], ctx: Context) -> None:
@@ -181,12 +180,15 @@ def test_our_own_code_raising_inside_a_delivery_still_settles_it(
 @pytest.mark.parametrize("is_async", [True, False], ids=["async", "def"])
 @pytest.mark.parametrize("exit_with", [SystemExit, KeyboardInterrupt])
 def test_a_handler_that_exits_fails_its_attempt_and_the_worker_runs_on(
-    target: Target, conn: psycopg.Connection[Any], is_async: bool, exit_with: type[BaseException]
+    target: Target,
+    conn: psycopg.Connection[Any],
+    is_async: bool,
+    exit_with: type[BaseException],
+    reg: Registry,
 ) -> None:
     """sys.exit() (or a KeyboardInterrupt raised) in handler code is a failed attempt like any
     exception: recorded, retried, dead-lettered once attempts are spent. It stops nothing; a
     worker is stopped with a signal."""
-    reg = Registry()
 
     def work(payload: dict[str, Any]) -> dict[str, Any]:
         if payload["n"] == 1:
@@ -251,11 +253,10 @@ def test_a_progress_write_refused_on_its_timer_fails_the_attempt_at_close(
 
 
 def test_a_nul_result_on_a_direct_connection_does_not_stop_the_worker(
-    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    target: Target, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, reg: Registry
 ) -> None:
     """Issue 18: a NUL in one result stopped the worker with "goes through a transaction pooler".
     On a direct connection the worker runs on and says nothing about a pooler."""
-    reg = Registry()
 
     @handler("scans", registry=reg)
     async def scan(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -271,12 +272,11 @@ def test_a_nul_result_on_a_direct_connection_does_not_stop_the_worker(
 
 
 def test_an_undeclared_transaction_pooler_stops_the_worker_before_it_reads(
-    pgbouncer_url: str, conn: psycopg.Connection[Any]
+    pgbouncer_url: str, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Through a real PgBouncer in transaction mode, told nothing (a direct Target): the start-up
     probe sees it and run() raises PoolerMisconfigured naming the setting, before any message is
     read; the same PgBouncer, declared, serves the queue."""
-    reg = Registry()
 
     @handler("via_bouncer", registry=reg)
     async def noop(payload: dict[str, Any], ctx: Context) -> None:

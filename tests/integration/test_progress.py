@@ -12,7 +12,8 @@ import pytest
 
 from db.connect import Target
 from queues import pgmq
-from tests.support.helpers import dead, job, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import dead, job
 from worker import Context, Registry, handler
 
 
@@ -30,10 +31,9 @@ def count_job_updates(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_a_tight_loop_of_reports_costs_a_few_writes_and_keeps_the_last(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """1,000 reports over about a second become a handful of row updates; the row shows the last."""
-    reg = Registry()
     seen: list[dict[str, Any]] = []
 
     @handler("busy", registry=reg, max_attempts=1)
@@ -50,7 +50,7 @@ def test_a_tight_loop_of_reports_costs_a_few_writes_and_keeps_the_last(
     msg_id = pgmq.send(conn, "busy", {})
     count_job_updates(conn)
     started = time.monotonic()
-    run_burst(target, reg, progress_interval=timedelta(milliseconds=500))
+    burst_worker(reg, progress_interval=timedelta(milliseconds=500))
     elapsed = time.monotonic() - started
     row = job(conn, "busy", msg_id)
     assert row["status"] == "dead"
@@ -65,9 +65,10 @@ def test_a_tight_loop_of_reports_costs_a_few_writes_and_keeps_the_last(
     assert dead(conn, "busy")
 
 
-def test_a_def_handler_reports_with_the_sync_twin(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_a_def_handler_reports_with_the_sync_twin(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """progress_sync works from the handler's thread; success then sets progress to 100."""
-    reg = Registry()
     mid: list[dict[str, Any]] = []
 
     @handler("steps", registry=reg)
@@ -81,7 +82,7 @@ def test_a_def_handler_reports_with_the_sync_twin(target: Target, conn: psycopg.
 
     pgmq.ensure_queue(conn, "steps")
     msg_id = pgmq.send(conn, "steps", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     [row_mid] = mid
     assert (row_mid["progress"], row_mid["step"], row_mid["detail"]) == (80, "translate", {"lang": "de"})
     final = job(conn, "steps", msg_id)
@@ -102,10 +103,14 @@ def test_a_def_handler_reports_with_the_sync_twin(target: Target, conn: psycopg.
     ],
 )
 def test_bad_progress_reports_are_refused(
-    target: Target, conn: psycopg.Connection[Any], args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+    conn: psycopg.Connection[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: str,
+    reg: Registry,
+    burst_worker: BurstWorker,
 ) -> None:
     """A bad report raises ValueError in the handler (a failed attempt), and writes nothing."""
-    reg = Registry()
     errors: list[str] = []
 
     @handler("reports", registry=reg, max_attempts=1)
@@ -118,7 +123,7 @@ def test_bad_progress_reports_are_refused(
 
     pgmq.ensure_queue(conn, "reports")
     msg_id = pgmq.send(conn, "reports", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert len(errors) == 1
     assert message in errors[0]
     row = job(conn, "reports", msg_id)

@@ -20,7 +20,8 @@ import pytest
 
 from db.connect import Target
 from queues import pgmq
-from tests.support.helpers import job, rows, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import job, rows
 from worker import Backoff, Context, RateLimited, Registry, handler
 from worker.errors import MAX_RATE_LIMIT_DELAY_S, retry_after
 
@@ -52,9 +53,10 @@ def test_retry_after_as_a_future_http_date() -> None:
     assert seconds is not None and 28 <= seconds <= 30
 
 
-def test_rate_limited_deliveries_are_not_attempts(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_rate_limited_deliveries_are_not_attempts(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """Three 429s on a max_attempts=2 handler, then success: the job succeeds, every run is attempt 1."""
-    reg = Registry()
     seen: list[int] = []
     statuses: list[tuple[str, Any]] = []
 
@@ -70,7 +72,7 @@ def test_rate_limited_deliveries_are_not_attempts(target: Target, conn: psycopg.
 
     pgmq.ensure_queue(conn, "rl")
     msg_id = pgmq.send(conn, "rl", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert seen == [1, 1, 1, 1]
     row = job(conn, "rl", msg_id)
     assert (row["status"], row["result"], row["attempts"], row["deferrals"]) == ("succeeded", "done", 4, 3)
@@ -125,11 +127,10 @@ def provider() -> Iterator[tuple[str, list[float]]]:
 
 
 def test_a_429_is_retried_after_its_retry_after(
-    target: Target, conn: psycopg.Connection[Any], provider: tuple[str, list[float]]
+    conn: psycopg.Connection[Any], provider: tuple[str, list[float]], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """RateLimited.from_response honours Retry-After: the second call comes a second later, as attempt 1."""
     url, calls = provider
-    reg = Registry()
     attempts: list[int] = []
 
     @handler("api", registry=reg, backoff=FAST, max_attempts=1)
@@ -143,7 +144,7 @@ def test_a_429_is_retried_after_its_retry_after(
 
     pgmq.ensure_queue(conn, "api")
     msg_id = pgmq.send(conn, "api", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.95
     assert attempts == [1, 1]
     assert job(conn, "api", msg_id)["status"] == "succeeded"

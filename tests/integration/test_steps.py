@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from queues import pgmq
-from tests.support.helpers import dead, job, run_burst
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import dead, job
 from worker import Backoff, Context, RateLimited, Registry, handler
 from worker.errors import HandlerRegistrationError
 
@@ -29,10 +30,9 @@ def steps_of(conn: psycopg.Connection[Any], job_id: Any) -> dict[str, tuple[str,
 
 
 def test_a_retry_resumes_at_the_failed_step_with_earlier_outputs(
-    target: Any, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Step 2 fails once: the retry skips step 1 (its stored output is used), reruns 2, runs 3."""
-    reg = Registry()
     calls: list[str] = []
 
     def fetch(text: str) -> str:  # a plain function: runs in the handler thread pool
@@ -58,7 +58,7 @@ def test_a_retry_resumes_at_the_failed_step_with_earlier_outputs(
 
     pgmq.ensure_queue(conn, "stepped")
     [msg_id] = [pgmq.send(conn, "stepped", {"text": "alpha beta gamma"})]
-    run_burst(target, reg)
+    burst_worker(reg)
     assert calls == ["fetch", "parse", "parse", "count"]
     row = job(conn, "stepped", msg_id)
     assert (row["status"], row["result"], row["progress"], row["step"]) == (
@@ -74,9 +74,10 @@ def test_a_retry_resumes_at_the_failed_step_with_earlier_outputs(
     }
 
 
-def test_a_step_that_keeps_failing_dead_letters_the_job(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_a_step_that_keeps_failing_dead_letters_the_job(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A step's own max_attempts ends the job (dead, reason permanent) before the job's max_attempts."""
-    reg = Registry()
     runs: list[int] = []
 
     async def broken() -> None:
@@ -89,7 +90,7 @@ def test_a_step_that_keeps_failing_dead_letters_the_job(target: Any, conn: psyco
 
     pgmq.ensure_queue(conn, "doomed")
     msg_id = pgmq.send(conn, "doomed", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert len(runs) == 2
     [record] = dead(conn, "doomed")
     assert record["reason"] == "permanent" and "step 'broken' failed 2 times" in record["error"]["message"]
@@ -98,11 +99,10 @@ def test_a_step_that_keeps_failing_dead_letters_the_job(target: Any, conn: psyco
 
 
 def test_a_rate_limited_step_is_deferred_not_counted_against_its_attempts(
-    target: Any, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A step with max_attempts=1 hits a 429 twice: the job is deferred each time, the step runs a
     third time and succeeds, and its attempt count shows the one real attempt."""
-    reg = Registry()
     runs: list[int] = []
 
     async def call_provider() -> str:
@@ -117,16 +117,17 @@ def test_a_rate_limited_step_is_deferred_not_counted_against_its_attempts(
 
     pgmq.ensure_queue(conn, "limited_step")
     msg_id = pgmq.send(conn, "limited_step", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert len(runs) == 3
     row = job(conn, "limited_step", msg_id)
     assert (row["status"], row["result"], row["attempts"], row["deferrals"]) == ("succeeded", "answer", 3, 2)
     assert steps_of(conn, row["id"])["call"][:2] == ("done", 1)
 
 
-def test_a_step_past_its_timeout_is_a_failed_attempt(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_a_step_past_its_timeout_is_a_failed_attempt(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A step slower than its timeout fails the attempt (StepTimeout recorded); the retry succeeds."""
-    reg = Registry()
 
     async def slow(attempt: int) -> str:
         await asyncio.sleep(5 if attempt == 1 else 0)
@@ -138,15 +139,16 @@ def test_a_step_past_its_timeout_is_a_failed_attempt(target: Any, conn: psycopg.
 
     pgmq.ensure_queue(conn, "slowstep")
     msg_id = pgmq.send(conn, "slowstep", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     row = job(conn, "slowstep", msg_id)
     assert (row["status"], row["attempts"], row["result"]) == ("succeeded", 2, "ok")
     assert steps_of(conn, row["id"])["slow"][:2] == ("done", 2)
 
 
-def test_a_step_output_that_is_not_json_dead_letters(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_a_step_output_that_is_not_json_dead_letters(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """An output that cannot be stored is a programming error: dead-lettered at once, with the reason."""
-    reg = Registry()
 
     @handler("badout", registry=reg, backoff=FAST)
     async def badout(payload: dict[str, Any], ctx: Context) -> None:
@@ -154,7 +156,7 @@ def test_a_step_output_that_is_not_json_dead_letters(target: Any, conn: psycopg.
 
     pgmq.ensure_queue(conn, "badout")
     pgmq.send(conn, "badout", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     [record] = dead(conn, "badout")
     assert record["reason"] == "invalid_result" and "not a JSON type" in record["error"]["message"]
 

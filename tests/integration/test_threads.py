@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 
 from db.connect import Target
-from tests.support.helpers import make_worker, run_burst, send
+from tests.support.fixtures import BurstWorker
+from tests.support.helpers import make_worker, send
 from worker import Context, handler
 from worker.registry import Registry
 from worker.settings import WorkerSettings
@@ -24,14 +25,13 @@ def test_the_defaults_run_many_coroutines_and_fewer_threads() -> None:
 
 
 def test_threads_bound_def_handlers_while_async_ones_use_the_other_slots(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """threads=2, concurrency=6: never more than two `def` handlers at once, async ones beside them.
 
     The first read (the `def` queue first) takes two messages for the threads and four for the
     coroutines, instead of six that would wait in the thread pool holding every slot.
     """
-    reg = Registry()
     lock = threading.Lock()
     sync_running = 0
     sync_peak = 0
@@ -59,7 +59,7 @@ def test_threads_bound_def_handlers_while_async_ones_use_the_other_slots(
 
     send(conn, "in_threads", *({"i": i} for i in range(8)))
     send(conn, "coroutines", *({"i": i} for i in range(8)))
-    worker = run_burst(target, reg, queues=("in_threads", "coroutines"), concurrency=6, threads=2)
+    worker = burst_worker(reg, queues=("in_threads", "coroutines"), concurrency=6, threads=2)
     assert sync_peak == 2
     assert sum(1 for at in async_starts if at < min(sync_ends)) == 4
     assert sorted(done) == sorted([f"sync{i}" for i in range(8)] + [f"async{i}" for i in range(8)])
@@ -67,10 +67,9 @@ def test_threads_bound_def_handlers_while_async_ones_use_the_other_slots(
 
 
 def test_a_def_queue_waiting_for_a_thread_starts_its_next_job_when_one_frees_not_at_the_next_poll(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """One thread, polling every 30 s: the second job starts as the first returns."""
-    reg = Registry()
     spans: list[tuple[float, float]] = []
     finished = threading.Event()
 

@@ -55,11 +55,10 @@ def test_a_wait_ends_on_a_notification_on_stop_or_after_its_interval() -> None:
 
 
 def test_a_polling_worker_picks_up_the_next_message_long_before_its_poll_interval(
-    target: Any, conn: psycopg.Connection[Any]
+    target: Any, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """No LISTEN and a 10 s poll interval: a message sent just after another was handled still starts
     within a fraction of the interval, because the worker looks again soon after finding work."""
-    reg = Registry()
     started: dict[str, float] = {}
 
     @handler("polled", registry=reg)
@@ -150,11 +149,10 @@ def test_a_producer_without_access_to_the_worker_schema_can_still_send(
 
 
 def test_an_idle_listening_worker_announces_itself_and_withdraws_when_it_stops(
-    target: Any, conn: psycopg.Connection[Any]
+    target: Any, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Idle: one live waiter row per queue it serves, and a new message wakes it via NOTIFY well
     before its 10 s poll. Stopped: its rows are gone, so inserts stop notifying."""
-    reg = Registry()
     picked: list[float] = []
 
     @handler("idle_a", registry=reg)
@@ -191,10 +189,11 @@ def test_an_idle_listening_worker_announces_itself_and_withdraws_when_it_stops(
     assert conn.execute("SELECT count(*) FROM pgmq_worker.waiters").fetchone() == (0,)
 
 
-def test_the_announcement_stays_live_under_steady_traffic(target: Any, conn: psycopg.Connection[Any]) -> None:
+def test_the_announcement_stays_live_under_steady_traffic(
+    target: Any, conn: psycopg.Connection[Any], reg: Registry
+) -> None:
     """A message every 10 ms for longer than an announcement lasts: every read finds work, yet the
     worker still waits between messages, so its announcement is renewed and inserts keep notifying."""
-    reg = Registry()
     handled: list[int] = []
 
     @handler("steady", registry=reg)
@@ -228,11 +227,10 @@ def test_the_announcement_stays_live_under_steady_traffic(target: Any, conn: psy
 
 
 def test_a_worker_that_may_not_announce_itself_says_so_and_polls(
-    db_url: str, conn: psycopg.Connection[Any]
+    db_url: str, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """A role without write access to pgmq_worker.waiters: the worker warns once (notify_unavailable)
     and keeps working by polling; the refused announcement is not treated as database trouble."""
-    reg = Registry()
     got: list[int] = []
 
     @handler("unannounced", registry=reg)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from db.connect import Target
 from queues import pgmq
 from queues.names import dlq_name
+from tests.support.fixtures import BurstWorker
 from tests.support.helpers import captured, dead, make_worker, rows, run_burst, send, stop_once_started
 from worker import Backoff, Context, Permanent, Registry, Retry, handler
 
@@ -28,10 +29,9 @@ class Greeting(BaseModel):
 
 
 def test_handler_gets_its_model_and_the_message_is_deleted(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A message whose handler returns is deleted; the handler sees its pydantic model and context."""
-    reg = Registry()
     seen: list[tuple[Greeting, Context]] = []
 
     @handler("greet", registry=reg)
@@ -41,7 +41,7 @@ def test_handler_gets_its_model_and_the_message_is_deleted(
 
     [msg_id] = send(conn, "greet", {"name": "ada", "times": 2})
     with captured() as logs:
-        run_burst(target, reg)
+        burst_worker(reg)
     assert rows(conn, "greet") == []
     assert dead(conn, "greet") == []
     [(payload, ctx)] = seen
@@ -57,10 +57,9 @@ def test_handler_gets_its_model_and_the_message_is_deleted(
 
 
 def test_sync_handler_runs_off_the_event_loop_and_gets_a_dict(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A `def` handler runs in a worker thread; without a model annotation it gets the JSON dict."""
-    reg = Registry()
     threads: list[str] = []
     payloads: list[Any] = []
 
@@ -70,15 +69,16 @@ def test_sync_handler_runs_off_the_event_loop_and_gets_a_dict(
         payloads.append(payload)
 
     send(conn, "plain", {"a": [1, 2]})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert payloads == [{"a": [1, 2]}]
     assert threads[0].startswith("handler")
     assert rows(conn, "plain") == []
 
 
-def test_messages_sent_with_plain_sql_are_processed(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_messages_sent_with_plain_sql_are_processed(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """Any client's `select pgmq.send(...)` is processed like ours."""
-    reg = Registry()
     got: list[Greeting] = []
 
     @handler("greet", registry=reg)
@@ -88,7 +88,7 @@ def test_messages_sent_with_plain_sql_are_processed(target: Target, conn: psycop
     pgmq.ensure_queue(conn, "greet")
     conn.execute("""SELECT pgmq.send('greet', '{"name": "from sql"}'::jsonb)""")
     conn.execute("""SELECT pgmq.send_batch('greet', ARRAY['{"name": "b1"}', '{"name": "b2"}']::jsonb[])""")
-    run_burst(target, reg)
+    burst_worker(reg)
     assert sorted(g.name for g in got) == ["b1", "b2", "from sql"]
     assert rows(conn, "greet") == []
     # The read made their job rows, with distinct time-ordered ids (queues.ids).
@@ -98,10 +98,9 @@ def test_messages_sent_with_plain_sql_are_processed(target: Target, conn: psycop
 
 
 def test_a_failing_handler_is_retried_then_dead_lettered_with_its_error(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A handler that raises is retried with backoff, and after max_attempts parks in <queue>_dlq."""
-    reg = Registry()
     attempts: list[int] = []
 
     @handler("flaky", registry=reg, max_attempts=3, backoff=FAST)
@@ -111,7 +110,7 @@ def test_a_failing_handler_is_retried_then_dead_lettered_with_its_error(
 
     [msg_id] = send(conn, "flaky", {"n": 1})
     with captured() as logs:
-        run_burst(target, reg)
+        burst_worker(reg)
     assert attempts == [1, 2, 3]
     assert rows(conn, "flaky") == []
     [record] = dead(conn, "flaky")
@@ -131,10 +130,9 @@ def test_a_failing_handler_is_retried_then_dead_lettered_with_its_error(
 
 
 def test_a_retry_becomes_visible_only_after_the_backoff_delay(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """After a failure the message stays invisible for the backoff delay, then is retried and succeeds."""
-    reg = Registry()
     calls: list[float] = []
 
     @handler("later", registry=reg, backoff=Backoff(base=1.5, jitter=0))
@@ -144,15 +142,16 @@ def test_a_retry_becomes_visible_only_after_the_backoff_delay(
             raise RuntimeError("not yet")
 
     send(conn, "later", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert len(calls) == 2
     assert calls[1] - calls[0] >= 1.4
     assert rows(conn, "later") == []
 
 
-def test_retry_exception_sets_its_own_delay(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_retry_exception_sets_its_own_delay(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """Raising Retry(delay) schedules the next attempt after that delay, not the backoff."""
-    reg = Registry()
     calls: list[float] = []
 
     @handler("snooze", registry=reg, backoff=Backoff(base=30, jitter=0))
@@ -162,14 +161,15 @@ def test_retry_exception_sets_its_own_delay(target: Target, conn: psycopg.Connec
             raise Retry(timedelta(milliseconds=700), "rate limited")
 
     send(conn, "snooze", {})
-    run_burst(target, reg, timeout=20)
+    burst_worker(reg, timeout=20)
     assert len(calls) == 2
     assert 0.6 <= calls[1] - calls[0] < 10
 
 
-def test_permanent_error_dead_letters_at_once(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_permanent_error_dead_letters_at_once(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """Permanent skips the remaining attempts."""
-    reg = Registry()
     calls: list[int] = []
 
     @handler("doomed", registry=reg, max_attempts=5)
@@ -178,7 +178,7 @@ def test_permanent_error_dead_letters_at_once(target: Target, conn: psycopg.Conn
         raise Permanent("document was deleted")
 
     send(conn, "doomed", {"id": 7})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert calls == [1]
     [record] = dead(conn, "doomed")
     assert record["reason"] == "permanent"
@@ -191,11 +191,10 @@ def test_permanent_error_dead_letters_at_once(target: Target, conn: psycopg.Conn
 
 @pytest.mark.parametrize("job_rows", [True, False])
 def test_a_result_json_cannot_hold_dead_letters_that_delivery_alone(
-    target: Target, conn: psycopg.Connection[Any], job_rows: bool
+    conn: psycopg.Connection[Any], job_rows: bool, reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """NaN or Infinity in a result (jsonb refuses them) dead-letters that delivery at once; the
     batch it would have been acked with is acked, not held back or retried."""
-    reg = Registry()
     calls: list[int] = []
 
     @handler("scores", registry=reg, max_attempts=5, job_rows=job_rows)
@@ -205,7 +204,7 @@ def test_a_result_json_cannot_hold_dead_letters_that_delivery_alone(
 
     for n in range(6):
         send(conn, "scores", {"n": n})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert sorted(calls) == list(range(6))  # each ran once: nothing was retried
     assert rows(conn, "scores") == []
     [record] = dead(conn, "scores")
@@ -229,10 +228,9 @@ def test_a_result_json_cannot_hold_dead_letters_that_delivery_alone(
     ],
 )
 def test_a_poison_message_goes_straight_to_the_dead_letter_queue(
-    target: Target, conn: psycopg.Connection[Any], raw: str
+    conn: psycopg.Connection[Any], raw: str, reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A payload that is not a JSON object, or fails validation, is dead-lettered uncalled, unretried."""
-    reg = Registry()
     calls: list[Any] = []
 
     @handler("greet", registry=reg, max_attempts=5)
@@ -241,7 +239,7 @@ def test_a_poison_message_goes_straight_to_the_dead_letter_queue(
 
     pgmq.ensure_queue(conn, "greet")
     conn.execute(f"SELECT pgmq.send('greet', {raw})")
-    run_burst(target, reg)
+    burst_worker(reg)
     assert calls == []
     assert rows(conn, "greet") == []
     [record] = dead(conn, "greet")
@@ -253,10 +251,9 @@ def test_a_poison_message_goes_straight_to_the_dead_letter_queue(
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_a_handler_past_its_timeout_is_retried_then_dead_lettered(
-    target: Target, conn: psycopg.Connection[Any], kind: str
+    conn: psycopg.Connection[Any], kind: str, reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """An attempt that runs past `timeout` fails with AttemptTimeout and is retried."""
-    reg = Registry()
     attempts: list[int] = []
 
     if kind == "async":
@@ -275,7 +272,7 @@ def test_a_handler_past_its_timeout_is_retried_then_dead_lettered(
 
     send(conn, "slow", {})
     started = time.monotonic()
-    run_burst(target, reg)
+    burst_worker(reg)
     assert attempts == [1, 2]
     assert time.monotonic() - started < 4.5
     [record] = dead(conn, "slow")
@@ -284,27 +281,25 @@ def test_a_handler_past_its_timeout_is_retried_then_dead_lettered(
 
 
 def test_a_handlers_own_timeout_error_is_an_ordinary_failure(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A TimeoutError raised inside the handler is not mistaken for the attempt timeout."""
-    reg = Registry()
 
     @handler("inner", registry=reg, timeout=30, max_attempts=1)
     async def inner(payload: dict[str, Any], ctx: Context) -> None:
         raise TimeoutError("upstream took too long")
 
     send(conn, "inner", {})
-    run_burst(target, reg)
+    burst_worker(reg)
     [record] = dead(conn, "inner")
     assert record["error"]["type"] == "TimeoutError"
     assert record["error"]["message"] == "upstream took too long"
 
 
 def test_a_message_delivered_more_than_max_attempts_is_dead_lettered_without_running(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Deliveries that never settled (the handler killed its process) count: past max_attempts it parks."""
-    reg = Registry()
     calls: list[int] = []
 
     @handler("crashy", registry=reg, max_attempts=2)
@@ -314,7 +309,7 @@ def test_a_message_delivered_more_than_max_attempts_is_dead_lettered_without_run
     [msg_id] = send(conn, "crashy", {"x": 1})
     for _ in range(2):  # two deliveries whose worker died: read, never settled, visible again
         conn.execute("SELECT * FROM pgmq.read('crashy', 0, 1)")
-    run_burst(target, reg)
+    burst_worker(reg)
     assert calls == []
     [record] = dead(conn, "crashy")
     assert record["reason"] == "crashed"
@@ -324,10 +319,9 @@ def test_a_message_delivered_more_than_max_attempts_is_dead_lettered_without_run
 
 
 def test_the_lease_is_renewed_while_a_long_handler_runs(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """A handler running past its visibility timeout keeps the message invisible to other readers."""
-    reg = Registry()
     stolen: list[Any] = []
 
     @handler("long", registry=reg, visibility_timeout=2)
@@ -340,17 +334,16 @@ def test_the_lease_is_renewed_while_a_long_handler_runs(
             await asyncio.sleep(0.25)
 
     send(conn, "long", {})
-    run_burst(target, reg, timeout=30)
+    burst_worker(reg, timeout=30)
     assert stolen == []
     assert rows(conn, "long") == []
     assert dead(conn, "long") == []
 
 
 def test_a_worker_that_lost_its_lease_does_not_ack_the_new_delivery(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """If another worker took the message, the first one's ack must not delete that delivery."""
-    reg = Registry()
     taken = threading.Event()
 
     @handler("contended", registry=reg, visibility_timeout=30)
@@ -383,10 +376,9 @@ def test_a_worker_that_lost_its_lease_does_not_ack_the_new_delivery(
 
 
 def test_on_stop_in_flight_handlers_finish_within_the_grace(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """A warm stop lets running handlers finish and acks them."""
-    reg = Registry()
     started = threading.Event()
     finished: list[int] = []
 
@@ -405,10 +397,9 @@ def test_on_stop_in_flight_handlers_finish_within_the_grace(
 
 
 def test_past_the_grace_held_messages_are_released_at_once(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Handlers still running when the grace ends are cancelled and their messages visible now."""
-    reg = Registry()
     started = threading.Event()
 
     @handler("stuck", registry=reg, visibility_timeout=300)
@@ -430,10 +421,9 @@ def test_past_the_grace_held_messages_are_released_at_once(
 
 
 def test_a_cold_stop_cancels_at_once_and_still_releases(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """A second stop request does not wait for the grace."""
-    reg = Registry()
     started = threading.Event()
 
     @handler("stuck", registry=reg, visibility_timeout=300)
@@ -460,9 +450,10 @@ def test_a_cold_stop_cancels_at_once_and_still_releases(
     assert row["visible"]
 
 
-def test_concurrency_bounds_handlers_running_at_once(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_concurrency_bounds_handlers_running_at_once(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """With --concurrency 2, never more than two handlers run together, and all finish."""
-    reg = Registry()
     running = 0
     peak = 0
     done: list[int] = []
@@ -477,14 +468,15 @@ def test_concurrency_bounds_handlers_running_at_once(target: Target, conn: psyco
         done.append(payload["i"])
 
     send(conn, "bounded", *({"i": i} for i in range(8)))
-    run_burst(target, reg, concurrency=2)
+    burst_worker(reg, concurrency=2)
     assert peak == 2
     assert sorted(done) == list(range(8))
 
 
-def test_every_named_queue_is_served(target: Target, conn: psycopg.Connection[Any]) -> None:
+def test_every_named_queue_is_served(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
     """A worker for several queues drains all of them, and only those named."""
-    reg = Registry()
     got: list[str] = []
 
     @handler("first", registry=reg)
@@ -502,51 +494,48 @@ def test_every_named_queue_is_served(target: Target, conn: psycopg.Connection[An
     send(conn, "first", *({} for _ in range(5)))
     send(conn, "second", *({} for _ in range(5)))
     send(conn, "ignored", {})
-    run_burst(target, reg, queues=("first", "second"), concurrency=3)
+    burst_worker(reg, queues=("first", "second"), concurrency=3)
     assert sorted(got) == ["first"] * 5 + ["second"] * 5
     assert len(rows(conn, "ignored")) == 1
 
 
 def test_archive_option_keeps_the_message_in_pgmqs_archive(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """With archive=True a finished message moves to pgmq.a_<queue> instead of being deleted."""
-    reg = Registry()
 
     @handler("kept", registry=reg, archive=True)
     async def kept(payload: dict[str, Any], ctx: Context) -> None:
         return None
 
     [msg_id] = send(conn, "kept", {"k": 1})
-    run_burst(target, reg)
+    burst_worker(reg)
     assert rows(conn, "kept") == []
     archived = conn.execute("SELECT msg_id, message FROM pgmq.a_kept").fetchall()
     assert archived == [(msg_id, {"k": 1})]
 
 
 def test_the_worker_creates_missing_queues_and_their_dead_letter_queues(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Starting a worker creates each queue and `<queue>_dlq` as real pgmq queues."""
-    reg = Registry()
 
     @handler("fresh", registry=reg)
     async def fresh(payload: dict[str, Any], ctx: Context) -> None:
         return None
 
-    run_burst(target, reg)
+    burst_worker(reg)
     assert {"fresh", dlq_name("fresh")} <= set(pgmq.list_queues(conn))
 
 
 def test_a_notification_wakes_an_idle_worker_before_the_poll(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """An idle worker polling every 5 s picks a new message up at once: inserts notify it.
 
     This holds on every pgmq version, Supabase's 1.5.1 (no insert notifications of its own)
     included: the worker installs its own statement-level trigger.
     """
-    reg = Registry()
     picked: list[float] = []
 
     @handler("wake", registry=reg)
@@ -580,16 +569,15 @@ def test_a_notification_wakes_an_idle_worker_before_the_poll(
 
 
 def test_an_open_enqueue_transaction_does_not_block_other_senders(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """The insert trigger takes no shared lock: a sender inside an open transaction blocks no one."""
-    reg = Registry()
 
     @handler("busy", registry=reg)
     async def busy(payload: dict[str, Any], ctx: Context) -> None:
         return None
 
-    run_burst(target, reg)  # installs the queue and its insert trigger
+    burst_worker(reg)  # installs the queue and its insert trigger
     with psycopg.connect(target.url) as holder, psycopg.connect(target.url, autocommit=True) as other:
         pgmq.send(holder, "busy", {"held": True})  # not committed yet
         other.execute("SET lock_timeout = '500ms'")
@@ -641,10 +629,9 @@ def with_user(url: str, user: str) -> str:
 
 
 def test_a_transaction_pooler_target_polls_instead_of_listening(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Through a transaction pooler there is no LISTEN: the worker says so and still processes."""
-    reg = Registry()
     got: list[int] = []
 
     @handler("pooled", registry=reg)
@@ -661,10 +648,9 @@ def test_a_transaction_pooler_target_polls_instead_of_listening(
 
 
 def test_the_worker_survives_its_connections_being_terminated(
-    target: Target, conn: psycopg.Connection[Any]
+    target: Target, conn: psycopg.Connection[Any], reg: Registry
 ) -> None:
     """Backends killed mid-run (a database restart, a failover) are reconnected; nothing is lost."""
-    reg = Registry()
     done: set[int] = set()
 
     @handler("sturdy", registry=reg)
@@ -725,12 +711,11 @@ def test_only_prepared_statement_errors_count_as_a_pooler_collision(
 
 
 def test_a_burst_worker_exits_soon_after_a_message_held_elsewhere_is_gone(
-    target: Target, conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """Burst: a message another consumer holds keeps the worker waiting (it may come back), and once
     that consumer deletes it the worker exits within a fraction of a second: deletes notify no one,
     so it must not back off towards its (here 30 s) poll interval meanwhile."""
-    reg = Registry()
 
     @handler("held", registry=reg)
     async def held(payload: dict[str, Any], ctx: Context) -> None:
@@ -748,7 +733,7 @@ def test_a_burst_worker_exits_soon_after_a_message_held_elsewhere_is_gone(
     releaser = threading.Thread(target=release_later)
     releaser.start()
     try:
-        run_burst(target, reg, timeout=20, poll_interval=timedelta(seconds=30))
+        burst_worker(reg, timeout=20, poll_interval=timedelta(seconds=30))
     finally:
         releaser.join()
     exited_after = time.monotonic() - deleted_at[0]
