@@ -1,9 +1,9 @@
 """Dependencies flow one way: db imports none of ours, queues only db, worker never handlers or web.
 
 Two kinds of edge count: `import` statements, and imports by string (a literal handed to
-`importlib.import_module`, `import_module` or `__import__`, or a module-level `*_MODULES` constant
-naming modules to import), which the first kind cannot see. Starting a program (`python -m web`)
-is not an import.
+`importlib.import_module`, `import_module` or `__import__`, or a module-level `*_MODULES` or
+`*_IMPORTS` constant naming modules to import), which the first kind cannot see. Starting a
+program (`python -m web`) is not an import.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _strings(node: ast.AST) -> list[str]:
 
 
 def string_imported_packages(path: Path) -> set[str]:
-    """Our top-level packages a module imports by name: import_module("x"), MODULES = ("x",)."""
+    """Our top-level packages a module imports by name: import_module("x"), X_MODULES = ("x",)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names: list[str] = []
     for node in ast.walk(tree):
@@ -64,7 +64,7 @@ def string_imported_packages(path: Path) -> set[str]:
             targets, value = [statement.target], statement.value
         else:
             continue
-        if any(isinstance(t, ast.Name) and t.id.endswith("MODULES") for t in targets):
+        if any(isinstance(t, ast.Name) and t.id.endswith(("MODULES", "IMPORTS")) for t in targets):
             names += _strings(value)
     return {name.split(".")[0] for name in names} & OURS
 
@@ -101,6 +101,7 @@ def test_the_check_sees_each_kind_of_bad_import(tmp_path: Path) -> None:
         "queues/d.py": "DEFAULT_MODULES = ('handlers',)\n",
         "worker/e.py": "import web.app as app\n",
         "worker/f.py": "__import__('handlers')\n",
+        "worker/h.py": "DEFAULT_IMPORTS = ('handlers',)\n",
         "web/g.py": "from worker import handler\n",
     }
     fine = {
@@ -123,5 +124,10 @@ def test_the_check_sees_each_kind_of_bad_import(tmp_path: Path) -> None:
             "worker/e.py": ["web"],
             "web/g.py": ["worker"],
         },
-        "string": {"queues/c.py": ["handlers"], "queues/d.py": ["handlers"], "worker/f.py": ["handlers"]},
+        "string": {
+            "queues/c.py": ["handlers"],
+            "queues/d.py": ["handlers"],
+            "worker/f.py": ["handlers"],
+            "worker/h.py": ["handlers"],
+        },
     }
