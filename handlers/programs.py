@@ -2,7 +2,7 @@
 
 A handler module that runs a program declares it here as a module-level `Program`, and names
 the program and its package through it (when it runs it, and in the error for a missing one);
-tests/test_deploy.py collects every `Program` of the handler modules and fails when
+tests/acceptance/test_deploy.py collects every `Program` of the handler modules and fails when
 deploy/Dockerfile's runtime stage does not install its package.
 """
 

@@ -31,10 +31,11 @@ from db.embedded import embedded_url, stop_embedded
 from db.migrate import migrate
 from db.pgmq_install import PgmqFeatures, detect, ensure_installed, install_sql
 
-pytest_plugins = ["tests.pgbouncer"]
+pytest_plugins = ["tests.support.pgbouncer", "tests.support.fixtures"]
 PGMQ_CHOICE = os.environ.get("PGMQ_WORKER_TEST_PGMQ", "")
 AVAILABLE_VERSIONS = "SELECT version FROM pg_available_extension_versions WHERE name = 'pgmq'"
 _installed: list[PgmqFeatures] = []  # what the template got, for the closing summary
+_from_workers: list[str] = []  # the same, from pytest-xdist workers (-n)
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -116,10 +117,27 @@ def template_db(server_url: str) -> Iterator[str]:
         _drop(server_url, name)
 
 
+def _under_test() -> list[str]:
+    return [f"pgmq under test: {features.version} ({features.source})" for features in _installed]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, a worker hands the controller what its template got (for the summary)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["pgmq_under_test"] = _under_test()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist's controller: keep each worker's summary lines."""
+    _from_workers.extend(getattr(node, "workeroutput", {}).get("pgmq_under_test", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which pgmq the tests ran against, so each CI pass shows what it tested."""
-    for features in _installed:
-        terminalreporter.write_line(f"pgmq under test: {features.version} ({features.source})")
+    for line in dict.fromkeys(_under_test() + _from_workers):
+        terminalreporter.write_line(line)
 
 
 def _drop(server_url: str, name: str) -> None:

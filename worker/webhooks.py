@@ -87,8 +87,8 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     # Hand-written rather than standardwebhooks.Webhook.sign: it is one HMAC over bytes we already
     # hold, where the package's sign takes the body as str and the time as a datetime (a naive one
     # is silently read as UTC), and it would be a runtime dependency of every worker for four lines.
-    # The package is the receiving side's reference: tests/test_webhooks.py verifies real deliveries
-    # with it, so any drift from the specification fails there.
+    # The package is the receiving side's reference: tests/integration/test_webhooks.py verifies
+    # real deliveries with it, so any drift from the specification fails there.
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
