@@ -4,7 +4,7 @@ from db.backoff import Backoff
 from worker.context import Context
 from worker.errors import InvalidPayload, Permanent, RateLimited, Retry, UnknownQueue, WorkerError
 from worker.limits import Limit
-from worker.registry import HandlerSpec, Registry, Task, handler, registry
+from worker.registry import HandlerSpec, Registry, handler
 
 __all__ = [
     "Backoff",
@@ -16,9 +16,7 @@ __all__ = [
     "RateLimited",
     "Registry",
     "Retry",
-    "Task",
     "UnknownQueue",
     "WorkerError",
     "handler",
-    "registry",
 ]

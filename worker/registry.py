@@ -120,11 +120,6 @@ class Registry:
         return len(self._tasks)
 
 
-# Transitional, until worker/cli.py and queues/catalog.py load `Registry.from_modules(...)` and
-# derive the catalog from `registry.queue_specs()`: @handler without `registry=` still fills these.
-default_registry = registry = Registry()
-
-
 def handler(
     queue: QueueRef,
     *,
@@ -195,8 +190,6 @@ def handler(
         setattr(fn, SPEC_ATTRIBUTE, spec)  # Registry.from_modules finds it here
         if registry is not None:
             registry.add(spec)
-        else:  # transitional (see default_registry)
-            default_registry.add(spec)
         return fn
 
     return register
@@ -211,6 +204,3 @@ def _annotated_model(fn: Callable[..., Any], param: str) -> type[BaseModel] | No
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return hint
     return None
-
-
-Task = HandlerSpec  # the old name, still imported by worker/cli.py: drop it when that file is renamed

@@ -24,7 +24,7 @@ from tests.support.fixtures import BurstWorker
 from tests.support.helpers import job, visible_now
 from tests.support.processes import sigkill, spawned, worker_process
 from tests.support.standins import ImagesStandIn, images_server, tiny_png
-from worker import Registry, registry
+from worker import Registry
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def prepare(conn: psycopg.Connection[Any]) -> Registry:
         pgmq.ensure_queue(conn, queue)
     reg = Registry()
     for queue in ("image_batch", "image_generate"):
-        reg.add(registry.get(queue))
+        reg.add(Registry.from_modules(["handlers"]).get(queue))
     return reg
 
 

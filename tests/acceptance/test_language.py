@@ -46,11 +46,12 @@ from tests.support.tokens import SECRET, token
 from web import create_app
 from web.settings import WebSettings
 from worker import Context, Permanent, RateLimited, Registry, handler
-from worker.registry import registry
 
 QUEUE = LANGUAGE_PAGE.queue
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
 LLM_ENV = ("PGMQ_WORKER_LLM_BASE_URL", "PGMQ_WORKER_LLM_MODEL", "PGMQ_WORKER_LLM_API_KEY")
+
+registry = Registry.from_modules(["handlers"])  # the reference handlers, as `pgmq-worker run` loads them
 
 
 @pytest.fixture(autouse=True)

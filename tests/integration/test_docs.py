@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from db.connect import Target
 from queues import enqueue
 from tests.support.helpers import job, run_burst
-from worker import registry
+from worker import Registry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MYAPP = DOCS / "tutorial" / "myapp"
@@ -56,7 +56,7 @@ def test_fastapi_app_enqueues_and_shows_progress(target: Target, myapp: dict[str
         assert sent.status_code == 202, sent.text
         job_id = sent.json()["job_id"]
         assert client.get(f"/reports/{job_id}").json()["status"] == "queued"
-        run_burst(target, registry, queues=("word_report",))
+        run_burst(target, Registry.from_modules(["jobs"]), queues=("word_report",))
         finished(client.get(f"/reports/{job_id}").json())
 
         assert client.post("/reports", json={"text": ""}).status_code == 422
@@ -75,7 +75,7 @@ def test_flask_app_enqueues_and_shows_progress(target: Target, myapp: dict[str, 
         assert sent.status_code == 202, sent.get_data(as_text=True)
         job_id = sent.get_json()["job_id"]
         assert client.get(f"/reports/{job_id}").get_json()["status"] == "queued"
-        run_burst(target, registry, queues=("word_report",))
+        run_burst(target, Registry.from_modules(["jobs"]), queues=("word_report",))
         finished(client.get(f"/reports/{job_id}").get_json())
 
         assert client.post("/reports", json={"text": TEXT, "top": 0}).status_code == 422
@@ -108,7 +108,7 @@ def test_a_retry_resumes_at_the_second_step(target: Target, myapp: dict[str, Mod
     try:
         with TestClient(myapp["app_fastapi"].create_app(target)) as client:
             job_id = client.post("/reports", json={"text": TEXT}).json()["job_id"]
-            run_burst(target, registry, queues=("word_report",))
+            run_burst(target, Registry.from_modules(["jobs"]), queues=("word_report",))
             job = client.get(f"/reports/{job_id}").json()
     finally:
         mp.undo()
@@ -128,7 +128,7 @@ def test_the_handoff_example_sends_the_next_message_with_the_ack(
     for queue in ("page_words", "word_index"):
         pgmq.ensure_queue(conn, queue)
     sent = enqueue(conn, handoff.PAGES, {"page_id": "p1", "text": "The cat saw the other cat"})
-    run_burst(target, registry, queues=("page_words", "word_index"))
+    run_burst(target, Registry.from_modules(["handoff"]), queues=("page_words", "word_index"))
     assert job(conn, "page_words", sent.msg_id)["result"] == {"words": 4}
     row = conn.execute("SELECT status, result FROM pgmq_worker.jobs WHERE queue = 'word_index'").fetchall()
     assert row == [("succeeded", {"page_id": "p1", "indexed": 4})]
@@ -179,7 +179,13 @@ def test_the_webhook_receiver_example_verifies_real_deliveries(
     pgmq.ensure_queue(conn, "word_report")
     url = f"http://127.0.0.1:{recorder.server_address[1]}/hooks/jobs"
     sent = enqueue(conn, jobs.WORD_REPORT, {"text": "hooked"}, webhook_url=url)
-    run_burst(target, registry, queues=("word_report",), webhook_secret=secret, webhook_allow_private=True)
+    run_burst(
+        target,
+        Registry.from_modules(["jobs"]),
+        queues=("word_report",),
+        webhook_secret=secret,
+        webhook_allow_private=True,
+    )
     assert len(recorder.received) == 2
 
     client = TestClient(receiver.create_app(secret))

@@ -30,9 +30,11 @@ from tests.support.helpers import make_worker, rows
 from tests.support.tokens import SECRET, bearer, token
 from web import create_app
 from web.settings import WebSettings
-from worker.registry import registry
+from worker.registry import Registry
 
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
+
+registry = Registry.from_modules(["handlers"])  # the reference handlers, as `pgmq-worker run` loads them
 
 
 def web_settings(**overrides: Any) -> WebSettings:

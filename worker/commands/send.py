@@ -22,7 +22,7 @@ from worker.commands.edge import (
     settings_from_env,
     target_of,
 )
-from worker.registry import Registry, Task
+from worker.registry import HandlerSpec, Registry
 
 
 @click.command()
@@ -58,7 +58,7 @@ def send(queue: str, payload: str, delay: float, imports: tuple[str, ...]) -> No
     click.echo(json.dumps({"queue": sent.queue, "msg_id": sent.msg_id, "job_id": str(sent.job_id)}))
 
 
-def _known(reg: Registry, queue: str) -> Task | None:
+def _known(reg: Registry, queue: str) -> HandlerSpec | None:
     try:
         return reg.get(queue)
     except UnknownQueue:
