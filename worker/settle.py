@@ -51,6 +51,8 @@ SETTLE_TRIES = 6
 
 # Called once per delivery with True (acked), False (no longer ours: not acked) or the error.
 Landed = Callable[[bool | BaseException], object]
+# Told of each settle of ours once it has landed: the delivery, its outcome, the handler's time.
+SettleObserver = Callable[[Message, "Outcome", float], object]
 Pending = tuple[Message, Any, Landed]
 
 
@@ -193,6 +195,15 @@ class Settle:
         self._log_successes = log_successes  # job.succeeded is info: not written at warning and above
         self._on_settled = on_settled  # a settle landed: a slot may be free, a burst may be done
         self._again: set[asyncio.Future[None]] = set()  # deliveries whose batched ack failed, settling alone
+        self._observers: list[SettleObserver] = []
+
+    def observe(self, observer: SettleObserver) -> None:
+        """Call `observer(message, outcome, duration_ms)` after each settle of ours lands (metrics, tallies).
+
+        Observers run on the event loop in the settle's own path: they must be quick and must not
+        raise (one that does is logged and the settle goes on).
+        """
+        self._observers.append(observer)
 
     @property
     def pending(self) -> int:
@@ -370,6 +381,11 @@ class Settle:
             log_at = getattr(self._bound(message), outcome.level)
             log_at(outcome.event, **outcome.log_fields(), duration_ms=duration_ms)
         self._hooks.send(webhooks.settled(message, outcome))
+        for observer in self._observers:
+            try:
+                observer(message, outcome, duration_ms)
+            except Exception as exc:  # an observer's bug must not undo or stop a settle
+                log.exception("settle.observer_failed", error=one_line(exc))
 
     def _bound(self, message: Message) -> Any:
         return self._log.bind(queue=message.queue, msg_id=message.msg_id, attempt=message.attempt)
