@@ -85,8 +85,7 @@ FROM numbered
 RETURNING msg_id
 """)
 ACTIVE_JOB = (
-    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND idempotency_key = %s"
-    " AND status IN ('queued', 'running', 'failed')"
+    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND active_key = %s"  # unfinished (0023)
 )
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
 # pgmq 1.4's metrics() has no visible count (PgmqFeatures.metrics_visible): counted as 1.5 counts it.

@@ -35,6 +35,7 @@ from worker.signals import Stop
 from worker.slots import Slots
 from worker.store import deliveries
 from worker.store.deliveries import Message
+from worker.store.read_marks import ReadMarks
 from worker.threads import HandlerThreads
 from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble
 from worker.wakeup import BURST_WAIT_S, Announcements, Wakeup
@@ -70,6 +71,7 @@ class Worker:
         self._threads_were_busy = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
+        self._marks = ReadMarks()  # where each queue's next read starts (worker/store/read_marks.py)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -131,7 +133,13 @@ class Worker:
                         []
                         if wanted <= 0
                         else await deliveries.read(
-                            conn, queue, spec.read_vt, wanted, job_rows=spec.job_rows, stamps=self._stamps
+                            conn,
+                            queue,
+                            spec.read_vt,
+                            wanted,
+                            job_rows=spec.job_rows,
+                            stamps=self._stamps,
+                            marks=self._marks,
                         )
                     )
                     if not spec.is_async:
