@@ -21,12 +21,12 @@ from psycopg.types.json import Jsonb
 
 from db import storable
 from db.pgmq_install import PgmqFeatures, detect
+from queues import storage
 from queues.errors import InvalidPayload, UnknownQueue
 from queues.ids import uuid7, uuid7_batch
 from queues.names import dlq_name, table_name, validate_queue_name
 
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
-CREATE_QUEUE = "SELECT pgmq.create(%s)"
 LIST_QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
 # pgmq.drop_queue leaves the queue's job rows; a queue created again under that name hands out
 # message ids from 1, which those rows still hold (jobs is unique on (queue, msg_id)): enqueues
@@ -136,8 +136,9 @@ def _q(queue: str) -> sql.Identifier:
 # -- queues ---------------------------------------------------------------------------------
 
 
-def ensure_queue(conn: psycopg.Connection[Any], queue: str) -> bool:
-    """Create the queue and its dead-letter queue when missing; True when anything was created.
+def ensure_queue(conn: psycopg.Connection[Any], queue: str, *, partitioned: bool = False) -> bool:
+    """Create the queue (partitioned: with pg_partman) and its dead-letter queue when missing,
+    with queues.storage's settings; True when anything was created.
 
     Then move the queue's message ids past those of job rows left by an earlier queue of the same
     name (see STALE_JOB_IDS).
@@ -145,7 +146,7 @@ def ensure_queue(conn: psycopg.Connection[Any], queue: str) -> bool:
     created = False
     for name in (validate_queue_name(queue), dlq_name(queue)):
         if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is None:
-            conn.execute(CREATE_QUEUE, (name,))
+            storage.create_queue(conn, name, partitioned=partitioned and name == queue)
             created = True
     _skip_stale_job_ids(conn, queue)
     return created

@@ -306,7 +306,7 @@ class Worker:
             features = detect(conn)
             notifying = True
             for queue in self.queues:
-                pgmq.ensure_queue(conn, queue)
+                pgmq.ensure_queue(conn, queue, partitioned=self.registry.get(queue).partitioned)
                 if self._listen_wanted() and not pgmq.ensure_insert_trigger(conn, queue):
                     log.warning("worker.notify_unavailable", queue=queue, note="not the table owner; polling")
                     notifying = False
