@@ -57,7 +57,7 @@ async def explain(db_url: str, batch: int) -> str:
             out.append(await _plan(conn, "read from the start (low 0)", read_sql, params))
             cur = await conn.execute(f"SELECT min(msg_id) FROM pgmq.q_{QUEUE} WHERE read_ct = 0")
             low = (await cur.fetchone() or [0])[0]
-            params["low"], params["qty"] = low, batch // 2
+            params["low"], params["qty"], params["ids"] = low, batch // 2, os.urandom(16 * batch)
             out.append(await _plan(conn, f"read from the mark (low {low})", read_sql, params))
         else:
             out.append(await _plan(conn, "read", read_sql, params))
