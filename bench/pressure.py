@@ -345,7 +345,7 @@ def horizon_main(args: argparse.Namespace, db_url: str) -> list[str]:
                     failures.append(f"worker exited {proc.returncode}\n{throughput.log_tail(log_path)}")
                     break
                 print(f"  {name}: sent {producer.sent:,}, backlog at the end {backlog:,}", flush=True)
-            _wait_drained(conn, QUEUE, timeout_s=max(60.0, args.phase_s * 2))
+            _wait_drained(conn, QUEUE, timeout_s=max(120.0, args.phase_s * 4))
             phases = [_phase(conn, w) for w in windows]
             proc.send_signal(signal.SIGTERM)
             try:
@@ -456,7 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rounds.add_argument("--enqueue", choices=("send_batch", "enqueue_batch"), default="send_batch")
     horizon = parser.add_argument_group("horizon")
     horizon.add_argument("--phase-s", type=float, default=36.0, help="seconds per phase (default 36)")
-    horizon.add_argument("--rate", type=float, default=300.0, help="producer msgs/s (default 300)")
+    horizon.add_argument("--rate", type=float, default=150.0, help="producer msgs/s (default 150)")
     horizon.add_argument("--burst-x", type=float, default=10.0, help="the burst's rate multiple (default 10)")
     horizon.add_argument(
         "--reader-s", type=float, default=4.0, help="each reader query's seconds (default 4)"
