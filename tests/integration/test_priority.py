@@ -7,9 +7,11 @@ at most N of that queue's deliveries run at once; the worker's other slots serve
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,12 +19,15 @@ import pytest
 from click.testing import CliRunner
 
 from db.connect import Target
+from queues import enqueue, pgmq
 from tests.integration.test_cli import assert_one_line_error
 from tests.support.fixtures import BurstWorker
-from tests.support.helpers import make_worker, send
+from tests.support.helpers import job, make_worker, send
 from worker import Context, handler
 from worker.cli import main
 from worker.registry import Registry
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "examples"
 
 
 class Peak:
@@ -271,3 +276,26 @@ def test_a_bad_priority_share_is_a_one_line_error(db_url: str, value: str) -> No
         main, ["run", "--burst"], env={"DATABASE_URL": db_url, "PGMQ_WORKER_PRIORITY_SHARE": value}
     )
     assert_one_line_error(result, "invalid setting", "priority_share")
+
+
+def test_the_reports_example_serves_both_queues_with_one_function(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, burst_worker: BurstWorker
+) -> None:
+    """docs/how-to/examples/reports.py: one function on report_urgent (priority 10) and report_bulk."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    registry = Registry.from_modules(["reports"])
+    assert registry.queues() == ["report_bulk", "report_urgent"]
+    urgent, bulk = registry.get("report_urgent"), registry.get("report_bulk")
+    assert urgent.fn is bulk.fn
+    assert (urgent.priority, urgent.concurrency, bulk.priority, bulk.concurrency) == (10, None, 0, 4)
+    reports = importlib.import_module("reports")
+    for queue in registry.queues():
+        pgmq.ensure_queue(conn, queue)
+    first = enqueue(conn, reports.REPORT_BULK, {"account_id": "a1"})
+    second = enqueue(conn, reports.REPORT_URGENT, {"account_id": "a2"})
+    burst_worker(registry)
+    assert job(conn, "report_bulk", first.msg_id)["result"] == {"account_id": "a1", "queue": "report_bulk"}
+    assert job(conn, "report_urgent", second.msg_id)["result"] == {
+        "account_id": "a2",
+        "queue": "report_urgent",
+    }
