@@ -73,8 +73,9 @@ class Slots:
         task = asyncio.create_task(run, name=f"{message.queue}:{message.msg_id}")
         key = (message.queue, message.msg_id)
         self._tasks[key] = task
-        self._running.add(key)
-        self._per_queue[message.queue] = self._per_queue.get(message.queue, 0) + 1
+        if key not in self._running:  # the same delivery twice (a lost lease read again) counts once
+            self._running.add(key)
+            self._per_queue[message.queue] = self._per_queue.get(message.queue, 0) + 1
         if not spec.is_async:
             self._threaded.add(key)
 
