@@ -70,6 +70,7 @@ class Run:
     round: int
     latencies_s: tuple[float, ...]
     drain_s: float | None
+    load: float  # the machine's 1-minute load average as the run ended (it is shared)
     failures: tuple[str, ...]
 
 
@@ -148,7 +149,8 @@ def run_mode(db_url: str, mode: Mode, round_no: int, args: argparse.Namespace) -
     missing = [m for m in counted if m not in seen]
     if missing:
         failures.append(f"{len(missing)} of {len(counted)} urgent messages never reached the handler")
-    return Run(mode.label, round_no, tuple(seen[m] for m in counted if m in seen), drain_s, tuple(failures))
+    latencies = tuple(seen[m] for m in counted if m in seen)
+    return Run(mode.label, round_no, latencies, drain_s, os.getloadavg()[0], tuple(failures))
 
 
 def print_runs(runs: list[Run], modes: list[Mode], args: argparse.Namespace) -> None:
@@ -157,13 +159,14 @@ def print_runs(runs: list[Run], modes: list[Mode], args: argparse.Namespace) -> 
         f"pickup latency of single {URGENT} sends every {args.spacing_ms:g} ms while the worker "
         f"(concurrency {args.concurrency}) drains {args.bulk} {BULK} jobs of {args.bulk_sleep_ms:g} ms"
     )
-    columns = ("n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "drain_s", "bulk/s")
+    columns = ("n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "drain_s", "bulk/s", "load")
     width = max(20, *(len(m.label) for m in modes)) + 4
     header = f"{'mode':<{width}} " + " ".join(f"{c:>8}" for c in columns)
     print(header)
     print("-" * len(header))
     for r in runs:
-        print(_line(f"{r.mode} #{r.round}", width, r.latencies_s, [r.drain_s], args.bulk))
+        line = _line(f"{r.mode} #{r.round}", width, r.latencies_s, [r.drain_s], args.bulk)
+        print(f"{line} {r.load:>8.1f}")
     print("-" * len(header))
     for m in modes:
         mine = [r for r in runs if r.mode == m.label]
