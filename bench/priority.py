@@ -3,6 +3,7 @@
     python bench/priority.py                                   # 50,000 no-op bulk jobs, 2 rounds
     python bench/priority.py --bulk 50000 --rounds 3 --bulk-sleep-ms 1 --guard 0.05
     python bench/priority.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/priority.py --private /dev/shm     # a server of its own, its WAL off the disk
 
 One `pgmq-worker run` subprocess (bench/priority_handlers.py) serves `bench_urgent` and
 `bench_bulk`. Per run: the worker starts on empty queues and handles a warm-up urgent message;
@@ -17,12 +18,17 @@ Modes, interleaved round by round in one run so the machine's load hits them ali
 - `priority + guard S` (with --guard S): priority with the starvation guard's share S.
 The bulk drain rate (backlog / time to drain it) shows what reading the urgent queue first costs.
 
+--private DIR runs on a private embedded PostgreSQL with its data under DIR (deleted afterwards):
+on a shared machine the shared server's WAL flushes, which other work queues up behind, then
+stop setting the pace (under /dev/shm no fsync reaches a disk at all: say so with the figures).
+
 The machinery (fresh database, subprocess worker, latency file, percentiles) is bench/throughput.py's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -202,6 +208,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server to use (default: $DATABASE_URL, else the embedded PostgreSQL)",
     )
     parser.add_argument(
+        "--private", metavar="DIR", default=None, help="a private embedded PostgreSQL with its data under DIR"
+    )
+    parser.add_argument(
         "--worker-env", action="append", default=[], metavar="NAME=VALUE", help="extra worker setting"
     )
     args = parser.parse_args(argv)
@@ -226,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     modes = [Mode("priority", 10, 0.0), Mode("rotation", 0, 0.0)]
     if args.guard is not None:
         modes.append(Mode(f"priority + guard {args.guard:g}", 10, args.guard))
-    server = tp.choose_server(args.database_url)
     runs: list[Run] = []
-    with tp.fresh_database(server) as db_url:
+    with contextlib.ExitStack() as stack:
+        if args.private:
+            server = stack.enter_context(tp.private_embedded_server(args.private))
+        else:
+            server = tp.choose_server(args.database_url)
+        db_url = stack.enter_context(tp.fresh_database(server))
         tp.print_environment(db_url, server, f"{URGENT} + {BULK}", args.worker_env)
         for round_no in range(1, args.rounds + 1):
             order = modes if round_no % 2 else modes[::-1]  # alternate who goes first
