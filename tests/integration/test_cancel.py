@@ -31,6 +31,7 @@ from tests.integration.test_web import read_events, serve
 from tests.integration.test_webhooks import SECRET as WEBHOOK_SECRET
 from tests.integration.test_webhooks import verified
 from tests.support.helpers import captured, make_worker, rows, run_burst, visible_now
+from tests.support.roles import login_roles
 from tests.support.tokens import SECRET, bearer
 from web import create_app
 from web.settings import WebSettings
@@ -40,6 +41,7 @@ from worker.cli import main
 from worker.store import deliveries
 
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
+Refused = psycopg.errors.InsufficientPrivilege
 ADMIN_TOKEN = "admin-token-of-some-thirty-chars"
 FAST = {"heartbeat_interval": timedelta(milliseconds=100), "cancel_grace": timedelta(milliseconds=200)}
 
@@ -469,3 +471,15 @@ def test_a_test_context_takes_a_cancel_flag() -> None:
         ctx.raise_if_cancelled()
     with pytest.raises(JobCancelled):
         asyncio.run(ctx.step("later", lambda: 1))
+
+
+def test_a_web_role_may_cancel_and_a_sender_may_not(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """A role granted `web` may run cancel_job (it cannot delete messages itself); a `sender` may not."""
+    pgmq.ensure_queue(conn, "later")
+    sent = enqueue(conn, "later", {}, delay=60)
+    with login_roles(db_url, ("web", "sender")) as urls:
+        with psycopg.connect(urls["sender"], autocommit=True) as sender, pytest.raises(Refused):
+            cancel(sender, sent.job_id)
+        with psycopg.connect(urls["web"], autocommit=True) as web:
+            assert cancel(web, sent.job_id).action == "cancelled"
+    assert rows(conn, "later") == []
