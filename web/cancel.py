@@ -44,11 +44,7 @@ async def cancel(job_id: str, request: Request) -> JSONResponse:
         raise job_not_found(job_id) from None
     except JobFinished as exc:
         raise ApiError(409, "job_finished", str(exc)) from None
-    log.info(
-        "job.cancel_requested",
-        job_id=str(job.id),
-        action=result.action,
-        children=result.children,
-        admin=caller.admin,
-    )
+    # Ended now: `job.cancelled` here (no worker saw it); marked: the worker logs it when it stops.
+    event = "job.cancelled" if result.immediate else "job.cancel_requested"
+    log.info(event, job_id=str(job.id), queue=job.queue, children=result.children, admin=caller.admin)
     return JSONResponse(result.job.as_json(), 200 if result.immediate else 202)
