@@ -45,6 +45,9 @@ async def cancel(job_id: str, request: Request) -> JSONResponse:
     except JobFinished as exc:
         raise ApiError(409, "job_finished", str(exc)) from None
     # Ended now: `job.cancelled` here (no worker saw it); marked: the worker logs it when it stops.
-    event = "job.cancelled" if result.immediate else "job.cancel_requested"
-    log.info(event, job_id=str(job.id), queue=job.queue, children=result.children, admin=caller.admin)
+    said = {"job_id": str(job.id), "queue": job.queue, "children": result.children, "admin": caller.admin}
+    if result.immediate:
+        log.info("job.cancelled", **said)
+    else:
+        log.info("job.cancel_requested", **said)
     return JSONResponse(result.job.as_json(), 200 if result.immediate else 202)
