@@ -105,10 +105,10 @@ class QueueStats:
         }
 
 
-def _params(queue: str | None, since: timedelta) -> dict[str, Any]:
+def _window(since: timedelta) -> timedelta:
     if since <= timedelta(0):
         raise ValueError(f"since must be positive, got {since}")
-    return {"queue": queue, "since": min(since, MAX_SINCE)}
+    return min(since, MAX_SINCE)
 
 
 def _ms(seconds: Sequence[float | None] | None, n: int) -> list[float | None]:
@@ -132,13 +132,15 @@ def queue_stats(
     conn: psycopg.Connection[Any], *, queue: str | None = None, since: timedelta = timedelta(hours=1)
 ) -> list[QueueStats]:
     """Every queue's numbers over the last `since` (or only `queue`'s), by queue name."""
-    rows = conn.execute(QUEUE_STATS, _params(queue, since)).fetchall()
-    return [_row(r, since) for r in rows]
+    window = _window(since)
+    rows = conn.execute(QUEUE_STATS, {"queue": queue, "since": window}).fetchall()
+    return [_row(r, window) for r in rows]
 
 
 async def aqueue_stats(
     conn: psycopg.AsyncConnection[Any], *, queue: str | None = None, since: timedelta = timedelta(hours=1)
 ) -> list[QueueStats]:
     """`queue_stats` on an async connection (the web process)."""
-    cur = await conn.execute(QUEUE_STATS, _params(queue, since))
-    return [_row(r, since) for r in await cur.fetchall()]
+    window = _window(since)
+    cur = await conn.execute(QUEUE_STATS, {"queue": queue, "since": window})
+    return [_row(r, window) for r in await cur.fetchall()]
