@@ -18,7 +18,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from db.connect import Target
 from queues import enqueue, pgmq
+from queues.stats import queue_stats
 from queues.workers import FORGET_AFTER, STALE_AFTER, WorkerRow, alist_workers, list_workers
+from tests.integration.test_privileges import (
+    as_role,
+    refused,
+    roles,  # noqa: F401  (the fixture: three least-privilege roles)
+)
 from tests.support.helpers import captured, make_worker
 from tests.support.ports import free_port
 from tests.support.processes import log_events
@@ -246,3 +252,38 @@ def test_a_worker_is_listed_by_the_cli(db_url: str, target: Target, reg: Registr
     header, line = outputs["text"].splitlines()
     assert header.split()[:2] == ["id", "status"]
     assert line.split()[:2] == [listed["id"], "running"]
+
+
+def test_the_worker_role_writes_its_row_and_the_web_role_reads_rows_and_stats(
+    db_url: str,
+    roles: dict[str, str],  # noqa: F811  (the fixture imported above)
+) -> None:
+    """As the least-privilege roles of migration 0017: a worker's heartbeat, the `workers` list and
+    `stats` (stuck jobs included) as `web`; the web role may not write a row."""
+    reg = Registry()
+
+    @handler("priv_registry", registry=reg)
+    async def nothing(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        pgmq.ensure_queue(admin, "priv_registry")
+    as_worker = Target(as_role(db_url, roles["worker"]), transaction_pooler=False)
+    worker = make_worker(as_worker, reg, burst=False, registry_heartbeat=BEAT)
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run())
+        await until(lambda: rows_of(db_url))
+        web_url = as_role(db_url, roles["web"])
+        [row] = rows_of(web_url)
+        assert row.status == "running"
+        with psycopg.connect(web_url, autocommit=True) as web:
+            assert [s.queue for s in queue_stats(web, queue="priv_registry")] == ["priv_registry"]
+        assert refused(web_url, "DELETE FROM pgmq_worker.workers")
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+    with captured() as logs:
+        asyncio.run(go())
+    assert "registry.heartbeat_failed" not in [e["event"] for e in logs]
+    assert rows_of(db_url) == []
