@@ -23,7 +23,8 @@ from queues.workers import list_workers
 from tests.support.processes import REPO, Workers, child_env, sigkill, worker_command
 from tests.support.registry_handlers import HELD
 
-pytestmark = pytest.mark.slow
+# Two or three subprocesses each (a worker, the CLI): up to ~20 s on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 BEAT_S = 0.3
 
 
