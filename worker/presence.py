@@ -136,9 +136,8 @@ class Presence:
                 await presence.beat(conn, self.card, self.tally())
                 if failures:
                     await presence.add_webhook_failures(conn, failures)
-                    failures = {}
         except (*TRANSIENT, psycopg.Error) as exc:
-            for job_id, n in failures.items():  # the next heartbeat tries them again
+            for job_id, n in failures.items():  # not committed: the next heartbeat tries them again
                 self._webhook_failures[job_id] = self._webhook_failures.get(job_id, 0) + n
             if not self._failing:
                 log.warning("registry.heartbeat_failed", error=one_line(exc), note="tried each interval")
