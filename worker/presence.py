@@ -31,11 +31,12 @@ from db.listen import sleep_or_stop
 from db.logs import get_logger
 from worker.outcome import Outcome
 from worker.settings import WorkerSettings
+from worker.settle import Settle
 from worker.store import presence
 from worker.store.deliveries import Message
 from worker.store.presence import Card, Tally
 from worker.trouble import TRANSIENT
-from worker.webhooks import Event
+from worker.webhooks import Event, Webhooks
 
 log = get_logger()
 
@@ -91,6 +92,11 @@ class Presence:
         self.draining = False
         self._webhook_failures: dict[UUID, int] = {}
         self._failing = False  # the last heartbeat failed: logged once until one works again
+
+    def observe(self, settle: Settle, hooks: Webhooks) -> None:
+        """Count what the settle writes and which webhook deliveries fail."""
+        settle.observe(self.settled)
+        hooks.observe(self.webhook_ended)
 
     def settled(self, message: Message, outcome: Outcome, duration_ms: float) -> None:
         """Settle's observer: count an attempt that ended (succeeded, failed or dead-lettered)."""
