@@ -121,6 +121,9 @@ class Context:
     # What ctx.enqueue asked for: the attempt that made this context owns it, and sends it with its ack.
     handoffs: Handoffs = field(repr=False)
     reporter: Reporter | None = field(default=None, repr=False)  # the job row's, or a test's
+    # The tick this message was sent for (timezone-aware, in the schedule's timezone), for a
+    # message a schedule sent (worker.schedules); None for any other.
+    scheduled_at: datetime | None = None
 
     @classmethod
     def for_test(
@@ -133,6 +136,7 @@ class Context:
         reporter: Reporter | None = None,
         settings: WorkerSettings | None = None,
         http: httpx.AsyncClient | None = None,
+        scheduled_at: datetime | None = None,
     ) -> Context:
         """A context for calling a handler directly in a unit test, without a worker or a database.
 
@@ -160,6 +164,7 @@ class Context:
             job=None,
             handoffs=Handoffs(),
             reporter=reporter,
+            scheduled_at=scheduled_at,
         )
 
     @property

@@ -28,6 +28,7 @@ from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
 from worker.loop import loop_name
 from worker.registry import Registry
+from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
 from worker.side_tasks import SideTasks
@@ -249,6 +250,14 @@ class Worker:
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
+            if scheduled := schedules_for(self.registry.schedules(), self.queues):
+                scheduler = Scheduler(
+                    self.pool,
+                    scheduled,
+                    self.registry.keeps_job_rows,
+                    reconnect_max_s=self.settings.reconnect_max.total_seconds(),
+                )
+                side_tasks.start(scheduler.run(self.stops.stopping), "scheduler")
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
