@@ -250,7 +250,8 @@ class Worker:
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
-            if scheduled := schedules_for(self.registry.schedules(), self.queues):
+            # A burst worker drains and exits: it sends no ticks (the running fleet does).
+            if not self.burst and (scheduled := schedules_for(self.registry.schedules(), self.queues)):
                 scheduler = Scheduler(
                     self.pool,
                     scheduled,
