@@ -39,24 +39,39 @@ COMMENT ON TABLE pgmq_worker.schedules IS 'pgmq-worker: the schedules the worker
 ALTER TABLE pgmq_worker.schedule_ticks ENABLE ROW LEVEL SECURITY;  -- no policy: the roles granted below
 ALTER TABLE pgmq_worker.schedules ENABLE ROW LEVEL SECURITY;
 
--- Roles granted access before this migration (0017: pgmq_worker.grant_access): workers write
--- both tables, web processes read them.
-DO $$
+-- Grants: a worker role writes both tables, a web role reads them (a dashboard). Given through a
+-- trigger on pgmq_worker.access (0017), which pgmq_worker.grant_access fills before it grants the
+-- rest, so roles granted later get them too without replacing grant_access; and here, now, to
+-- the roles granted before this migration.
+CREATE FUNCTION pgmq_worker.grant_schedules(role_name name, kind text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record;
     t text;
 BEGIN
-    FOR r IN SELECT g.role, g.kind FROM pgmq_worker.access AS g JOIN pg_roles ON rolname = g.role
-             WHERE g.kind IN ('worker', 'web') LOOP
-        FOREACH t IN ARRAY ARRAY['schedule_ticks', 'schedules'] LOOP
-            IF r.kind = 'worker' THEN
-                EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq_worker.%I TO %I', t, r.role);
-                PERFORM pgmq_worker._policy(t, r.role, 'ALL');
-            ELSE
-                EXECUTE format('GRANT SELECT ON pgmq_worker.%I TO %I', t, r.role);
-                PERFORM pgmq_worker._policy(t, r.role, 'SELECT');
-            END IF;
-        END LOOP;
+    IF kind NOT IN ('worker', 'web') OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RETURN;
+    END IF;
+    FOREACH t IN ARRAY ARRAY['schedule_ticks', 'schedules'] LOOP
+        IF kind = 'worker' THEN
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq_worker.%I TO %I', t, role_name);
+            PERFORM pgmq_worker._policy(t, role_name, 'ALL');
+        ELSE
+            EXECUTE format('GRANT SELECT ON pgmq_worker.%I TO %I', t, role_name);
+            PERFORM pgmq_worker._policy(t, role_name, 'SELECT');
+        END IF;
     END LOOP;
 END
 $$;
+
+CREATE FUNCTION pgmq_worker.grant_schedules_on_access() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgmq_worker.grant_schedules(NEW.role, NEW.kind);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER grant_schedules AFTER INSERT OR UPDATE ON pgmq_worker.access
+    FOR EACH ROW EXECUTE FUNCTION pgmq_worker.grant_schedules_on_access();
+
+SELECT pgmq_worker.grant_schedules(role, kind) FROM pgmq_worker.access;
