@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,7 @@ from worker.scheduler import Scheduler
 from worker.schedules import CatchUp, Schedule
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "examples"
 
 
 def tick_rows(conn: psycopg.Connection[Any], name: str) -> list[tuple[datetime, int | None, Any]]:
@@ -259,3 +261,26 @@ def test_the_schedules_command_with_a_bad_schedule_is_one_line(
     )
     assert result.exit_code == 1
     assert "Error: " in result.output and "'broken'" in result.output and "Traceback" not in result.output
+
+
+def test_the_docs_example_declares_and_runs_its_schedules(
+    conn: psycopg.Connection[Any], target: Target, monkeypatch: pytest.MonkeyPatch, burst_worker: BurstWorker
+) -> None:
+    """docs/how-to/examples/nightly.py: two schedules found by from_modules; a tick's report names the day."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    reg = Registry.from_modules(["nightly"])
+    assert [(s.name, s.queue, s.timezone) for s in reg.schedules()] == [
+        ("nightly-report", "reports", "Europe/Berlin"),
+        ("sweep", "sweeps", "UTC"),
+    ]
+    [nightly] = reg.schedules("reports")
+    for queue in reg.queues():
+        pgmq.ensure_queue(conn, queue)
+    tick = datetime(2026, 12, 1, 2, tzinfo=UTC)  # 03:00 in Berlin
+    pretend_ran(conn, nightly, tick - timedelta(days=1))
+    asyncio.run(one_pass(target, reg, tick + timedelta(seconds=1)))
+    burst_worker(reg, queues=("reports",))
+    [result] = conn.execute("SELECT result FROM pgmq_worker.jobs WHERE queue = 'reports'").fetchone() or [
+        None
+    ]
+    assert result == {"kind": "nightly", "day": "2026-11-30"}
