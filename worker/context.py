@@ -143,6 +143,7 @@ class Context:
         `ctx.step` runs its function (nothing stored), `ctx.limit` does not hold, `ctx.progress`
         goes to `reporter` (anything with `async def report(self, report)`), `ctx.enqueue`
         gathers in `ctx.handoffs` (see `ctx.handoffs.sent`); fan-out and artifacts need a worker.
+        `scheduled_at`: the tick, as a scheduled message's handler sees it (worker.schedules).
         """
         runtime = Runtime(
             pool=None,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from db.backoff import reconnect_delay
@@ -80,13 +81,21 @@ class Scheduler:
                 await self.tick_all()
                 await self._prune_if_due()
                 failures = 0
-            except TRANSIENT as exc:  # the database is away: the ticks wait in (cursor, now]
+            except (*TRANSIENT, psycopg.Error) as exc:  # the ticks wait in (cursor, now] meanwhile
                 failures += 1
-                delay = reconnect_delay(failures, self._reconnect_max_s)
-                log.warning("scheduler.database_unavailable", error=one_line(exc), retry_in_s=round(delay, 2))
-                await sleep_or_stop(stopping, delay)
+                await sleep_or_stop(stopping, self._failed(exc, failures))
                 continue
             await sleep_or_stop(stopping, self._sleep_s())
+
+    def _failed(self, exc: BaseException, failures: int) -> float:
+        """Log a failed pass; how long to wait before the next (the worker runs on either way)."""
+        delay = reconnect_delay(failures, self._reconnect_max_s)
+        fields = {"error": one_line(exc), "retry_in_s": round(delay, 2)}
+        if isinstance(exc, TRANSIENT):  # the database is away
+            log.warning("scheduler.database_unavailable", **fields)
+        else:  # a statement's own problem (a missing grant, say): loud, one line, no traceback
+            log.error("scheduler.failed", **fields)
+        return delay
 
     async def tick_all(self) -> None:
         """One pass: for each schedule, claim the ticks due now (after its catch-up policy)."""
@@ -121,7 +130,7 @@ class Scheduler:
         try:
             async with self._pool.connection() as conn:
                 msg_id = await ticks.claim(conn, declared, tick, job_rows=job_rows)
-        except LookupError as exc:  # the queue was dropped under us: the next tick tries again
+        except LookupError as exc:  # UnknownQueue too: the queue was dropped; the next tick tries again
             log.error(  # noqa: TRY400  (one line: a missing queue needs no traceback)
                 "schedule.send_failed", schedule=declared.name, tick=tick.isoformat(), error=str(exc)
             )

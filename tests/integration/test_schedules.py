@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
 from db.connect import Target, async_pool
 from queues import enqueue, pgmq
@@ -284,3 +285,19 @@ def test_the_docs_example_declares_and_runs_its_schedules(
         None
     ]
     assert result == {"kind": "nightly", "day": "2026-11-30"}
+
+
+@pytest.mark.parametrize("job_rows", [True, False])
+def test_a_tick_for_a_missing_queue_is_logged_and_rolled_back(
+    conn: psycopg.Connection[Any], target: Target, reg: Registry, job_rows: bool
+) -> None:
+    """No such queue (dropped under the worker): schedule.send_failed, no tick row, the pass goes on."""
+    scheduled(reg, "sched_gone", [], job_rows=job_rows)
+    every = schedule("sched_gone", "*/10 * * * * *", name="gone", registry=reg)
+    pretend_ran(conn, every, T0)
+    with capture_logs() as logs:
+        scheduler = asyncio.run(one_pass(target, reg, T0 + timedelta(seconds=10, milliseconds=5)))
+    assert scheduler.sent == 0
+    assert [t for t, _, _ in tick_rows(conn, "gone")] == [T0]  # the claim rolled back with the send
+    [failed] = [e for e in logs if e["event"] == "schedule.send_failed"]
+    assert failed["schedule"] == "gone" and "sched_gone" in failed["error"]
