@@ -12,7 +12,8 @@ ticks in (cursor, now]. The first pass starts from the newest tick in the databa
 from now, so a new schedule never runs a tick from before it existed), and so does the policy:
 the ticks it finds were missed while no worker ran, and `catch_up` picks which to send. Later
 passes send every tick due, unless the worker itself woke more than LATE after one (suspended,
-starved): then those count as missed too.
+starved, the database away): then it starts again from the database's newest tick, and the
+ticks after it count as missed too.
 """
 
 from __future__ import annotations
@@ -104,15 +105,17 @@ class Scheduler:
 
     async def _pass(self, declared: Schedule, now: datetime) -> None:
         cursor = self._cursors[declared.name]
-        resumed = cursor.last is None
-        if cursor.last is None:
+        resumed = cursor.last is None or now - declared.next_tick(cursor.last) > LATE
+        if resumed:
+            # From the newest tick any worker sent, never from before it: the ticks up to it were
+            # dealt with, and those over a day old are pruned, so a walk there could send one again.
             async with self._pool.connection() as conn:
                 found = await ticks.last_tick(conn, declared.name)
-            cursor.last = found if found is not None else now
-        first = next(declared.ticks_after(cursor.last))
-        if first > now:
+            known = [t for t in (cursor.last, found) if t is not None]
+            cursor.last = max(known) if known else now
+        if declared.next_tick(cursor.last) > now:
             return
-        plan = declared.plan(cursor.last, now, resumed=resumed or now - first > LATE)
+        plan = declared.plan(cursor.last, now, resumed=resumed)
         if plan.cursor > cursor.last and not plan.send:
             log.info(
                 "schedule.ticks_skipped",

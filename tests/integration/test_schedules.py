@@ -301,3 +301,33 @@ def test_a_tick_for_a_missing_queue_is_logged_and_rolled_back(
     assert [t for t, _, _ in tick_rows(conn, "gone")] == [T0]  # the claim rolled back with the send
     [failed] = [e for e in logs if e["event"] == "schedule.send_failed"]
     assert failed["schedule"] == "gone" and "sched_gone" in failed["error"]
+
+
+def test_a_worker_that_stalled_starts_again_from_the_newest_tick_sent(
+    conn: psycopg.Connection[Any], target: Target, reg: Registry
+) -> None:
+    """Stalled for a day and more while others sent and pruned: no tick is sent twice, the newest runs."""
+    scheduled(reg, "sched_stall", [])
+    hourly = schedule("sched_stall", "0 * * * *", name="stall", catch_up=timedelta(days=7), registry=reg)
+    pgmq.ensure_queue(conn, "sched_stall")
+    pretend_ran(conn, hourly, T0)
+    now = [T0 + timedelta(hours=1, minutes=5)]
+
+    async def go() -> None:
+        pool = async_pool(target, min_size=1, max_size=2)
+        await pool.open()
+        try:
+            stalled = Scheduler(pool, [hourly], reg.keeps_job_rows, reconnect_max_s=1, clock=lambda: now[0])
+            await stalled.tick_all()  # sends T0 + 1 h
+            for h in range(2, 31):  # meanwhile the other workers send hours 2..30
+                pretend_ran(conn, hourly, T0 + timedelta(hours=h))
+            now[0] = T0 + timedelta(hours=31, minutes=5)
+            await stalled._prune_if_due()  # a day kept: hours 2..6 go
+            await stalled.tick_all()
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    sent = [t for t, msg_id, _ in tick_rows(conn, "stall") if msg_id is not None]
+    assert sent == [T0 + timedelta(hours=31)]  # hour 1 went with its row at the prune; none again
+    assert pgmq.metrics(conn, "sched_stall").depth == 2  # hour 1's message and hour 31's
