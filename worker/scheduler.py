@@ -113,10 +113,12 @@ class Scheduler:
                 found = await ticks.last_tick(conn, declared.name)
             known = [t for t in (cursor.last, found) if t is not None]
             cursor.last = max(known) if known else now
-        if declared.next_tick(cursor.last) > now:
+        after = cursor.last
+        assert after is not None  # noqa: S101  set just above on the first pass
+        if declared.next_tick(after) > now:
             return
-        plan = declared.plan(cursor.last, now, resumed=resumed)
-        if plan.cursor > cursor.last and not plan.send:
+        plan = declared.plan(after, now, resumed=resumed)
+        if plan.cursor > after and not plan.send:
             log.info(
                 "schedule.ticks_skipped",
                 schedule=declared.name,
@@ -126,8 +128,8 @@ class Scheduler:
         job_rows = self._keeps_job_rows(declared.queue)
         for tick in plan.send:
             await self._claim(declared, tick, job_rows=job_rows)
-            cursor.last = tick  # dealt with: sent here or by another worker
-        cursor.last = max(cursor.last, plan.cursor)
+            cursor.last = after = tick  # dealt with: sent here or by another worker
+        cursor.last = max(after, plan.cursor)
 
     async def _claim(self, declared: Schedule, tick: datetime, *, job_rows: bool) -> None:
         try:
