@@ -184,7 +184,10 @@ def test_the_payload_is_checked_against_the_handlers_model_in_a_registry() -> No
     later = Registry()
     schedule("reports", "0 4 * * *", payload={"nope": 1}, name="early", registry=later)
     with pytest.raises(ScheduleError, match="'early'"):
-        handler("reports", registry=later)(report)
+
+        @handler("reports", registry=later)
+        async def report_again(payload: Report, ctx: Context) -> None:
+            """Report."""
 
 
 def test_two_schedules_under_one_name_are_refused_and_a_repeat_is_not() -> None:
