@@ -9,6 +9,7 @@ ValueError naming `what`, which callers turn into their own error class.
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -49,9 +50,29 @@ def non_negative(value: Seconds, what: str) -> timedelta:
     return result
 
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+WITH_UNIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
+
+
+def parse(text: str, what: str = "duration") -> timedelta:
+    """`7d`, `12h`, `30m`, `45s`, `2w` or plain seconds (`90`, `0.5`) as a timedelta; ValueError else."""
+    found = WITH_UNIT.fullmatch(text)
+    if found:
+        return as_timedelta(float(found[1]) * UNITS[found[2].lower()], what)
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{what} must be a number of seconds or like 7d, 12h, 30m, 45s, got {text!r}"
+        ) from None
+    return non_negative(seconds, what)
+
+
 def _from_setting(value: Any) -> Any:
-    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second (pydantic wants ISO 8601 strings)."""
+    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second, `PGMQ_WORKER_RETENTION=7d` a week."""
     if isinstance(value, str):
+        if WITH_UNIT.fullmatch(value):
+            return parse(value, "a duration setting")
         try:
             seconds = float(value)
         except ValueError:
@@ -61,4 +82,4 @@ def _from_setting(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_from_setting)]
-"""A duration setting: seconds as a number (`0.5`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""
+"""A duration setting: seconds (`0.5`), with a unit (`7d`, `12h`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""

@@ -33,6 +33,7 @@ from web.auth import Auth, Caller
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
 from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
+from web.retry import router as retry_router
 from web.security import Guard, inline_hashes, page_policy
 from web.settings import WebSettings
 from web.submit import accepted, check
@@ -253,6 +254,7 @@ def create_app(
         jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
 
+    app.include_router(retry_router)
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
 

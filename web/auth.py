@@ -24,6 +24,7 @@ class Caller:
 
     owner: UUID | None
     expires_at: float | None  # Unix time; None when auth is off
+    admin: bool = False  # the admin credential (PGMQ_WORKER_ADMIN_TOKEN, a service_role JWT)
 
 
 ANONYMOUS = Caller(None, None)

@@ -28,6 +28,7 @@ from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
 from worker.loop import loop_name
 from worker.registry import Registry
+from worker.retention import Pruner, retention_policy
 from worker.settings import WorkerSettings
 from worker.settle import Settle
 from worker.side_tasks import SideTasks
@@ -64,6 +65,7 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
+        self.pruner: Pruner | None = None  # made in _lifespan when retention is on
         self._rotation = 0
         # The last read took fewer than a `def` queue offered: its threads were busy, and a slot
         # that frees may start one before the next notification or poll.
@@ -249,6 +251,9 @@ class Worker:
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
+            if (policy := retention_policy(self.settings)) is not None:
+                self.pruner = Pruner(self.pool, policy)
+                side_tasks.start(self.pruner.run(self.stops.stopping), "retention")
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
