@@ -31,6 +31,7 @@ BatchStep = Callable[["psycopg.AsyncConnection[Any]", str, datetime, int], Await
 """One batch of one kind (aprune_jobs, aprune_archive): connection, queue, cutoff, batch size."""
 CLAIM = "SELECT pgmq_worker.claim_retention(%s, %s::interval)"
 PRUNED = "SELECT pgmq_worker.retention_pruned(%s)"
+RELEASE = "SELECT pgmq_worker.release_retention(%s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,11 @@ async def aclaim(conn: psycopg.AsyncConnection[Any], holder: str, ttl: timedelta
     cur = await conn.execute(CLAIM, (holder, ttl))
     row = await cur.fetchone()
     return bool(row and row[0])
+
+
+async def arelease(conn: psycopg.AsyncConnection[Any], holder: str) -> None:
+    """Give the pruner's lease up (a worker stopping), so another worker takes it at its next try."""
+    await conn.execute(RELEASE, (holder,))
 
 
 async def apruned(conn: psycopg.AsyncConnection[Any], holder: str) -> None:

@@ -60,14 +60,26 @@ class Pruner:
     async def run(self, stopping: asyncio.Event) -> None:
         """Prune every interval until the worker stops; nothing it meets ends it."""
         interval_s = self._policy.interval.total_seconds()
-        while not stopping.is_set():
-            try:
-                await self.once(stopping)
-            except TRANSIENT as exc:
-                log.warning("retention.database_unavailable", error=one_line(exc), retry_in_s=interval_s)
-            except Exception as exc:
-                log.exception("retention.failed", error=one_line(exc), retry_in_s=interval_s)
-            await sleep_or_stop(stopping, interval_s)
+        try:
+            while not stopping.is_set():
+                try:
+                    await self.once(stopping)
+                except TRANSIENT as exc:
+                    log.warning("retention.database_unavailable", error=one_line(exc), retry_in_s=interval_s)
+                except Exception as exc:  # a refused statement (migration 0020 missing, grants): next pass
+                    log.exception("retention.failed", error=one_line(exc), retry_in_s=interval_s)
+                await sleep_or_stop(stopping, interval_s)
+        finally:  # also when cancelled at the worker's stop: the pool closes after its side tasks
+            await self._release()
+
+    async def _release(self) -> None:
+        if not self.passes:
+            return  # never held it (or never got as far as a pass)
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await retention.arelease(conn, self.holder)
+        except Exception as exc:  # best effort: the lease expires on its own
+            log.info("retention.release_failed", error=one_line(exc))
 
     async def once(self, stopping: asyncio.Event | None = None) -> list[Pruned] | None:
         """One pass if this worker holds (or takes) the lease; None when another worker prunes."""

@@ -152,15 +152,17 @@ $$;
 
 -- One batch of finished job rows of a queue, finished before p_before (their steps and
 -- artifacts go by ON DELETE CASCADE, a fan-out parent's counts too). Returns how many.
+-- `= ANY(ARRAY(...))`, not `IN (SELECT ...)`: the planner turned the IN into a hash join over a
+-- sequential scan of the whole table (auto_explain, 20,000 rows; tests/test_retention.py).
 CREATE FUNCTION pgmq_worker.prune_jobs(p_queue text, p_before timestamptz, p_batch integer)
 RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH gone AS (
-        DELETE FROM pgmq_worker.jobs WHERE id IN (
+        DELETE FROM pgmq_worker.jobs WHERE id = ANY (ARRAY(
             SELECT id FROM pgmq_worker.jobs
             WHERE queue = p_queue AND finished_at IS NOT NULL AND finished_at < p_before
                 AND status IN ('succeeded', 'dead', 'cancelled')
-            LIMIT p_batch FOR UPDATE SKIP LOCKED)
+            LIMIT p_batch FOR UPDATE SKIP LOCKED))
         RETURNING 1)
     SELECT count(*)::integer FROM gone
 $$;
@@ -177,8 +179,8 @@ BEGIN
     IF to_regclass(format('pgmq.%I', a)) IS NULL THEN
         RETURN 0;
     END IF;
-    EXECUTE format('DELETE FROM pgmq.%1$I WHERE msg_id IN (SELECT msg_id FROM pgmq.%1$I'
-                   ' WHERE archived_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)', a) USING p_before, p_batch;
+    EXECUTE format('DELETE FROM pgmq.%1$I WHERE msg_id = ANY (ARRAY(SELECT msg_id FROM pgmq.%1$I'
+                   ' WHERE archived_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))', a) USING p_before, p_batch;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -216,11 +218,18 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE pgmq_worker.retention_lease SET last_pruned_at = now() WHERE holder = p_holder
 $$;
 
+-- A worker that stops gives the lease up, so another takes over at its next try.
+CREATE FUNCTION pgmq_worker.release_retention(p_holder text)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE pgmq_worker.retention_lease SET until = now() WHERE holder = p_holder
+$$;
+
 REVOKE ALL ON FUNCTION pgmq_worker._replay_one(text, bigint, jsonb), pgmq_worker.retry_job(uuid),
     pgmq_worker.replay_dead_letters(text, bigint[], text), pgmq_worker.purge_dead_letters(text, interval),
     pgmq_worker.prune_jobs(text, timestamptz, integer), pgmq_worker.prune_archive(text, timestamptz, integer),
     pgmq_worker.finished_queues(), pgmq_worker.claim_retention(text, interval),
-    pgmq_worker.retention_pruned(text) FROM PUBLIC;
+    pgmq_worker.retention_pruned(text), pgmq_worker.release_retention(text) FROM PUBLIC;
 
 -- The web process retries and replays (API, dashboard); the worker also prunes.
 CREATE FUNCTION pgmq_worker.grant_retention() RETURNS trigger
@@ -237,8 +246,8 @@ BEGIN
     IF NEW.kind = 'worker' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION pgmq_worker.prune_jobs(text, timestamptz, integer),'
                        ' pgmq_worker.prune_archive(text, timestamptz, integer), pgmq_worker.finished_queues(),'
-                       ' pgmq_worker.claim_retention(text, interval), pgmq_worker.retention_pruned(text)'
-                       ' TO %I', NEW.role);
+                       ' pgmq_worker.claim_retention(text, interval), pgmq_worker.retention_pruned(text),'
+                       ' pgmq_worker.release_retention(text) TO %I', NEW.role);
     END IF;
     RETURN NULL;
 END

@@ -74,7 +74,7 @@ def healing_handler(
 def test_a_dead_job_retried_runs_again_under_its_own_id(
     conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
-    """Retry sends the same job again: attempts and error reset, history kept, dead letter gone, then it succeeds."""
+    """Retry sends the same job again (attempts, error reset; history kept; dead letter gone); it succeeds."""
     broken = {"n": 2}
     calls = healing_handler(conn, reg, "heal", broken)
     sent = enqueue(conn, "heal", {"n": 7})
@@ -112,7 +112,7 @@ def test_a_dead_job_retried_runs_again_under_its_own_id(
 def test_only_dead_jobs_are_retried(
     conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
-    """A queued or succeeded job is `not_dead`; an unknown id `unknown`; a purged dead letter `no_dead_letter`."""
+    """A queued job is `not_dead`, an unknown id `unknown`, a purged dead letter `no_dead_letter`."""
     healing_handler(conn, reg, "heal", {"n": 2})
     queued = enqueue(conn, "heal", {"n": 1})
     assert retry(conn, queued.job_id).outcome == "not_dead"
@@ -236,7 +236,7 @@ def api(target: Target) -> Iterator[TestClient]:
 def test_post_retry_answers_200_409_404(
     api: TestClient, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
-    """The owner retries their dead job (200, queued); again is 409 with its status; others' and unknown are 404."""
+    """The owner retries a dead job (200, queued); again: 409 with its status; others' and unknown: 404."""
     healing_handler(conn, reg, "heal", {"n": 2})
     user, stranger = uuid.uuid4(), uuid.uuid4()
     sent = enqueue(conn, "heal", {"n": 1}, owner=user)
