@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ if __package__ in (None, ""):
 
 from bench.throughput import (
     QUEUES,
+    _interrupt,
     choose_server,
     fresh_database,
     log_tail,
@@ -50,6 +52,8 @@ SIZES = (
     " pg_total_relation_size('pgmq_worker.job_steps')"
 )
 DEPTH = "SELECT count(*) FROM pgmq.q_bench_noop"
+AUTOVACUUM = "SELECT setting = 'on' FROM pg_settings WHERE name = 'autovacuum'"
+VACUUM = ("VACUUM pgmq_worker.jobs", "VACUUM pgmq.q_bench_noop")
 # Finished rows two days old, for the pruner to delete during a drain (not on the bench queue:
 # the drain's own rows are not pruned meanwhile, so both arms do the same work on the queue).
 OLD_ROWS = (
@@ -79,9 +83,18 @@ def soak(url: str, args: argparse.Namespace, logs: Path) -> int:
         command = worker_command(QUEUE, args.concurrency, burst=False)
         print(f"soak: {args.jobs:,} jobs, retention {args.retention} s, prune every {args.interval} s")
         print(f"{'t_s':>7} {'processed':>10} {'jobs/s':>7} {'rows':>9} {'jobs size':>11} {'steps size':>11}")
-        sent = 0
+        autovacuum = bool(conn.execute(AUTOVACUUM).fetchone()[0])  # type: ignore[index]
+        vacuum_every = 0.0 if autovacuum else args.vacuum_every
+        print(
+            "autovacuum is on"
+            if autovacuum
+            else f"autovacuum is OFF on this server: the bench runs VACUUM every {vacuum_every:g} s"
+            + (" (never: the table keeps every deleted row's space)" if not vacuum_every else "")
+        )
+        sent = vacuums = 0
         started = time.monotonic()
         next_sample = started
+        next_vacuum = started + vacuum_every
         peak_rows = peak_size = 0
         with spawned(command, env, logs / "soak-worker.log") as proc:
             while True:
@@ -92,6 +105,11 @@ def soak(url: str, args: argparse.Namespace, logs: Path) -> int:
                     sent += n
                     continue
                 now = time.monotonic()
+                if vacuum_every and now >= next_vacuum:
+                    for statement in VACUUM:
+                        conn.execute(statement)
+                    vacuums += 1
+                    next_vacuum = now + vacuum_every
                 done = sent - depth
                 if now >= next_sample or (sent >= args.jobs and depth == 0):
                     rows, size, steps = conn.execute(SIZES).fetchone()  # type: ignore[misc]
@@ -118,7 +136,7 @@ def soak(url: str, args: argparse.Namespace, logs: Path) -> int:
             f"soak done: {sent:,} jobs in {elapsed:,.0f} s ({sent / elapsed:,.0f} jobs/s); jobs table peak "
             f"{peak_rows:,} rows / {mb(peak_size)}; {args.retention + 2 * args.interval} s after the last "
             "job: "
-            f"{rows:,} rows / {mb(size)}"
+            f"{rows:,} rows / {mb(size)}; {vacuums} VACUUMs by the bench"
         )
     return 0
 
@@ -187,11 +205,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cost-rounds", type=int, default=0, help="Pruner on/off drain pairs (0: skip).")
     p.add_argument("--cost-jobs", type=int, default=30000, help="Jobs per cost drain.")
     p.add_argument("--cost-backlog", type=int, default=100000, help="Old finished rows to prune per drain.")
+    p.add_argument(
+        "--vacuum-every",
+        type=float,
+        default=30.0,
+        help="Where the server's autovacuum is off (CI's is), VACUUM the jobs and queue tables this "
+        "often, as autovacuum would (0: never; then the table grows whatever is deleted).",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped bench still stops its worker and drops its database
     server = choose_server(args.database_url or os.environ.get("DATABASE_URL"))
     print(f"server: {server.label}")
     status = 0
