@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from queues.jobs import Job, parse_job_id
+from queues.jobs import Job
 from queues.retry import aretry
 from web.errors import ApiError, job_not_found
 from web.openapi import JobView, answers
@@ -23,15 +23,12 @@ async def retry(job_id: str, request: Request) -> dict[str, Any]:
     """Send a `dead` job again: a new delivery of the same job, its dead letter removed (owner or admin)."""
     jobs = request.app.state.jobs
     caller = jobs.auth.caller(request.headers.get("authorization"))
-    jid = parse_job_id(job_id)
-    job = await jobs.load(jid) if jid is not None else None
-    if job is None or (jobs.auth.enabled and not caller.admin and job.owner != caller.owner):
-        raise job_not_found(job_id)
+    job: Job = await jobs.visible_job(job_id, caller)  # 404 for another user's job, as for GET
     async with jobs.pool.connection() as conn:
         outcome = await aretry(conn, job.id)
     if outcome.outcome == "unknown":  # pruned meanwhile
         raise job_not_found(job_id)
     if not outcome.retried:
         raise ApiError(409, outcome.outcome, outcome.reason())
-    retried: Job = await jobs.visible_job(job_id, job.owner)
+    retried: Job = await jobs.visible_job(job_id, caller)
     return retried.as_json()

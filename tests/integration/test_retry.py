@@ -27,6 +27,7 @@ from web.settings import WebSettings
 from worker import Context, Permanent, Registry, handler
 from worker.cli import main
 
+ADMIN_TOKEN = "admin-token-of-some-thirty-chars"
 FAST = Backoff(base=0.01, cap=0.01, jitter=0)
 
 
@@ -228,7 +229,11 @@ def test_any_older_than_text_is_a_duration_or_a_usage_error(db_url: str, text: s
 
 @pytest.fixture
 def api(target: Target) -> Iterator[TestClient]:
-    app = create_app(target, settings=WebSettings(jwt_secret=SECRET), catalog=load_catalog(["handlers"]))
+    app = create_app(
+        target,
+        settings=WebSettings(jwt_secret=SECRET, admin_token=ADMIN_TOKEN),
+        catalog=load_catalog(["handlers"]),
+    )
     with TestClient(app) as c:
         yield c
 
@@ -254,3 +259,17 @@ def test_post_retry_answers_200_409_404(
         assert api.post(f"/jobs/{bad}/retry", headers=bearer(user)).status_code == 404
     burst_worker(reg)
     assert job_row(conn, sent.job_id)["status"] == "succeeded"
+
+
+def test_an_admin_retries_any_users_job(
+    api: TestClient, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
+    """PGMQ_WORKER_ADMIN_TOKEN retries another user's dead job; a wrong admin token is 401."""
+    healing_handler(conn, reg, "heal", {"n": 2})
+    sent = enqueue(conn, "heal", {"n": 1}, owner=uuid.uuid4())
+    burst_worker(reg)
+    wrong = api.post(f"/jobs/{sent.job_id}/retry", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"})
+    assert wrong.status_code == 401
+    ok = api.post(f"/jobs/{sent.job_id}/retry", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["status"] == "queued"
