@@ -21,7 +21,7 @@ def dead_job(admin: psycopg.Connection[Any], queue: str) -> Any:
     for name in (queue, dlq_name(queue)):
         pgmq.ensure_queue(admin, name)
     sent = enqueue(admin, queue, {"n": 1})
-    admin.execute(f"DELETE FROM pgmq.q_{queue}")  # noqa: S608  a test queue name
+    admin.execute(f"DELETE FROM pgmq.q_{queue}")
     admin.execute(
         "UPDATE pgmq_worker.jobs SET status = 'dead', finished_at = now() WHERE id = %s", (sent.job_id,)
     )
@@ -30,7 +30,7 @@ def dead_job(admin: psycopg.Connection[Any], queue: str) -> Any:
 
 
 def test_the_web_role_retries_without_touching_dead_letters(db_url: str, roles: dict[str, str]) -> None:
-    """The web role retries a dead job and replays a queue's dead letters; it may not delete one itself, nor prune."""
+    """The web role retries and replays dead letters; it may not delete one itself, nor prune."""
     with psycopg.connect(db_url, autocommit=True) as admin:
         job_id = dead_job(admin, "priv_retry")
         other = dead_job(admin, "priv_replay")
