@@ -11,18 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from db.connect import Target
-from db.durations import parse
 from queues import enqueue, pgmq
 from queues.retention import prune
 from tests.support.fixtures import BurstWorker
 from tests.support.helpers import captured, make_worker
 from worker import Context, Registry, handler
 from worker.cli import main
-from worker.settings import WorkerSettings
 
 
 def cli(url: str, *args: str, **env: str) -> Result:
@@ -171,27 +167,6 @@ def test_bad_prune_input(db_url: str, args: tuple[str, ...], env: dict[str, str]
     assert result.exit_code in {1, 2}, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=30) | st.from_regex(r"-?[0-9]{1,25}(\.[0-9]+)?[smhdwSMHDWxy]?", fullmatch=True))
-def test_an_age_is_a_non_negative_timedelta_or_a_value_error(text: str) -> None:
-    """durations.parse never answers anything but a timedelta >= 0 or a ValueError."""
-    try:
-        value = parse(text)
-    except ValueError:
-        return
-    assert value >= timedelta(0)
-
-
-def test_retention_setting_accepts_units_and_refuses_negatives() -> None:
-    """PGMQ_WORKER_RETENTION=7d is a week; 0 is off; negative ones and a zero interval are refused."""
-    assert WorkerSettings(retention="7d").retention == timedelta(days=7)  # type: ignore[arg-type]
-    assert WorkerSettings(retention="0").retention == timedelta(0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="negative"):
-        WorkerSettings(retention="-5")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="positive"):
-        WorkerSettings(retention_interval=0)  # type: ignore[arg-type]
 
 
 def test_the_pruner_runs_in_one_worker_of_two(
