@@ -273,3 +273,38 @@ def test_an_admin_retries_any_users_job(
     ok = api.post(f"/jobs/{sent.job_id}/retry", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert ok.status_code == 200, ok.text
     assert ok.json()["status"] == "queued"
+
+
+def test_a_retried_fan_out_child_counts_once_for_its_waiting_parent(conn: psycopg.Connection[Any]) -> None:
+    """A dead child of an open fan-out is no longer counted failed once retried; its new end counts."""
+    make_queue(conn, "kids")
+    parent = enqueue(conn, "kids", {"parent": True})
+    child = enqueue(conn, "kids", {"child": 0})
+    conn.execute(
+        "INSERT INTO pgmq_worker.fan_outs (parent_id, name, parent_queue, parent_msg_id, child_queue, total,"
+        " max_running, deadline) VALUES (%s, 'kids', 'kids', %s, 'kids', 2, 2, now() + interval '1 h')",
+        (parent.job_id, parent.msg_id),
+    )
+    conn.execute(
+        "UPDATE pgmq_worker.jobs SET parent_id = %s, fan_out = 'kids', child_index = 0, status = 'dead',"
+        " finished_at = now() WHERE id = %s",
+        (parent.job_id, child.job_id),
+    )
+    conn.execute("DELETE FROM pgmq.q_kids WHERE msg_id = %s", (child.msg_id,))
+    pgmq.send(conn, dlq_name("kids"), {"queue": "kids", "msg_id": child.msg_id, "payload": {"child": 0}})
+
+    def counts() -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT succeeded, failed FROM pgmq_worker.fan_outs WHERE parent_id = %s", (parent.job_id,)
+        )
+        found = row.fetchone()
+        assert found is not None
+        return int(found[0]), int(found[1])
+
+    assert counts() == (0, 1)  # the child's death counted (migration 0011's trigger)
+    assert retry(conn, child.job_id).retried
+    assert counts() == (0, 0)
+    conn.execute(
+        "UPDATE pgmq_worker.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", (child.job_id,)
+    )
+    assert counts() == (1, 0)
