@@ -66,7 +66,15 @@ def jobs(conn: psycopg.Connection[Any]) -> dict[str, str]:
     )
     record = {"queue": "text_stats", "msg_id": dead.msg_id, "payload": {"text": "c"}, "error": {"type": "E"}}
     pgmq.send(conn, dlq_name("text_stats"), record)
-    return {"done": str(done.job_id), "dead": str(dead.job_id)}
+    queued = enqueue(conn, "text_stats", {"text": "d"}, owner=USER)
+    running = enqueue(conn, "text_stats", {"text": "e"}, owner=USER)
+    conn.execute("UPDATE pgmq_worker.jobs SET status = 'running' WHERE id = %s", (running.job_id,))
+    return {
+        "done": str(done.job_id),
+        "dead": str(dead.job_id),
+        "queued": str(queued.job_id),
+        "running": str(running.job_id),
+    }
 
 
 ME = bearer(USER)
@@ -108,6 +116,14 @@ PROVOKE: dict[tuple[str, str], dict[int, Provoke]] = {
         404: lambda c, ids: c.post(f"/jobs/{ids['dead']}/retry", headers=SOMEONE),
         409: lambda c, ids: c.post(f"/jobs/{ids['done']}/retry", headers=ME),
     },
+    # Issue 14's cancellation (helper cancel's route; skipped until it is in the document).
+    ("post", "/jobs/{job_id}/cancel"): {
+        200: lambda c, ids: c.post(f"/jobs/{ids['queued']}/cancel", headers=ME),
+        202: lambda c, ids: c.post(f"/jobs/{ids['running']}/cancel", headers=ME),
+        401: lambda c, ids: c.post(f"/jobs/{ids['queued']}/cancel"),
+        404: lambda c, ids: c.post(f"/jobs/{ids['queued']}/cancel", headers=SOMEONE),
+        409: lambda c, ids: c.post(f"/jobs/{ids['done']}/cancel", headers=ME),
+    },
     ("get", "/healthz"): {200: lambda c, ids: c.get("/healthz")},
     ("get", "/"): {200: lambda c, ids: c.get("/")},
 }
@@ -138,7 +154,8 @@ def is_error_body(response: Response) -> bool:
 def test_every_documented_status_is_answered(api: TestClient, jobs: dict[str, str]) -> None:
     """Each route answers each status its document lists, errors with the ErrorBody body."""
     documented = operations(api)
-    assert set(documented) == set(PROVOKE), "a route without provocations (or one gone): update PROVOKE"
+    unprovoked = set(documented) - set(PROVOKE)
+    assert not unprovoked, f"routes without provocations: add them to PROVOKE: {sorted(unprovoked)}"
     for (method, path), statuses in documented.items():
         expected = set(PROVOKE[(method, path)]) | set(ANY_ROUTE)
         if (method, path) not in NO_DATABASE:
@@ -175,7 +192,7 @@ def test_a_database_outage_is_a_documented_503(
         )
         try:
             for (method, path), provokes in PROVOKE.items():
-                if (method, path) in NO_DATABASE:
+                if (method, path) in NO_DATABASE or (method, path) not in operations(api):
                     continue
                 ok = min(provokes)  # the success case, whose request reaches the database
                 answer = provokes[ok](api, jobs)
@@ -213,7 +230,8 @@ def test_bad_requests_get_only_documented_statuses(api: TestClient, data: st.Dat
     url = path
     for param in ("{queue}", "{job_id}", "{name}"):
         if param in url:
-            url = url.replace(param, quote(data.draw(segments), safe="") or "x")
+            # Dots encoded too: a client resolves a bare `..` segment before sending (to another route).
+            url = url.replace(param, quote(data.draw(segments), safe="").replace(".", "%2E") or "x")
     headers = {}
     authorization = data.draw(auth)
     if authorization is not None and authorization.isascii() and authorization.isprintable():
