@@ -221,7 +221,8 @@ queries = st.dictionaries(st.sampled_from(["delay", "access_token", "x"]), st.te
 bodies = st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), st.from_type(dict))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.timeout(120)  # 120 requests, each a few database round trips, on a shared 2-core machine
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_bad_requests_get_only_documented_statuses(api: TestClient, data: st.DataObject) -> None:
     """Whatever the path segments, token, query and body, the answer is documented, errors as ErrorBody."""
