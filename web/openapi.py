@@ -80,8 +80,9 @@ ERRORS: dict[int, str] = {
     "(a bad `delay` or `Idempotency-Key`)",
     401: "`unauthorized`: a JWT secret is set and the token is missing, expired or invalid",
     404: "`unknown_queue`, `unknown_job` or `unknown_artifact` (another user's job is unknown too)",
-    409: "`not_dead` (only a dead job is retried; the message names its status), `no_dead_letter` "
-    "(its dead letter was purged) or `conflict` (an unfinished job holds its idempotency key)",
+    409: "`job_finished` (cancel: the job has already finished; the message names its status), "
+    "`not_dead` (retry: only a dead job is retried; the message names its status), "
+    "`no_dead_letter` (its dead letter was purged) or `conflict` (its idempotency key is taken)",
     413: "`payload_too_large`: over 1 MiB",
     414: "`uri_too_long`: path and query over 16 KiB (any route)",
     422: "`invalid_payload`: fails the queue's model or may not be stored; the message names the field",

@@ -1,8 +1,9 @@
 """The `pgmq-worker` command line: the group, with each command from its module in worker/commands/.
 
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
-list|replay|purge (.inspect) · retry, prune (.retention) · web, dev (.dev). Shared edge work
-(settings, one-line errors, --import) is worker.commands.edge.
+list|replay|purge (.inspect) · retry, prune (.retention) · web, dev (.dev) · cancel (.cancel) ·
+workers, stats (.observe). Shared edge work (settings, one-line errors, --import) is
+worker.commands.edge.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import sys
 
 import click
 
+from worker.commands.cancel import cancel_jobs
 from worker.commands.database import migrate, stop_embedded_server
 from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
+from worker.commands.observe import list_workers_command, stats
 from worker.commands.retention import prune, retry
 from worker.commands.run import run
 from worker.commands.send import send
@@ -26,6 +29,8 @@ def main() -> None:
 
 
 for command in (run, migrate, send, list_queues, dlq, retry, prune, web, dev, stop_embedded_server):
+    main.add_command(command)
+for command in (cancel_jobs, list_workers_command, stats):
     main.add_command(command)
 
 

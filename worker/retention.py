@@ -51,6 +51,12 @@ def retention_policy(settings: WorkerSettings) -> RetentionPolicy | None:
 class Pruner:
     """A side task: every interval, if this worker holds the lease, delete what is past retention."""
 
+    @classmethod
+    def when_kept(cls, pool: AsyncConnectionPool, settings: WorkerSettings) -> Pruner | None:
+        """The worker's pruner; None when `retention` is 0 (keep everything)."""
+        policy = retention_policy(settings)
+        return None if policy is None else cls(pool, policy)
+
     def __init__(self, pool: AsyncConnectionPool, policy: RetentionPolicy) -> None:
         self._pool = pool
         self._policy = policy

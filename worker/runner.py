@@ -1,17 +1,19 @@
 """The worker: read what the slots have room for, start each delivery, wait when idle, stop cleanly.
 
 The parts it holds, each owning its state: `Slots` (what is in flight, the leases, the drain),
+`ReadingOrder` (which queue a read asks first: priorities, rotation, the starvation guard),
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
-`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows) and
-`SideTasks` (the heartbeat, the listener and the ack flusher, supervised: one that dies stops the
-worker). `_lifespan` makes and closes them all, in one `async with`.
+`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
+`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
+heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`_lifespan` makes and closes them all, in one `async with`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -23,12 +25,15 @@ from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
 from worker.attempt import Attempts
+from worker.cancels import Cancels
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
 from worker.loop import loop_name
+from worker.presence import Presence, card_for
+from worker.reading_order import ReadingOrder
 from worker.registry import Registry
-from worker.retention import Pruner, retention_policy
+from worker.retention import Pruner
 from worker.settings import WorkerSettings
 from worker.settle import Settle
 from worker.side_tasks import SideTasks
@@ -66,10 +71,10 @@ class Worker:
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
         self.pruner: Pruner | None = None  # made in _lifespan when retention is on
-        self._rotation = 0
-        # The last read took fewer than a `def` queue offered: its threads were busy, and a slot
-        # that frees may start one before the next notification or poll.
-        self._threads_were_busy = False
+        # The last read took fewer than a queue may have offered: its threads or its own slots
+        # (`concurrency=`) were busy, and a slot that frees may start one before the next
+        # notification or poll.
+        self._held_back = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
 
@@ -113,22 +118,19 @@ class Worker:
         self.stops.stop(cold=cold)
 
     async def _fetch(self, free: int) -> list[Message]:
-        """Read up to `free` messages, starting from a rotating queue so none starves."""
-        order = self.queues[self._rotation :] + self.queues[: self._rotation]
-        self._rotation = (self._rotation + 1) % len(self.queues)
+        """Read up to `free` messages, asking the queues in the reading order (priority, rotation)."""
         found: list[Message] = []
         threads = self.slots.free_threads()
-        self._threads_were_busy = False
+        self._held_back = False
         try:
             async with self.pool.connection() as conn:
-                for queue in order:
-                    wanted = free - len(found)
-                    if wanted <= 0:
+                for queue in self.order.next():
+                    room = free - len(found)
+                    if room <= 0:
                         break
                     spec = self.registry.get(queue)
-                    capped = not spec.is_async and threads < wanted  # a `def` handler needs a thread
-                    if capped:
-                        wanted = threads
+                    # Capped by the queue's own slots (`concurrency=`) and, for a `def` handler, by threads.
+                    wanted = min(room, self.slots.free_of(spec), room if spec.is_async else threads)
                     read = (
                         []
                         if wanted <= 0
@@ -138,7 +140,7 @@ class Worker:
                     )
                     if not spec.is_async:
                         threads -= len(read)
-                    self._threads_were_busy = self._threads_were_busy or (capped and len(read) == wanted)
+                    self._held_back = self._held_back or (wanted < room and len(read) == wanted)
                     found += read
         except RETRIED as exc:
             await self.trouble.wait_out(exc)
@@ -156,11 +158,11 @@ class Worker:
         """
         if await self.announcements.announce_if_due():
             return
-        if not self._threads_were_busy:
+        if not self._held_back:
             await self.wakeup.wait(self.stops.stopping, found=found)
             return
-        # A `def` queue had more than its free threads: the next free slot may start one. The
-        # event was cleared before the read, so a handler that ended during it is not missed.
+        # A queue had more than its free threads or own slots: the next free slot may start one.
+        # The event was cleared before the read, so a handler that ended during it is not missed.
         waiters_ = {
             asyncio.ensure_future(self.slots.freed.wait()),
             asyncio.ensure_future(self.wakeup.wait(self.stops.stopping, found=found)),
@@ -232,6 +234,17 @@ class Worker:
             self.announcements = Announcements(self.pool, self.trouble, self.wakeup, self.queues)
             leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
+            priorities = {queue: self.registry.get(queue).priority for queue in self.queues}
+            self.order = ReadingOrder(priorities, self.settings.priority_share)
+            self.cancels = Cancels(
+                self.pool,
+                interval_s=self.settings.heartbeat_interval.total_seconds(),
+                grace_s=self.settings.cancel_grace.total_seconds(),
+                watch=side_tasks.watch,
+            )
+            self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
+            self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
+            self.presence.observe(self.settle, hooks)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -248,12 +261,18 @@ class Worker:
                 runtime=runtime,
                 logger=bound,
                 progress_interval_s=self.settings.progress_interval.total_seconds(),
+                cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
-            side_tasks.start(leases.run(self.stops.stopping), "leases")
-            if (policy := retention_policy(self.settings)) is not None:
-                self.pruner = Pruner(self.pool, policy)
-                side_tasks.start(self.pruner.run(self.stops.stopping), "retention")
+            self.pruner = Pruner.when_kept(self.pool, self.settings)  # None: retention 0, keep all
+            runs: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None] = {
+                "leases": leases.run,
+                "cancels": self.cancels.run,
+                "presence": self.presence.run,
+                "retention": self.pruner.run if self.pruner else None,
+            }
+            for name, part_run in [(n, r) for n, r in runs.items() if r is not None]:
+                side_tasks.start(part_run(self.stops.stopping), name)
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
@@ -269,6 +288,7 @@ class Worker:
                 queues=self.queues,
                 concurrency=self.settings.concurrency,
                 threads=self.settings.threads,
+                priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
                 pgmq=self.features.version,
                 wakeup="listen+poll" if listening else "poll",
                 database=self.target.describe(),
@@ -282,6 +302,7 @@ class Worker:
                 self.stops.stopping.set()
                 await side_tasks.stop()
                 await self.announcements.withdraw()
+                await self.presence.withdraw()
                 log.info("worker.stopped")
 
     def _check_queues(self) -> None:

@@ -1,14 +1,15 @@
-"""Durations with units (`7d`, `12h`): the parser behind --older-than and PGMQ_WORKER_RETENTION."""
+"""Durations with units (`7d`, `12h`) as --older-than (edge.AGE) and PGMQ_WORKER_RETENTION take them."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import click
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from db.durations import parse
+from worker.commands.edge import AGE
 from worker.settings import WorkerSettings
 
 
@@ -25,16 +26,16 @@ from worker.settings import WorkerSettings
 )
 def test_units(text: str, expected: timedelta) -> None:
     """Each unit means what it says; a bare number is seconds."""
-    assert parse(text) == expected
+    assert AGE.convert(text, None, None) == expected
 
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=30) | st.from_regex(r"-?[0-9]{1,25}(\.[0-9]+)?[smhdwSMHDWxy]?", fullmatch=True))
-def test_an_age_is_a_non_negative_timedelta_or_a_value_error(text: str) -> None:
-    """durations.parse never answers anything but a timedelta >= 0 or a ValueError."""
+def test_an_age_is_a_non_negative_timedelta_or_a_usage_error(text: str) -> None:
+    """--older-than's type answers a timedelta >= 0 or a usage error, whatever the text."""
     try:
-        value = parse(text)
-    except ValueError:
+        value = AGE.convert(text, None, None)
+    except click.BadParameter:
         return
     assert value >= timedelta(0)
 

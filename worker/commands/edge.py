@@ -100,7 +100,7 @@ def freeze_startup_objects() -> None:
 
 
 class Age(click.ParamType):  # type: ignore[type-arg]
-    """A duration flag: `7d`, `12h`, `30m`, `45s`, `2w` or seconds (db.durations.parse)."""
+    """A duration flag, not negative: `7d`, `12h`, `1h30m`, seconds, ISO 8601 (db.durations.parse)."""
 
     name = "duration"
 
@@ -109,7 +109,7 @@ class Age(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, timedelta):
             return value
         try:
-            return durations.parse(str(value), "the duration")
+            return durations.non_negative(durations.parse(str(value), "the duration"), "the duration")
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
