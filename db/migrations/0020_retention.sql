@@ -50,6 +50,8 @@ BEGIN
         SET msg_id = _replay_one.msg_id, status = 'queued', attempts = 0, deferrals = 0,
             error = NULL, result = NULL, progress = 0, step = NULL, detail = NULL,
             started_at = NULL, finished_at = NULL, updated_at = now(),
+            -- Migrations 0018, 0019: the new run has no attempt yet, nor a cancel asked of it.
+            attempt_started_at = NULL, cancel_requested_at = NULL,
             history = coalesce(r.history, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
                 'msg_id', r.msg_id, 'attempts', r.attempts, 'deferrals', r.deferrals,
                 'error', r.error, 'started_at', r.started_at, 'finished_at', r.finished_at,

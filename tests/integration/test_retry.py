@@ -84,6 +84,8 @@ def test_a_dead_job_retried_runs_again_under_its_own_id(
     assert before["status"] == "dead"
     assert before["attempts"] == 2
     assert len(dead(conn, "heal")) == 1
+    # A cancel asked while it ran, before it died: the new run must not inherit it.
+    conn.execute("UPDATE pgmq_worker.jobs SET cancel_requested_at = now() WHERE id = %s", (sent.job_id,))
 
     outcome = retry(conn, sent.job_id)
     assert outcome.retried
@@ -96,6 +98,7 @@ def test_a_dead_job_retried_runs_again_under_its_own_id(
         None,
     )
     assert queued["msg_id"] == outcome.msg_id
+    assert queued["cancel_requested_at"] is None
     [earlier] = queued["history"]
     assert earlier["msg_id"] == sent.msg_id
     assert earlier["attempts"] == 2
