@@ -69,6 +69,8 @@ def jobs(conn: psycopg.Connection[Any]) -> dict[str, str]:
     queued = enqueue(conn, "text_stats", {"text": "d"}, owner=USER)
     running = enqueue(conn, "text_stats", {"text": "e"}, owner=USER)
     conn.execute("UPDATE pgmq_worker.jobs SET status = 'running' WHERE id = %s", (running.job_id,))
+    held = "UPDATE pgmq.q_text_stats SET vt = now() + interval '1 hour', read_ct = 1 WHERE msg_id = %s"
+    conn.execute(held, (running.msg_id,))  # as a worker's lease leaves it
     return {
         "done": str(done.job_id),
         "dead": str(dead.job_id),
