@@ -25,6 +25,7 @@ from queues import pgmq
 from worker.attempt import Attempts
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
+from worker.health import Monitoring
 from worker.leases import Leases
 from worker.loop import loop_name
 from worker.registry import Registry
@@ -249,6 +250,14 @@ class Worker:
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
+            wakeup = "listen+poll" if listening else "poll"
+            if self.settings.metrics_port is not None:  # /metrics /livez /readyz, served from a thread
+                monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
+                parts = (self.settle, self.slots, leases, self.trouble, hooks)
+                monitoring.watch(*parts, pgmq=self.features.version, wakeup=wakeup)
+                side_tasks.start(monitoring.loop.run(), "loop_watch")
+                monitoring.start()
+                stack.callback(monitoring.close)
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
@@ -265,7 +274,7 @@ class Worker:
                 concurrency=self.settings.concurrency,
                 threads=self.settings.threads,
                 pgmq=self.features.version,
-                wakeup="listen+poll" if listening else "poll",
+                wakeup=wakeup,
                 database=self.target.describe(),
                 burst=self.burst,
                 loop=loop_name(),

@@ -24,6 +24,7 @@ import ipaddress
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -211,7 +212,7 @@ class Webhooks:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch = watch  # the worker's side-task supervision: a delivery that raises stops it
         self._client: httpx.AsyncClient | None = None
-        self.delivered = 0
+        self.results: Counter[str] = Counter()  # events by final result: delivered, failed, refused
         self._warned = False
 
     def send(self, event: Event | None) -> None:
@@ -249,6 +250,7 @@ class Webhooks:
             )
         except storable.Unstorable as exc:  # not expected: results and errors were checked before
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
+            self.results["refused"] += 1
             return
         for attempt in range(1, self.max_tries + 1):
             timestamp = int(time.time())
@@ -266,7 +268,7 @@ class Webhooks:
                 )
                 response = await self._post(destination, body, headers)
                 if response.status_code < 300:
-                    self.delivered += 1
+                    self.results["delivered"] += 1
                     return
                 retry = response.status_code in RETRY_STATUSES
                 why = f"HTTP {response.status_code}"
@@ -274,6 +276,7 @@ class Webhooks:
                     why += " (redirects are not followed)"
             except WebhookRefused as exc:
                 log.warning("webhook.refused", job_id=event.job_id, tries=attempt, error=str(exc))
+                self.results["refused"] += 1
                 return
             except httpx.HTTPError as exc:
                 retry, why = True, f"{type(exc).__name__}: {exc}"
@@ -281,6 +284,7 @@ class Webhooks:
                 log.warning(
                     "webhook.failed", job_id=event.job_id, status=event.status, tries=attempt, error=why
                 )
+                self.results["failed"] += 1
                 return
             await asyncio.sleep(self.backoff.delay(attempt))
 
