@@ -10,15 +10,19 @@ alternating between rounds so a machine that slows down or speeds up weighs on b
 --scrape-every S, a thread scrapes /metrics every S seconds during the "on" drains (Fly scrapes
 every 15 s: 1 s is a stress bound). The figure that counts is the median of the per-round ratios
 of the work rates (on / off); a shared machine is noisy, so compare rounds before believing it.
+The steadier figure printed last: what the settle observer (the only per-job work metrics add)
+costs per call in process, against the worker CPU one message takes in the "off" drains.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import socket
 import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +31,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import throughput
+from worker.metrics import WorkerMetrics
+from worker.outcome import Succeeded
+from worker.store.deliveries import Message
 
 QUEUE = throughput.QUEUES["async"]
 
@@ -65,6 +72,18 @@ class Scraper:
                 pass  # not up yet, or already gone
 
 
+def observer_cost_us(calls: int = 200_000) -> float:
+    """Microseconds one settle observer call takes (a counter and two histograms), in process."""
+    metrics = WorkerMetrics([QUEUE])
+    now = dt.datetime.now(dt.UTC)
+    message = Message(queue=QUEUE, msg_id=1, read_ct=1, enqueued_at=now, vt=now, body={})
+    outcome = Succeeded(None)
+    started = time.perf_counter()
+    for _ in range(calls):
+        metrics.observe(message, outcome, 1.5)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
 def rate(row: throughput.ThroughputRow) -> float:
     """Messages per second of the work phase (first job -> exit), start-up left out."""
     assert row.work_s, row.failures
@@ -101,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {"off": [], "on": []}
     ratios: list[float] = []
     scrapes = 0
+    cpu_per_message: list[float] = []
     with throughput.fresh_database(server) as db_url:
         throughput.print_environment(db_url, server, QUEUE, {})
         for n in range(args.rounds):
@@ -113,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
                 if row.failures:
                     continue
                 this[kind] = rate(row)
+                if kind == "off":
+                    cpu_per_message.append(row.cpu_s / row.messages)
                 rates[kind].append(this[kind])
             if len(this) == 2:
                 ratios.append(this["on"] / this["off"])
                 off, on = this["off"], this["on"]
                 print(f"round {n + 1}: off {off:8.0f} msg/s  on {on:8.0f} msg/s  on/off {ratios[-1]:.3f}")
+    cpu_us = [r * 1e6 for r in cpu_per_message]
+    if cpu_us:
+        cost = observer_cost_us()
+        per = statistics.median(cpu_us)
+        print(f"\nobserver: {cost:.2f} us per settle; a no-op drain's worker CPU: {per:.0f} us per message")
+        print(f"the observer's share of a message's CPU: {cost / per * 100:.2f} %")
     if ratios:
         off, on, mid = (
             statistics.median(rates["off"]),
