@@ -105,7 +105,7 @@ class Exporter:
             def do_POST(self) -> None:
                 self._send(405, TEXT, b"method not allowed\n", allow=True)
 
-            do_PUT = do_DELETE = do_PATCH = do_POST
+            do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST  # only GET is served
 
             def _send(self, status: int, kind: str, body: bytes, *, allow: bool = False) -> None:
                 self.send_response(status)
@@ -114,7 +114,8 @@ class Exporter:
                 if allow:
                     self.send_header("Allow", "GET")
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a HEAD answer has no body
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # a scrape every 15 s is not worth a log line
