@@ -10,6 +10,7 @@ WorkerError
  ├─ InvalidResult          a result, step output or progress report that may not be stored
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
  ├─ PoolerMisconfigured    an undeclared transaction pooler (seen at start, or prepared statements fail)
+ ├─ MetricsPortUnavailable the metrics endpoint cannot listen where the settings say
  └─ SideTaskFailed         lease renewal, the listener, the ack flusher...: died, so the worker stopped
 
 Raised by the worker elsewhere, each beside what raises it:
@@ -116,6 +117,10 @@ class PoolerMisconfigured(WorkerError):
     """DATABASE_URL goes through a transaction pooler: set PGMQ_WORKER_POOLER=transaction."""
 
 
+class MetricsPortUnavailable(WorkerError):
+    """The metrics endpoint cannot listen on PGMQ_WORKER_METRICS_HOST:PGMQ_WORKER_METRICS_PORT."""
+
+
 class SideTaskFailed(WorkerError):
     """A side task of the worker died unexpectedly: the worker released its messages and stopped."""
 
@@ -124,6 +129,7 @@ __all__ = [
     "HandlerRegistrationError",
     "InvalidPayload",
     "InvalidResult",
+    "MetricsPortUnavailable",
     "Permanent",
     "PoolerMisconfigured",
     "RateLimited",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from db.connect import Target
 from queues.exporter import TEXT, Answer, Exporter, QueueGauges, metrics_route
+from worker.errors import MetricsPortUnavailable
 from worker.metrics import WorkerMetrics, package_version
 
 if TYPE_CHECKING:
@@ -96,8 +97,14 @@ class Monitoring:
         )
 
     def start(self) -> None:
-        """Bind the port and serve (an OSError if it is taken: the worker does not start)."""
-        self.exporter.start()
+        """Bind the port and serve; MetricsPortUnavailable (the worker does not start) if it cannot."""
+        try:
+            self.exporter.start()
+        except OSError as exc:
+            where = f"{self.exporter.host}:{self.exporter.requested_port}"
+            raise MetricsPortUnavailable(
+                f"the metrics endpoint cannot listen on {where}: {exc.strerror}"
+            ) from exc
 
     def close(self) -> None:
         """Stop serving, then close the gauges' connection."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +25,10 @@ from queues.depths import queue_depths
 from queues.exporter import Exporter
 from tests.support.helpers import make_worker, send
 from tests.support.ports import free_port
+from tests.support.processes import worker_process
 from tests.support.scrape import scrape, status, until, value
 from worker import Context, Permanent, Registry, handler
+from worker.errors import MetricsPortUnavailable
 from worker.runner import Worker
 
 
@@ -255,3 +259,35 @@ def test_any_other_path_is_404_and_any_other_method_405() -> None:
                 assert client.request(method, f"{base}/livez").status_code == 405
     finally:
         exporter.close()
+
+
+def test_a_taken_port_stops_the_worker_at_start_with_one_line(reg: Registry, target: Target) -> None:
+    """The metrics port in use: the worker does not start, and says where it could not listen."""
+
+    @handler("m_taken", registry=reg)
+    async def noop(_payload: dict[str, Any], _ctx: Context) -> None:
+        pass
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = make_worker(target, reg, burst=True, metrics_port=port, metrics_host="127.0.0.1")
+        with pytest.raises(MetricsPortUnavailable, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(asyncio.wait_for(worker.run(), 20))
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "-1", "nine"])
+def test_a_bad_metrics_port_is_a_usage_error(db_url: str, value: str) -> None:
+    """`--metrics-port` outside 1..65535 (or not a number) exits 2 with click's message; the
+    setting the same value exits 1 with `invalid setting`."""
+    argv, env = worker_process(db_url, "tests.support.acceptance_handlers")
+    flag = subprocess.run(
+        [*argv, "--metrics-port", value], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert flag.returncode == 2 and "--metrics-port" in flag.stderr
+    env["PGMQ_WORKER_METRICS_PORT"] = value
+    setting = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert (
+        setting.returncode == 1 and "invalid setting" in setting.stderr and "Traceback" not in setting.stderr
+    )
