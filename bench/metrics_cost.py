@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {"off": [], "on": []}
     ratios: list[float] = []
     scrapes = 0
-    cpu_per_message: list[float] = []
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # the worker's CPU seconds per message
     with throughput.fresh_database(server) as db_url:
         throughput.print_environment(db_url, server, QUEUE, {})
         for n in range(args.rounds):
@@ -133,19 +133,21 @@ def main(argv: list[str] | None = None) -> int:
                 if row.failures:
                     continue
                 this[kind] = rate(row)
-                if kind == "off":
-                    cpu_per_message.append(row.cpu_s / row.messages)
+                cpu[kind].append(row.cpu_s / row.messages)
                 rates[kind].append(this[kind])
             if len(this) == 2:
                 ratios.append(this["on"] / this["off"])
                 off, on = this["off"], this["on"]
                 print(f"round {n + 1}: off {off:8.0f} msg/s  on {on:8.0f} msg/s  on/off {ratios[-1]:.3f}")
-    cpu_us = [r * 1e6 for r in cpu_per_message]
-    if cpu_us:
+    if cpu["off"] and cpu["on"]:
+        off_us, on_us = statistics.median(cpu["off"]) * 1e6, statistics.median(cpu["on"]) * 1e6
         cost = observer_cost_us()
-        per = statistics.median(cpu_us)
-        print(f"\nobserver: {cost:.2f} us per settle; a no-op drain's worker CPU: {per:.0f} us per message")
-        print(f"the observer's share of a message's CPU: {cost / per * 100:.2f} %")
+        print(
+            f"\nworker CPU per message: off {off_us:.0f} us, on {on_us:.0f} us (on/off {on_us / off_us:.3f})"
+        )
+        print(
+            f"observer: {cost:.2f} us per settle in process, {cost / off_us * 100:.2f} % of an 'off' message's CPU"
+        )
     if ratios:
         off, on, mid = (
             statistics.median(rates["off"]),
