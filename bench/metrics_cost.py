@@ -142,12 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     if cpu["off"] and cpu["on"]:
         off_us, on_us = statistics.median(cpu["off"]) * 1e6, statistics.median(cpu["on"]) * 1e6
         cost = observer_cost_us()
+        share = cost / off_us * 100
         print(
             f"\nworker CPU per message: off {off_us:.0f} us, on {on_us:.0f} us (on/off {on_us / off_us:.3f})"
         )
-        print(
-            f"observer: {cost:.2f} us per settle in process, {cost / off_us * 100:.2f} % of an 'off' message's CPU"
-        )
+        print(f"observer: {cost:.2f} us per settle in process, {share:.2f} % of an 'off' message's CPU")
     if ratios:
         off, on, mid = (
             statistics.median(rates["off"]),
