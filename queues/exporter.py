@@ -42,7 +42,7 @@ TEXT = "text/plain; charset=utf-8"
 # A scrape or a probe waits at most this long for the connection another request is using.
 CONNECTION_WAIT_S = 2.0
 PING_CACHE_S = 1.0
-NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL}  # "::" on a machine without IPv6
+NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL})  # "::" on a machine without IPv6
 
 
 def metrics_route(registry: CollectorRegistry) -> Route:
