@@ -255,9 +255,9 @@ class Worker:
                 monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
                 parts = (self.settle, self.slots, leases, self.trouble, hooks)
                 monitoring.watch(*parts, pgmq=self.features.version, wakeup=wakeup)
-                side_tasks.start(monitoring.loop.run(), "loop_watch")
-                monitoring.start()
+                monitoring.start()  # MetricsPortUnavailable: the worker does not start
                 stack.callback(monitoring.close)
+                side_tasks.start(monitoring.loop.run(), "loop_watch")
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
