@@ -30,6 +30,7 @@ from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
+from web.cancel import router as cancel_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
 from web.metrics import instrument
@@ -256,6 +257,7 @@ def create_app(
         jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
 
+    app.include_router(cancel_router)
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
 

@@ -85,13 +85,13 @@ class Monitoring:
     ) -> None:
         """Count each settle, export the parts' own counts, and the info series."""
         settle.observe(self.metrics.observe)
+        hooks.observe(self.metrics.webhook_ended)
         info = {"version": package_version(), "pgmq_version": pgmq, "wakeup": wakeup}
         self.metrics.watch(
             queues=self._queues,
             slots=slots,
             leases=leases,
             trouble=trouble,
-            hooks=hooks,
             loop=self.loop,
             info=info,
         )

@@ -4,9 +4,9 @@ Jobs are counted by a settle observer (`Settle.observe`) into plain per-queue ta
 by outcome, two histograms' buckets) that the scrape's thread copies: counting a job costs the
 loop a dict lookup and two bisects, not prometheus_client's locks. Everything else is read from
 the parts that own it when Prometheus scrapes, from the exporter's thread: in flight from
-`Slots`, lease renewals and losses from `Leases`, reconnects from `DatabaseTrouble`, webhook
-results from `Webhooks`, and the loop's lag from `LoopWatch`. Those are plain numbers their
-owners keep; the hot path pays nothing for a scrape. The names and labels are a contract
+`Slots`, lease renewals and losses from `Leases`, reconnects from `DatabaseTrouble` and the
+loop's lag from `LoopWatch`; webhook results are counted by a `Webhooks` observer. Those are
+plain numbers; the hot path pays nothing for a scrape. The names and labels are a contract
 (docs/how-to/metrics.md).
 """
 
@@ -30,10 +30,10 @@ if TYPE_CHECKING:
     from worker.leases import Leases
     from worker.slots import Slots
     from worker.trouble import DatabaseTrouble
-    from worker.webhooks import Webhooks
 
 # Outcomes each queue's counter starts at 0 for, so rate() and increase() see the first job.
 OUTCOMES = ("succeeded", "retried", "dead_lettered", "released", "deferred", "cancelled")
+WEBHOOK_RESULTS = ("delivered", "failed", "refused")  # what worker.webhooks tells its observers
 # Handler time and queue wait: from a no-op job's milliseconds to an LLM pipeline's minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -92,6 +92,7 @@ class WorkerMetrics:
     def __init__(self, queues: Sequence[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._tallies = {queue: QueueTally() for queue in queues}
+        self.webhooks = dict.fromkeys(WEBHOOK_RESULTS, 0)  # events by final result (webhook_ended)
         self.registry.register(_Jobs(self._tallies))
 
     def observe(self, message: Message, outcome: Outcome, duration_ms: float) -> None:
@@ -109,6 +110,10 @@ class WorkerMetrics:
             started = time.time() - duration_s  # the settle lands right after the handler ends
             tally.wait.observe(max(started - message.enqueued_at.timestamp(), 0.0))
 
+    def webhook_ended(self, _event: object, result: str) -> None:
+        """A webhook event's delivery ended (the Webhooks observer): count its result."""
+        self.webhooks[result] = self.webhooks.get(result, 0) + 1
+
     def watch(
         self,
         *,
@@ -116,12 +121,11 @@ class WorkerMetrics:
         slots: Slots,
         leases: Leases,
         trouble: DatabaseTrouble,
-        hooks: Webhooks,
         loop: LoopWatch,
         info: Mapping[str, str],
     ) -> None:
         """Export what the parts keep, read at each scrape."""
-        self.registry.register(_Parts(queues, slots, leases, trouble, hooks, loop, info))
+        self.registry.register(_Parts(queues, slots, leases, trouble, self.webhooks, loop, info))
 
 
 class _Jobs(Collector):
@@ -162,7 +166,7 @@ class _Parts(Collector):
         slots: Slots,
         leases: Leases,
         trouble: DatabaseTrouble,
-        hooks: Webhooks,
+        webhooks: dict[str, int],
         loop: LoopWatch,
         info: Mapping[str, str],
     ) -> None:
@@ -170,7 +174,7 @@ class _Parts(Collector):
         self._slots = slots
         self._leases = leases
         self._trouble = trouble
-        self._hooks = hooks
+        self._webhooks = webhooks
         self._loop = loop
         self._info = dict(info)
 
@@ -199,9 +203,8 @@ class _Parts(Collector):
         webhooks = CounterMetricFamily(
             "pgmq_worker_webhook_deliveries", "Webhook events by final result.", labels=["result"]
         )
-        results = dict(self._hooks.results)
-        for result in ("delivered", "failed", "refused"):
-            webhooks.add_metric([result], results.get(result, 0))
+        for result, count in dict(self._webhooks).items():
+            webhooks.add_metric([result], count)
         yield webhooks
         yield GaugeMetricFamily(
             "pgmq_worker_event_loop_lag_seconds",

@@ -1,11 +1,13 @@
 """The worker: read what the slots have room for, start each delivery, wait when idle, stop cleanly.
 
 The parts it holds, each owning its state: `Slots` (what is in flight, the leases, the drain),
+`ReadingOrder` (which queue a read asks first: priorities, rotation, the starvation guard),
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
-`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows) and
-`SideTasks` (the heartbeat, the listener and the ack flusher, supervised: one that dies stops the
-worker). `_lifespan` makes and closes them all, in one `async with`.
+`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
+`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
+heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`_lifespan` makes and closes them all, in one `async with`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
 from worker.attempt import Attempts
+from worker.cancels import Cancels
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.health import Monitoring
 from worker.leases import Leases
 from worker.loop import loop_name
+from worker.presence import Presence, card_for
+from worker.reading_order import ReadingOrder
 from worker.registry import Registry
 from worker.settings import WorkerSettings
 from worker.settle import Settle
@@ -65,10 +70,10 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
-        self._rotation = 0
-        # The last read took fewer than a `def` queue offered: its threads were busy, and a slot
-        # that frees may start one before the next notification or poll.
-        self._threads_were_busy = False
+        # The last read took fewer than a queue may have offered: its threads or its own slots
+        # (`concurrency=`) were busy, and a slot that frees may start one before the next
+        # notification or poll.
+        self._held_back = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
 
@@ -112,22 +117,19 @@ class Worker:
         self.stops.stop(cold=cold)
 
     async def _fetch(self, free: int) -> list[Message]:
-        """Read up to `free` messages, starting from a rotating queue so none starves."""
-        order = self.queues[self._rotation :] + self.queues[: self._rotation]
-        self._rotation = (self._rotation + 1) % len(self.queues)
+        """Read up to `free` messages, asking the queues in the reading order (priority, rotation)."""
         found: list[Message] = []
         threads = self.slots.free_threads()
-        self._threads_were_busy = False
+        self._held_back = False
         try:
             async with self.pool.connection() as conn:
-                for queue in order:
-                    wanted = free - len(found)
-                    if wanted <= 0:
+                for queue in self.order.next():
+                    room = free - len(found)
+                    if room <= 0:
                         break
                     spec = self.registry.get(queue)
-                    capped = not spec.is_async and threads < wanted  # a `def` handler needs a thread
-                    if capped:
-                        wanted = threads
+                    # Capped by the queue's own slots (`concurrency=`) and, for a `def` handler, by threads.
+                    wanted = min(room, self.slots.free_of(spec), room if spec.is_async else threads)
                     read = (
                         []
                         if wanted <= 0
@@ -137,7 +139,7 @@ class Worker:
                     )
                     if not spec.is_async:
                         threads -= len(read)
-                    self._threads_were_busy = self._threads_were_busy or (capped and len(read) == wanted)
+                    self._held_back = self._held_back or (wanted < room and len(read) == wanted)
                     found += read
         except RETRIED as exc:
             await self.trouble.wait_out(exc)
@@ -155,11 +157,11 @@ class Worker:
         """
         if await self.announcements.announce_if_due():
             return
-        if not self._threads_were_busy:
+        if not self._held_back:
             await self.wakeup.wait(self.stops.stopping, found=found)
             return
-        # A `def` queue had more than its free threads: the next free slot may start one. The
-        # event was cleared before the read, so a handler that ended during it is not missed.
+        # A queue had more than its free threads or own slots: the next free slot may start one.
+        # The event was cleared before the read, so a handler that ended during it is not missed.
         waiters_ = {
             asyncio.ensure_future(self.slots.freed.wait()),
             asyncio.ensure_future(self.wakeup.wait(self.stops.stopping, found=found)),
@@ -206,9 +208,8 @@ class Worker:
             )
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            secret = self.settings.webhook_secret
             hooks = Webhooks(
-                secret.get_secret_value() if secret else None,
+                self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None,
                 allow_private=self.settings.webhook_allow_private,
                 timeout_s=self.settings.webhook_timeout.total_seconds(),
                 max_tries=self.settings.webhook_max_tries,
@@ -231,6 +232,17 @@ class Worker:
             self.announcements = Announcements(self.pool, self.trouble, self.wakeup, self.queues)
             leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
+            priorities = {queue: self.registry.get(queue).priority for queue in self.queues}
+            self.order = ReadingOrder(priorities, self.settings.priority_share)
+            self.cancels = Cancels(
+                self.pool,
+                interval_s=self.settings.heartbeat_interval.total_seconds(),
+                grace_s=self.settings.cancel_grace.total_seconds(),
+                watch=side_tasks.watch,
+            )
+            self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
+            self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
+            self.presence.observe(self.settle, hooks)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -247,17 +259,13 @@ class Worker:
                 runtime=runtime,
                 logger=bound,
                 progress_interval_s=self.settings.progress_interval.total_seconds(),
+                cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
-            wakeup = "listen+poll" if listening else "poll"
-            if self.settings.metrics_port is not None:  # /metrics /livez /readyz, served from a thread
-                monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
-                parts = (self.settle, self.slots, leases, self.trouble, hooks)
-                monitoring.watch(*parts, pgmq=self.features.version, wakeup=wakeup)
-                monitoring.start()  # MetricsPortUnavailable: the worker does not start
-                stack.callback(monitoring.close)
-                side_tasks.start(monitoring.loop.run(), "loop_watch")
+            side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+            side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+            self._monitor(stack, side_tasks, leases, hooks, listening=listening)
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
@@ -273,8 +281,9 @@ class Worker:
                 queues=self.queues,
                 concurrency=self.settings.concurrency,
                 threads=self.settings.threads,
+                priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
                 pgmq=self.features.version,
-                wakeup=wakeup,
+                wakeup="listen+poll" if listening else "poll",
                 database=self.target.describe(),
                 burst=self.burst,
                 loop=loop_name(),
@@ -286,7 +295,28 @@ class Worker:
                 self.stops.stopping.set()
                 await side_tasks.stop()
                 await self.announcements.withdraw()
+                await self.presence.withdraw()
                 log.info("worker.stopped")
+
+    def _monitor(
+        self,
+        stack: AsyncExitStack,
+        side_tasks: SideTasks,
+        leases: Leases,
+        hooks: Webhooks,
+        *,
+        listening: bool,
+    ) -> None:
+        """/metrics /livez /readyz, served from a thread, when PGMQ_WORKER_METRICS_PORT is set."""
+        if self.settings.metrics_port is None:
+            return
+        assert self.features is not None  # noqa: S101  detected before the parts are made
+        monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
+        wakeup = "listen+poll" if listening else "poll"
+        monitoring.watch(self.settle, self.slots, leases, self.trouble, hooks, self.features.version, wakeup)
+        monitoring.start()  # MetricsPortUnavailable: the worker does not start
+        stack.callback(monitoring.close)
+        side_tasks.start(monitoring.loop.run(), "loop_watch")
 
     def _check_queues(self) -> None:
         if not self.queues:

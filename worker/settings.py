@@ -37,6 +37,15 @@ class WorkerSettings(BaseSettings):
         "for blocking I/O, lower it towards the number of cores for CPU-bound handlers, or use "
         "`--processes`.",
     )
+    priority_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="The starvation guard of `@handler(..., priority=N)`: this fraction of the reads "
+        "start with a queue below the worker's highest priority (the lower levels take these turns in "
+        "rotation), so a low-priority backlog still moves while higher queues keep every slot busy. "
+        "`0`: strict priority, a lower queue gets only the slots the higher ones leave.",
+    )
     poll_interval: Duration = Field(
         default=timedelta(seconds=1), description="Longest wait between reads when idle (`--poll-interval`)."
     )
@@ -51,6 +60,12 @@ class WorkerSettings(BaseSettings):
     )
     heartbeat_interval: Duration = Field(
         default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
+    )
+    cancel_grace: Duration = Field(
+        default=timedelta(seconds=2),
+        description="After a running job is cancelled (noticed within about a heartbeat interval), "
+        "how long its `async def` handler may go on (seeing `ctx.cancelled`) before its task is "
+        "cancelled; a `def` handler runs until it looks at `ctx.cancelled`.",
     )
     reconnect_max: Duration = Field(
         default=timedelta(seconds=30), description="Cap of the reconnect backoff after database trouble."
@@ -67,6 +82,22 @@ class WorkerSettings(BaseSettings):
     )
     webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
     webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
+    registry_heartbeat: Duration = Field(
+        default=timedelta(seconds=5),
+        gt=timedelta(0),
+        description="How often this worker refreshes its row in `pgmq_worker.workers` (`pgmq-worker "
+        "workers`): a row without a heartbeat for three of these is shown `stale`.",
+    )
+    fly_machine_id: str | None = Field(
+        default=None,
+        validation_alias="FLY_MACHINE_ID",
+        description="The Fly machine this worker runs on (Fly sets it), shown by `pgmq-worker workers`.",
+    )
+    fly_region: str | None = Field(
+        default=None,
+        validation_alias="FLY_REGION",
+        description="The Fly region of that machine (Fly sets it), shown by `pgmq-worker workers`.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
     )
