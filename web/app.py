@@ -33,7 +33,6 @@ from web.auth import Auth, Caller
 from web.cancel import router as cancel_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
-from web.metrics import instrument
 from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
 from web.security import Guard, inline_hashes, page_policy
 from web.settings import WebSettings
@@ -156,7 +155,6 @@ def create_app(
     app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
     app.add_middleware(Guard)
-    instrument(app, target, jobs.settings)  # /metrics on a port of its own, when set (web.metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:

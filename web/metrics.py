@@ -6,15 +6,15 @@ and nothing needs a credential. The series are `pgmq_worker_web_requests_total{m
 status}` (route: the matched path template, `/jobs/{job_id}`, never the raw path, so a job id is
 no label) and the queue gauges the worker exports (queues.exporter.QueueGauges).
 
-`instrument(app, ...)` is the one line app.py has: a pure ASGI middleware counting requests,
-which also starts the endpoint on the app's lifespan startup and stops it on shutdown.
+`with_metrics(app, ...)` wraps the app `python -m web` serves (web/__main__.py, the process's
+edge) in a pure ASGI middleware counting requests, which also starts the endpoint on the app's
+lifespan startup and stops it on shutdown.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -75,14 +75,13 @@ class RequestMetrics:
         return wrapped
 
 
-def instrument(app: FastAPI, target: Target, settings: WebSettings) -> None:
-    """Count requests and serve /metrics on `web_metrics_port`, when it is set."""
+def with_metrics(app: ASGIApp, target: Target, settings: WebSettings) -> ASGIApp:
+    """`app`, counting its requests and serving /metrics on `web_metrics_port` (as is when unset)."""
     if settings.web_metrics_port is None:
-        return
+        return app
     registry = CollectorRegistry(auto_describe=False)
     gauges = QueueGauges(target, cache_s=settings.web_metrics_queue_cache.total_seconds())
     registry.register(gauges)
-    exporter = Exporter(
-        settings.web_metrics_host, settings.web_metrics_port, {"/metrics": metrics_route(registry)}
-    )
-    app.add_middleware(RequestMetrics, registry=registry, exporter=exporter, gauges=gauges)
+    routes = {"/metrics": metrics_route(registry)}
+    exporter = Exporter(settings.web_metrics_host, settings.web_metrics_port, routes)
+    return RequestMetrics(app, registry=registry, exporter=exporter, gauges=gauges)

@@ -19,6 +19,7 @@ from tests.support.helpers import send
 from tests.support.ports import free_port
 from tests.support.scrape import scrape, value
 from web import create_app
+from web.metrics import with_metrics
 from web.settings import WebSettings
 
 
@@ -33,7 +34,9 @@ def test_the_web_process_counts_requests_and_exports_queue_gauges_on_its_own_por
     settings = WebSettings(
         web_metrics_port=port, web_metrics_host="127.0.0.1", web_metrics_queue_cache=timedelta(0)
     )
-    app = create_app(target, settings=settings, catalog=load_catalog(["handlers"]))
+    app = with_metrics(
+        create_app(target, settings=settings, catalog=load_catalog(["handlers"])), target, settings
+    )
     with TestClient(app) as client:
         for _ in range(3):
             assert client.get(f"/jobs/{uuid.uuid4()}").status_code == 404
@@ -51,7 +54,7 @@ def test_the_web_process_counts_requests_and_exports_queue_gauges_on_its_own_por
         scrape(port)
 
 
-def test_without_the_setting_no_port_is_opened(target: Target) -> None:
-    """Unset, the web process serves no metrics anywhere."""
+def test_without_the_setting_the_app_is_served_as_is(target: Target) -> None:
+    """Unset, the web process serves no metrics anywhere: the app is not wrapped."""
     app = create_app(target, settings=WebSettings(), catalog=load_catalog(["handlers"]))
-    assert "RequestMetrics" not in {getattr(m.cls, "__name__", "") for m in app.user_middleware}
+    assert with_metrics(app, target, WebSettings()) is app
