@@ -189,3 +189,28 @@ def test_prometheus_answers_the_autoscalers_query_for_an_unserved_queue(
         conn.execute("SELECT pgmq.purge_queue(%s)", ("unserved_batch",))
         until(lambda: query(url, promql) == 0, timeout=20, every=0.5)
         assert machines(expression, metric, 0) == 0  # scale to zero
+
+
+def test_pgmq_worker_web_serves_its_metrics_on_their_own_port(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """`pgmq-worker web` with PGMQ_WORKER_WEB_METRICS_PORT: the app on its port, /metrics (its
+    request counts and every queue's gauges) only on the other."""
+    pgmq.ensure_queue(conn, "web_backlog")
+    pgmq.send_batch(conn, "web_backlog", [{"i": i} for i in range(4)])
+    app_port, metrics_port = free_port(), free_port()
+    argv, env = worker_process(
+        db_url,
+        HANDLERS,
+        PGMQ_WORKER_WEB_METRICS_PORT=str(metrics_port),
+        PGMQ_WORKER_WEB_METRICS_HOST="127.0.0.1",
+    )
+    argv[argv.index("run")] = "web"
+    with spawned([*argv, "--host", "127.0.0.1", "--port", str(app_port)], env, tmp_path / "web.log"):
+        until(lambda: status(app_port, "/healthz") == 200, timeout=60)
+        assert status(app_port, "/metrics") == 404
+        samples = scrape(metrics_port)
+    assert value(samples, "pgmq_worker_queue_messages", queue="web_backlog", state="visible") == 4
+    assert (
+        value(samples, "pgmq_worker_web_requests_total", method="GET", route="/healthz", status="200") or 0
+    ) >= 1
