@@ -5,8 +5,10 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
-`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
-heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`Cancels` (cancel requests for the jobs it holds), `Presence` (this worker's row in the
+registry), `Scheduler` (the ticks of its queues' schedules), `Pruner` (retention of finished
+rows) and `SideTasks`, which supervises whatever runs beside the loop (those four, the lease
+heartbeat, the listener and the ack flusher): one that dies stops the worker.
 `_lifespan` makes and closes them all, in one `async with`.
 """
 
@@ -34,6 +36,8 @@ from worker.loop import loop_name
 from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
+from worker.retention import Pruner
+from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
 from worker.side_tasks import SideTasks
@@ -70,6 +74,7 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
+        self.pruner: Pruner | None = None  # made in _lifespan when retention is on
         # The last read took fewer than a queue may have offered: its threads or its own slots
         # (`concurrency=`) were busy, and a slot that frees may start one before the next
         # notification or poll.
@@ -208,13 +213,7 @@ class Worker:
             )
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            hooks = Webhooks(
-                self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None,
-                allow_private=self.settings.webhook_allow_private,
-                timeout_s=self.settings.webhook_timeout.total_seconds(),
-                max_tries=self.settings.webhook_max_tries,
-                watch=side_tasks.watch,
-            )
+            hooks = self._webhooks(side_tasks)
             stack.push_async_callback(hooks.close)
             self.trouble = DatabaseTrouble(self.pool, self.stops, self.settings.reconnect_max.total_seconds())
             self.settle = Settle(
@@ -262,32 +261,9 @@ class Worker:
                 cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
-            side_tasks.start(leases.run(self.stops.stopping), "leases")
-            side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
-            side_tasks.start(self.presence.run(self.stops.stopping), "presence")
             self._monitor(stack, side_tasks, leases, hooks, listening=listening)
-            if listening:
-                side_tasks.start(
-                    self.wakeup.listen(
-                        self.target,
-                        self.queues,
-                        self.stops.stopping,
-                        self.settings.reconnect_max.total_seconds(),
-                    ),
-                    "listener",
-                )
-            log.info(
-                "worker.started",
-                queues=self.queues,
-                concurrency=self.settings.concurrency,
-                threads=self.settings.threads,
-                priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
-                pgmq=self.features.version,
-                wakeup="listen+poll" if listening else "poll",
-                database=self.target.describe(),
-                burst=self.burst,
-                loop=loop_name(),
-            )
+            self._start_side_tasks(side_tasks, leases, listening=listening)
+            self._log_started(listening=listening)
             self.announcements.enabled = listening
             try:
                 yield
@@ -317,6 +293,66 @@ class Worker:
         monitoring.start()  # MetricsPortUnavailable: the worker does not start
         stack.callback(monitoring.close)
         side_tasks.start(monitoring.loop.run(), "loop_watch")
+
+    def _start_side_tasks(self, side_tasks: SideTasks, leases: Leases, *, listening: bool) -> None:
+        """The parts that run beside the loop, supervised: one that dies stops the worker."""
+        side_tasks.start(leases.run(self.stops.stopping), "leases")
+        side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+        side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+        self._start_scheduler(side_tasks)
+        self.pruner = Pruner.when_kept(self.pool, self.settings)  # None: retention 0, keep all
+        if self.pruner is not None:
+            side_tasks.start(self.pruner.run(self.stops.stopping), "retention")
+        if listening:
+            side_tasks.start(
+                self.wakeup.listen(
+                    self.target,
+                    self.queues,
+                    self.stops.stopping,
+                    self.settings.reconnect_max.total_seconds(),
+                ),
+                "listener",
+            )
+
+    def _webhooks(self, side_tasks: SideTasks) -> Webhooks:
+        """The job webhooks' sender, its deliveries watched as side tasks."""
+        secret = self.settings.webhook_secret
+        return Webhooks(
+            secret.get_secret_value() if secret else None,
+            allow_private=self.settings.webhook_allow_private,
+            timeout_s=self.settings.webhook_timeout.total_seconds(),
+            max_tries=self.settings.webhook_max_tries,
+            watch=side_tasks.watch,
+        )
+
+    def _log_started(self, *, listening: bool) -> None:
+        """worker.started, with what the worker serves and how it wakes."""
+        assert self.features is not None  # noqa: S101  detected first
+        log.info(
+            "worker.started",
+            queues=self.queues,
+            concurrency=self.settings.concurrency,
+            threads=self.settings.threads,
+            priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
+            pgmq=self.features.version,
+            wakeup="listen+poll" if listening else "poll",
+            database=self.target.describe(),
+            burst=self.burst,
+            loop=loop_name(),
+        )
+
+    def _start_scheduler(self, side_tasks: SideTasks) -> None:
+        """Send the ticks of the schedules of our queues (a burst worker drains and exits: the
+        running fleet sends them)."""
+        if self.burst or not (scheduled := schedules_for(self.registry.schedules(), self.queues)):
+            return
+        scheduler = Scheduler(
+            self.pool,
+            scheduled,
+            self.registry.keeps_job_rows,
+            reconnect_max_s=self.settings.reconnect_max.total_seconds(),
+        )
+        side_tasks.start(scheduler.run(self.stops.stopping), "scheduler")
 
     def _check_queues(self) -> None:
         if not self.queues:

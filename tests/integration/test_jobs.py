@@ -153,4 +153,5 @@ def test_job_rows_carry_only_the_indexes_pgmq_worker_asks_by(conn: psycopg.Conne
         "jobs_owner_created_idx",  # an owner's jobs, newest first (partial: owner set)
         "jobs_active_idempotency_key",  # one unfinished job per key (partial: key set)
         "jobs_parent_idx",  # a fan-out's children (partial: parent set)
+        "jobs_finished_idx",  # retention's batches, oldest finished first (partial: finished)
     }
