@@ -23,6 +23,7 @@ from queues.catalog import load_catalog
 from queues.contract import describe_validation_error
 from queues.errors import QueueError
 from web.app import create_app
+from web.metrics import with_metrics
 from web.settings import DEFAULT_IMPORTS, WebSettings
 
 GRACEFUL_SHUTDOWN_S = 5  # open SSE streams are cut after this; browsers' EventSource reconnects
@@ -53,7 +54,8 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         raise click.ClickException(f"database error: {one_line(exc, secrets)}") from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
-    app = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
+    served = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
+    app = with_metrics(served, target, settings)  # its own /metrics port, when set (web.metrics)
     # uvicorn re-raises the stop signal after its graceful shutdown; with this handler in place the
     # re-raised signal is a no-op, so a clean stop exits 0 (Fly and `dev` read the exit status).
     for sig in (signal.SIGTERM, signal.SIGINT):

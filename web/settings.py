@@ -49,6 +49,22 @@ class WebSettings(BaseSettings):
         ),
     )
 
+    web_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve `GET /metrics` (request counts and every queue's gauges) on this port of "
+        "its own, never on the app's port; unset: no metrics. See the metrics how-to.",
+    )
+    web_metrics_host: str = Field(
+        default="::",
+        description="Interface of the web metrics port (`::`: every IPv6 and IPv4 address).",
+    )
+    web_metrics_queue_cache: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How long the web process reuses the queue gauges between scrapes.",
+    )
+
     @field_validator("jwt_secret", "admin_token")
     @classmethod
     def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:

@@ -30,6 +30,7 @@ from worker.attempt import Attempts
 from worker.cancels import Cancels
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
+from worker.health import Monitoring
 from worker.leases import Leases
 from worker.loop import loop_name
 from worker.presence import Presence, card_for
@@ -268,6 +269,7 @@ class Worker:
                 cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
+            self._monitor(stack, side_tasks, leases, hooks, listening=listening)
             self._start_side_tasks(side_tasks, leases, listening=listening)
             self._log_started(listening=listening)
             self.announcements.enabled = listening
@@ -279,6 +281,26 @@ class Worker:
                 await self.announcements.withdraw()
                 await self.presence.withdraw()
                 log.info("worker.stopped")
+
+    def _monitor(
+        self,
+        stack: AsyncExitStack,
+        side_tasks: SideTasks,
+        leases: Leases,
+        hooks: Webhooks,
+        *,
+        listening: bool,
+    ) -> None:
+        """/metrics /livez /readyz, served from a thread, when PGMQ_WORKER_METRICS_PORT is set."""
+        if self.settings.metrics_port is None:
+            return
+        assert self.features is not None  # noqa: S101  detected before the parts are made
+        monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
+        wakeup = "listen+poll" if listening else "poll"
+        monitoring.watch(self.settle, self.slots, leases, self.trouble, hooks, self.features.version, wakeup)
+        monitoring.start()  # MetricsPortUnavailable: the worker does not start
+        stack.callback(monitoring.close)
+        side_tasks.start(monitoring.loop.run(), "loop_watch")
 
     def _start_side_tasks(self, side_tasks: SideTasks, leases: Leases, *, listening: bool) -> None:
         """The parts that run beside the loop, supervised: one that dies stops the worker."""

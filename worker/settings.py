@@ -129,6 +129,38 @@ class WorkerSettings(BaseSettings):
         "`uvloop` (an error at start if it is missing) or `asyncio`. `worker.started` logs which runs.",
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve `GET /metrics` (Prometheus), `/livez` and `/readyz` on this port "
+        "(`--metrics-port`); unset: no endpoint. With `--processes N` the i-th process (from 0) "
+        "serves on this port + i. See the metrics how-to.",
+    )
+    metrics_host: str = Field(
+        default="::",
+        description="Interface of the metrics endpoint: `::` answers on every IPv6 and IPv4 address "
+        "(Fly's scraper and machine checks reach the machine's private IPv6 address); `0.0.0.0` "
+        "for IPv4 only, `127.0.0.1` to keep it on the machine.",
+    )
+    metrics_queue_cache: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How long the queue gauges (every queue's depth, one statement) are reused "
+        "between scrapes.",
+    )
+    loop_block_threshold: Duration = Field(
+        default=timedelta(seconds=10),
+        description="`/livez` answers 503 once the event loop has not answered for this long (a "
+        "`def` handler holding the GIL, a blocking call in `async def` code).",
+    )
+    process_index: int = Field(
+        default=0,
+        ge=0,
+        le=63,
+        description="Set by `--processes N` for each worker process (0 to N-1): its metrics port is "
+        "`metrics_port` + this. Not set by hand.",
+    )
+
     @field_validator("retention", "retention_interval")
     @classmethod
     def _not_negative(cls, value: timedelta, info: ValidationInfo) -> timedelta:

@@ -123,6 +123,11 @@ imports_option = click.option(
 concurrency_option = click.option(
     "--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once."
 )
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve /metrics, /livez and /readyz on this port (PGMQ_WORKER_METRICS_PORT).",
+)
 threads_option = click.option(
     "--threads", type=click.IntRange(1, 1000), help="`def` handlers running at once (their thread pool)."
 )

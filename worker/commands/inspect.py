@@ -11,8 +11,9 @@ from db.connect import connect
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.depths import queue_depths
 from queues.errors import UnknownQueue
-from queues.names import dlq_name, is_dlq, validate_queue_name
+from queues.names import dlq_name, validate_queue_name
 from queues.retry import purge, replay
 from worker.commands.edge import AGE, one_line_errors, settings_from_env, target_of
 
@@ -26,8 +27,7 @@ def list_queues(as_json: bool) -> None:
         target = target_of(db_settings)
         features = prepare_schema(target)
         with connect(target) as conn:
-            names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
-            rows = [pgmq.metrics(conn, q, features) for q in names]
+            rows = queue_depths(conn, features)  # every queue in one statement, as the gauges read it
     if as_json:
         for r in rows:
             click.echo(
