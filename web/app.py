@@ -77,7 +77,8 @@ class Jobs:
         self.settings = settings
         self.catalog = catalog
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        self.auth = Auth(secret, settings.jwt_audience)
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        self.auth = Auth(secret, settings.jwt_audience, admin_token=admin)
         self.pool: AsyncConnectionPool = async_pool(
             target,
             min_size=min(1, db.pool_max_size),
@@ -103,17 +104,17 @@ class Jobs:
             for spec in self.catalog:
                 pgmq.ensure_queue(conn, spec.queue)
 
-    async def visible_job(self, job_id: str, owner: UUID | None) -> Job:
-        """The job, if it exists and the caller may see it; else ApiError 404 (the same for both)."""
+    async def visible_job(self, job_id: str, caller: Caller) -> Job:
+        """The job, if it exists and the caller (its owner, an admin) may see it; else ApiError 404."""
         jid = parse_job_id(job_id)
         job = await self.load(jid) if jid is not None else None
-        if job is None or (self.auth.enabled and job.owner != owner):
-            raise job_not_found(job_id)
+        if job is None or not caller.may_see(job.owner, auth_enabled=self.auth.enabled):
+            raise job_not_found(job_id)  # the same for both: another user's job is unknown
         return job
 
-    async def visible_artifact(self, job_id: str, name: str, owner: UUID | None) -> Artifact:
+    async def visible_artifact(self, job_id: str, name: str, caller: Caller) -> Artifact:
         """A file of a job the caller may see; else ApiError 404, as for the job itself."""
-        job = await self.visible_job(job_id, owner)
+        job = await self.visible_job(job_id, caller)
         if not ARTIFACT_NAME.fullmatch(name):  # no stored artifact has such a name (nor a NUL)
             raise artifact_not_found(job_id, name)
         async with self.pool.connection() as conn:
@@ -212,8 +213,8 @@ def create_app(
     )
     async def show(job_id: str, request: Request) -> dict[str, Any]:
         """The job's status, progress, step, result or error."""
-        owner = jobs.auth.owner(request.headers.get("authorization"))
-        return (await jobs.visible_job(job_id, owner)).as_json()
+        caller = jobs.auth.caller(request.headers.get("authorization"))
+        return (await jobs.visible_job(job_id, caller)).as_json()
 
     @app.get(
         "/jobs/{job_id}/events",
@@ -229,7 +230,7 @@ def create_app(
         caller = jobs.auth.caller(
             request.headers.get("authorization"), request.query_params.get("access_token")
         )
-        job = await jobs.visible_job(job_id, caller.owner)
+        job = await jobs.visible_job(job_id, caller)
         return StreamingResponse(
             _stream(jobs, job.id, caller), media_type="text/event-stream", headers=SSE_HEADERS
         )
@@ -242,10 +243,10 @@ def create_app(
     async def artifact(job_id: str, name: str, request: Request) -> Response:
         """A file the job stored (`ctx.artifact`), with its content type; 404 as for the job itself."""
         # <audio src> and <img src> cannot send headers, so the token may also come as ?access_token=.
-        owner = jobs.auth.owner(
+        caller = jobs.auth.caller(
             request.headers.get("authorization"), request.query_params.get("access_token")
         )
-        return artifact_response(await jobs.visible_artifact(job_id, name, owner))
+        return artifact_response(await jobs.visible_artifact(job_id, name, caller))
 
     @app.get("/queues", response_model=None, responses=answers(200, "The queues.", list[QueueView], 401))
     async def queues(request: Request) -> list[dict[str, Any]]:

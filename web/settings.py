@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.durations import Duration
@@ -28,6 +28,12 @@ class WebSettings(BaseSettings):
         "loopback address only, or anywhere with `PGMQ_WORKER_WEB_PRIVATE=true`.",
     )
     jwt_audience: str = Field(default="authenticated", description="The `aud` tokens must carry.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="A bearer token (16+ characters) that makes its caller an admin, who may act on "
+        "every user's jobs (cancel them, the dashboard). A Supabase JWT whose `role` claim is "
+        "`service_role` (the service key) is an admin too. Unset: only the service key is.",
+    )
     web_private: bool = Field(
         default=False,
         description=(
@@ -43,11 +49,12 @@ class WebSettings(BaseSettings):
         ),
     )
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "admin_token")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
-            raise ValueError(f"the JWT secret must be at least {MIN_SECRET_LENGTH} characters")
+            what = "the JWT secret" if info.field_name == "jwt_secret" else "the admin token"
+            raise ValueError(f"{what} must be at least {MIN_SECRET_LENGTH} characters")
         return value
 
     # SSE: a comment line this often keeps proxies from closing an idle stream, and the job row
