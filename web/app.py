@@ -30,6 +30,7 @@ from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
+from web.dashboard import dashboard_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
 from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
@@ -258,6 +259,7 @@ def create_app(
         _add_docs(app, jobs)
 
     _add_health_and_page(app, jobs)
+    app.include_router(dashboard_router(jobs))
     return app
 
 

@@ -1,0 +1,129 @@
+"""The dashboard's queues page: each queue's messages now and its job rows over the last hour.
+
+Messages (ready, delayed, leased, oldest ready age, dead letters) come from pgmq's tables, read
+the same on pgmq 1.4.4, 1.5.1 and the 1.13 SQL; in flight, throughput, failure rate and
+durations come from the job rows (`jobs_finished_idx`, migration 0021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from queues.names import dlq_name, is_dlq, table_name
+
+BUCKETS: Final = 12  # the chart: 5-minute buckets over the hour
+WINDOW: Final = timedelta(hours=1)
+QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
+MESSAGES = sql.SQL(
+    "SELECT count(*) FILTER (WHERE vt <= clock_timestamp()),"
+    " count(*) FILTER (WHERE vt > clock_timestamp() AND read_ct = 0),"
+    " count(*) FILTER (WHERE vt > clock_timestamp() AND read_ct > 0),"
+    " extract(epoch FROM clock_timestamp() - min(enqueued_at) FILTER (WHERE vt <= clock_timestamp()))"
+    " FROM pgmq.{q}"
+)
+DEAD_LETTERS = sql.SQL("SELECT count(*) FROM pgmq.{q}")
+RUNNING = "SELECT queue, count(*) FROM pgmq_worker.jobs WHERE status = 'running' GROUP BY queue"
+# Bucket 0 is the oldest five minutes of the window, BUCKETS - 1 the newest.
+LAST_HOUR = """
+SELECT queue,
+    least(%(buckets)s - 1, floor(extract(epoch FROM finished_at - (now() - %(window)s))
+        / extract(epoch FROM %(window)s) * %(buckets)s))::integer AS bucket,
+    count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+    count(*) FILTER (WHERE status = 'dead') AS dead,
+    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+FROM pgmq_worker.jobs
+WHERE finished_at >= now() - %(window)s AND finished_at IS NOT NULL
+GROUP BY 1, 2
+"""
+DURATIONS = """
+SELECT queue,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000,
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000
+FROM pgmq_worker.jobs
+WHERE finished_at >= now() - %(window)s AND finished_at IS NOT NULL AND status = 'succeeded'
+    AND started_at IS NOT NULL
+GROUP BY queue
+"""
+
+
+@dataclass(slots=True)
+class QueueOverview:
+    """One queue's numbers for the queues page."""
+
+    queue: str
+    ready: int = 0
+    delayed: int = 0
+    leased: int = 0  # invisible after a read: running, or waiting for a retry
+    oldest_s: float | None = None
+    dead_letters: int = 0
+    in_flight: int = 0  # job rows `running`
+    succeeded: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    failed: list[int] = field(default_factory=lambda: [0] * BUCKETS)  # dead (and cancelled)
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+    @property
+    def finished(self) -> int:
+        """Jobs that finished in the window."""
+        return sum(self.succeeded) + sum(self.failed)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Dead and cancelled over finished, in the window; None when nothing finished."""
+        return sum(self.failed) / self.finished if self.finished else None
+
+    def as_json(self) -> dict[str, Any]:
+        """What the live stream sends for this queue."""
+        return {
+            "queue": self.queue,
+            "ready": self.ready,
+            "delayed": self.delayed,
+            "leased": self.leased,
+            "oldest_s": self.oldest_s,
+            "dead_letters": self.dead_letters,
+            "in_flight": self.in_flight,
+            "finished": self.finished,
+            "failure_rate": self.failure_rate,
+            "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+        }
+
+
+async def aqueues(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """The work queues (dead-letter queues left out)."""
+    names = [str(r[0]) for r in await (await conn.execute(QUEUES)).fetchall()]
+    return [n for n in names if not is_dlq(n)]
+
+
+async def aoverview(conn: psycopg.AsyncConnection[Any]) -> list[QueueOverview]:
+    """Every work queue's numbers, by name."""
+    all_names = {str(r[0]) for r in await (await conn.execute(QUEUES)).fetchall()}
+    found = {n: QueueOverview(n) for n in sorted(all_names) if not is_dlq(n)}
+    for name, q in found.items():
+        row = await (await conn.execute(MESSAGES.format(q=sql.Identifier(table_name(name))))).fetchone()
+        if row is not None:
+            q.ready, q.delayed, q.leased = int(row[0]), int(row[1]), int(row[2])
+            q.oldest_s = None if row[3] is None else float(row[3])
+        if dlq_name(name) in all_names:
+            dead = sql.Identifier(table_name(dlq_name(name)))
+            count = await (await conn.execute(DEAD_LETTERS.format(q=dead))).fetchone()
+            q.dead_letters = int(count[0]) if count else 0
+    for queue, running in await (await conn.execute(RUNNING)).fetchall():
+        if queue in found:
+            found[queue].in_flight = int(running)
+    window = {"window": WINDOW, "buckets": BUCKETS}
+    for queue, bucket, succeeded, dead, cancelled in await (await conn.execute(LAST_HOUR, window)).fetchall():
+        if queue in found and 0 <= bucket < BUCKETS:
+            found[queue].succeeded[bucket] += int(succeeded)
+            found[queue].failed[bucket] += int(dead) + int(cancelled)
+    for queue, p50, p95 in await (await conn.execute(DURATIONS, window)).fetchall():
+        if queue in found:
+            found[queue].p50_ms, found[queue].p95_ms = float(p50), float(p95)
+    return list(found.values())

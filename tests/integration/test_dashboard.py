@@ -1,0 +1,336 @@
+"""The dashboard without a browser: who is admitted, the login cookie, CSRF, filters and pages.
+
+The client address is set on the ASGI scope (TestClient's `client=`), so loopback and remote
+visitors are simulated on one app; jobs and dead letters are made by a real burst worker.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from db.connect import Target
+from queues import enqueue, load_catalog, pgmq
+from tests.support.fixtures import BurstWorker
+from tests.support.tokens import SECRET, token
+from web import create_app
+from web.dashboard.access import CSRF_COOKIE, SESSION_COOKIE
+from web.settings import WebSettings
+from worker import Context, Permanent, Registry, handler
+
+ADMIN_TOKEN = "dashboard-admin-token-0123456789"
+BASE = "http://dash.example:8000"
+LOOPBACK = ("127.0.0.1", 40000)
+REMOTE = ("203.0.113.9", 40000)
+PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/workers", "/dashboard/dead-letters"]
+ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
+
+
+class Clients:
+    """One app (its lifespan held open) seen from a loopback and a remote address."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def at(self, client: tuple[str, int], **kwargs: Any) -> TestClient:
+        """A client from that address (no lifespan of its own: the app is already open)."""
+        return TestClient(self.app, base_url=BASE, client=client, follow_redirects=False, **kwargs)
+
+
+@pytest.fixture
+def clients(target: Target) -> Iterator[Clients]:
+    settings = WebSettings(admin_token=ADMIN_TOKEN, jwt_secret=SECRET)
+    app = create_app(target, settings=settings, catalog=load_catalog([]))
+    with TestClient(app):
+        yield Clients(app)
+
+
+def csrf_of(client: TestClient) -> str:
+    """Visit the login page (any page sets the CSRF cookie) and return the token in its form."""
+    answer = client.get("/dashboard/login")
+    assert answer.status_code == 200, answer.text
+    found = re.search(r'name="csrf" value="([^"]+)"', answer.text)
+    assert found is not None and client.cookies.get(CSRF_COOKIE) == found.group(1)
+    return found.group(1)
+
+
+def logged_in(clients: Clients, **kwargs: Any) -> TestClient:
+    """A remote browser that logged in with the admin token."""
+    browser = clients.at(REMOTE, **kwargs)
+    csrf = csrf_of(browser)
+    answer = browser.post(
+        "/dashboard/login",
+        data={"token": ADMIN_TOKEN, "csrf": csrf, "next": "/dashboard/jobs"},
+        headers={"Origin": BASE},
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/jobs", answer.text
+    return browser
+
+
+# ------------------------------------------------------------------------------------- access
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_remote_visitor_without_a_credential_is_sent_to_the_login_form(clients: Clients, path: str) -> None:
+    """No credential, not loopback: every page redirects to the login form, which is served."""
+    remote = clients.at(REMOTE)
+    answer = remote.get(path)
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"].startswith("/dashboard/login?next=")
+    assert "Log in" in remote.get(answer.headers["location"]).text
+
+
+def test_a_remote_visitor_without_a_credential_gets_401_for_streams_and_actions(clients: Clients) -> None:
+    """Streams and actions answer 401, never data; nothing is listed."""
+    remote = clients.at(REMOTE)
+    stream = remote.get("/dashboard/events/queues", headers={"Accept": "text/event-stream"})
+    assert stream.status_code == 401
+    csrf = csrf_of(remote)
+    action = remote.post("/dashboard/logout", data={"csrf": csrf}, headers={"Origin": BASE})
+    assert action.status_code == 401
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_loopback_visitor_is_served_with_the_banner(clients: Clients, path: str) -> None:
+    """Development: loopback without a credential is served, and the page says why."""
+    answer = clients.at(LOOPBACK).get(path)
+    assert answer.status_code == 200, answer.text
+    assert 'data-testid="loopback-banner"' in answer.text
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert "unsafe-inline" not in answer.headers["content-security-policy"]
+
+
+def test_the_admin_token_and_a_service_role_token_are_admitted_from_anywhere(clients: Clients) -> None:
+    """Bearer PGMQ_WORKER_ADMIN_TOKEN or a service_role JWT: served, no loopback banner."""
+    remote = clients.at(REMOTE)
+    service = token(None, role="service_role", aud=None)
+    for credential in (ADMIN_TOKEN, service):
+        answer = remote.get("/dashboard/jobs", headers={"Authorization": f"Bearer {credential}"})
+        assert answer.status_code == 200, answer.text
+        assert "loopback-banner" not in answer.text
+
+
+def test_a_user_token_or_a_bad_token_is_refused_even_on_loopback(clients: Clients) -> None:
+    """A user's own JWT is not the admin credential (403); a wrong one is 401."""
+    local = clients.at(LOOPBACK)
+    user = local.get("/dashboard", headers={"Authorization": f"Bearer {token(ALICE)}"})
+    assert user.status_code == 403, user.text
+    wrong = local.get("/dashboard", headers={"Authorization": "Bearer not-the-admin-token-at-all"})
+    assert wrong.status_code == 401, wrong.text
+
+
+def test_the_login_form_sets_an_httponly_strict_cookie_that_admits(clients: Clients) -> None:
+    """POST the admin token: a session cookie (HttpOnly, SameSite=Strict, path /dashboard) admits
+    later requests from a remote address; logging out forgets it."""
+    browser = clients.at(REMOTE)
+    csrf = csrf_of(browser)
+    answer = browser.post(
+        "/dashboard/login",
+        data={"token": ADMIN_TOKEN, "csrf": csrf, "next": "/dashboard"},
+        headers={"Origin": BASE},
+    )
+    assert answer.status_code == 303, answer.text
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "Path=/dashboard" in cookie and "Secure" not in cookie  # plain http here
+    page = browser.get("/dashboard")
+    assert page.status_code == 200 and "admin (cookie)" in page.text
+    out = browser.post("/dashboard/logout", data={"csrf": csrf}, headers={"Origin": BASE})
+    assert out.status_code == 303
+    assert browser.get("/dashboard").status_code == 303  # back to the login form
+
+
+def test_the_cookies_are_secure_behind_https(clients: Clients) -> None:
+    """Behind a TLS-terminating proxy (X-Forwarded-Proto: https) both cookies are Secure."""
+    browser = clients.at(REMOTE, headers={"X-Forwarded-Proto": "https"})
+    page = browser.get("/dashboard/login")
+    assert "Secure" in page.headers["set-cookie"]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    answer = browser.post(
+        "/dashboard/login",
+        data={"token": ADMIN_TOKEN, "csrf": csrf.group(1)},
+        headers={"Origin": BASE, "Cookie": f"{CSRF_COOKIE}={csrf.group(1)}"},
+    )
+    assert answer.status_code == 303, answer.text
+    assert "Secure" in answer.headers["set-cookie"]
+
+
+def test_a_wrong_token_at_the_login_form_is_refused(clients: Clients) -> None:
+    """A wrong token: 401, the form again with a message, no session cookie."""
+    browser = clients.at(REMOTE)
+    csrf = csrf_of(browser)
+    answer = browser.post(
+        "/dashboard/login", data={"token": "guess-guess-guess-guess", "csrf": csrf}, headers={"Origin": BASE}
+    )
+    assert answer.status_code == 401
+    assert 'data-testid="login-error"' in answer.text
+    assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_an_action_without_the_csrf_token_or_from_another_origin_is_refused(clients: Clients) -> None:
+    """A logged-in browser's POST needs the form's CSRF token and a same-site Origin."""
+    browser = logged_in(clients)
+    csrf = browser.cookies[CSRF_COOKIE]
+    missing = browser.post("/dashboard/logout", data={}, headers={"Origin": BASE})
+    assert missing.status_code == 403 and "CSRF" in missing.text
+    wrong = browser.post("/dashboard/logout", data={"csrf": "x" * 43}, headers={"Origin": BASE})
+    assert wrong.status_code == 403
+    elsewhere = browser.post(
+        "/dashboard/logout", data={"csrf": csrf}, headers={"Origin": "https://evil.example"}
+    )
+    assert elsewhere.status_code == 403 and "own pages" in elsewhere.text
+    cross = browser.post("/dashboard/logout", data={"csrf": csrf}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403
+    assert browser.get("/dashboard").status_code == 200  # none of them logged out
+    login = clients.at(REMOTE).post("/dashboard/login", data={"token": ADMIN_TOKEN}, headers={"Origin": BASE})
+    assert login.status_code == 403  # the login form is CSRF-checked too
+
+
+def test_the_login_form_only_redirects_inside_the_dashboard(clients: Clients) -> None:
+    """`next` pointing off the dashboard (another site) is replaced by /dashboard."""
+    browser = clients.at(REMOTE)
+    csrf = csrf_of(browser)
+    for target in ("https://evil.example/", "//evil.example", "/jobs/x", "/dashboard/login"):
+        answer = browser.post(
+            "/dashboard/login",
+            data={"token": ADMIN_TOKEN, "csrf": csrf, "next": target},
+            headers={"Origin": BASE},
+        )
+        assert answer.headers["location"] == "/dashboard", target
+
+
+# ------------------------------------------------------------------------------------ filters
+
+FILTER_FIELDS = ("queue", "status", "owner", "since", "until", "error", "limit", "before", "after")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(st.sampled_from(FILTER_FIELDS), st.text(max_size=60), max_size=4))
+def test_any_filter_input_gets_a_page_or_a_400_never_a_500(clients: Clients, params: dict[str, str]) -> None:
+    """Whatever the query string holds, the jobs page answers 200 or 400 (with the reason), never 500."""
+    answer = clients.at(LOOPBACK).get("/dashboard/jobs", params=params)
+    assert answer.status_code in (200, 400), (params, answer.text[-500:])
+    if answer.status_code == 400:
+        assert 'data-testid="filter-error"' in answer.text
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"status": "finished"}, "status"),
+        ({"queue": "Bad-Name"}, "queue"),
+        ({"owner": "alice"}, "owner"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-01-02T00:00", "until": "2026-01-01T00:00"}, "before until"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "5000"}, "limit"),
+        ({"before": "123.abc"}, "cursor"),
+        ({"error": "x" * 201}, "200"),
+    ],
+)
+def test_each_bad_filter_names_itself(clients: Clients, params: dict[str, str], says: str) -> None:
+    """A 400 whose message names the bad filter, the form still filled in."""
+    answer = clients.at(LOOPBACK).get("/dashboard/jobs", params=params)
+    assert answer.status_code == 400
+    message = re.search(r'data-testid="filter-error">([^<]*)<', answer.text)
+    assert message is not None and says in message.group(1), answer.text[-800:]
+
+
+# -------------------------------------------------------------------------------------- pages
+
+
+@pytest.fixture
+def made(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> dict[str, list[uuid.UUID]]:
+    """Five `greet` jobs (three Alice's) that succeed, two `doomed` ones that dead-letter."""
+
+    @handler("greet", registry=reg)
+    async def greet(payload: dict[str, Any], ctx: Context) -> dict[str, str]:
+        return {"hello": payload["name"]}
+
+    @handler("doomed", registry=reg, max_attempts=1)
+    async def doomed(payload: dict[str, Any], ctx: Context) -> None:
+        raise Permanent(f"document {payload['n']} was deleted")
+
+    ids: dict[str, list[uuid.UUID]] = {"greet": [], "doomed": [], "alice": []}
+    for queue in ("greet", "doomed"):
+        pgmq.ensure_queue(conn, queue)
+    for n in range(5):
+        owner = ALICE if n < 3 else BOB
+        job = enqueue(conn, "greet", {"name": f"n{n}"}, owner=owner)
+        ids["greet"].append(job.job_id)
+        if owner == ALICE:
+            ids["alice"].append(job.job_id)
+    for n in range(2):
+        ids["doomed"].append(enqueue(conn, "doomed", {"n": n}).job_id)
+    burst_worker(reg)
+    return ids
+
+
+def listed(answer: Any) -> list[str]:
+    assert answer.status_code == 200, answer.text[-800:]
+    return re.findall(r'<tr data-job="([0-9a-f-]+)"', answer.text)
+
+
+def test_the_jobs_page_filters_by_queue_status_owner_and_error(
+    clients: Clients, made: dict[str, list[uuid.UUID]]
+) -> None:
+    """Each filter lists exactly its jobs, newest first."""
+    local = clients.at(LOOPBACK)
+    every = listed(local.get("/dashboard/jobs"))
+    assert len(every) == 7
+    assert set(listed(local.get("/dashboard/jobs", params={"queue": "greet"}))) == {
+        str(i) for i in made["greet"]
+    }
+    assert set(listed(local.get("/dashboard/jobs", params={"status": "dead"}))) == {
+        str(i) for i in made["doomed"]
+    }
+    assert set(listed(local.get("/dashboard/jobs", params={"owner": str(ALICE)}))) == {
+        str(i) for i in made["alice"]
+    }
+    assert listed(local.get("/dashboard/jobs", params={"error": "DOCUMENT 1 was"})) == [
+        str(made["doomed"][1])
+    ]
+    assert listed(local.get("/dashboard/jobs", params={"error": "100%_"})) == []  # wildcards are literal
+    assert listed(local.get("/dashboard/jobs", params={"since": "2999-01-01T00:00"})) == []
+    combined = local.get(
+        "/dashboard/jobs", params={"queue": "greet", "status": "succeeded", "owner": str(BOB)}
+    )
+    assert set(listed(combined)) == {str(i) for i in made["greet"][3:]}
+
+
+def test_keyset_pages_cover_every_job_once_in_both_directions(
+    clients: Clients, made: dict[str, list[uuid.UUID]]
+) -> None:
+    """limit=2: following Older to the end, then Newer back, sees each job exactly once each way."""
+    local = clients.at(LOOPBACK)
+    everything = listed(local.get("/dashboard/jobs"))
+    seen: list[str] = []
+    answer = local.get("/dashboard/jobs", params={"limit": "2"})
+    while True:
+        seen += listed(answer)
+        older = re.search(r'href="(/dashboard/jobs\?[^"]+)" rel="next"', answer.text)
+        if older is None:
+            break
+        answer = local.get(older.group(1).replace("&amp;", "&"))
+    assert seen == everything
+    last_page = listed(answer)
+    back: list[str] = []
+    while True:
+        newer = re.search(r'href="(/dashboard/jobs\?[^"]+)" rel="prev"', answer.text)
+        if newer is None:
+            break
+        answer = local.get(newer.group(1).replace("&amp;", "&"))
+        back = listed(answer) + back
+    assert back + last_page == everything

@@ -1,0 +1,101 @@
+"""The dashboard's actions: every one a POST from its own pages, CSRF-checked, answered with a redirect.
+
+Log in and out; cancel and retry a job; replay dead letters (one, all, or by error type) and purge
+them. Each redirects back to the page it came from with `?done=<what>&n=<how many>`, which the page
+turns into a fixed sentence (a link cannot make it say anything else).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from web.dashboard.access import (
+    NotAdmitted,
+    check_csrf,
+    clear_session,
+    read_form,
+    set_session,
+)
+from web.dashboard.site import Dashboard
+from web.errors import ApiError
+
+# Which actions this build can do (the job page and the dead-letters page show their buttons).
+AVAILABLE: Final = {"cancel": False, "retry": False, "replay": False, "purge": False}
+NOTICES: Final = {
+    "cancelled": "Job cancelled.",
+    "cancelling": "Cancellation requested: the worker running the job stops it within a heartbeat.",
+    "retried": "Job sent again: a new delivery of the same job.",
+    "replayed": "{n} dead letter(s) sent back to the queue.",
+    "purged": "{n} dead letter(s) purged.",
+    "logged_out": "Logged out.",
+}
+
+
+def notice_text(done: str | None, n: str | None) -> str | None:
+    """The sentence for `?done=`; None for anything unknown."""
+    template = NOTICES.get(done or "")
+    if template is None:
+        return None
+    count = n if n is not None and n.isascii() and n.isdigit() and len(n) < 10 else "?"
+    return template.format(n=count)
+
+
+def back(path: str, done: str, n: int | None = None) -> RedirectResponse:
+    """303 to a dashboard page with the notice of what was done."""
+    suffix = f"?done={done}" + ("" if n is None else f"&n={n}")
+    return RedirectResponse(path + suffix, 303)
+
+
+def add(router: APIRouter, dash: Dashboard) -> None:
+    """Register the actions on the dashboard's router."""
+
+    async def admitted_form(request: Request) -> dict[str, str]:
+        """The form of an admitted visitor's POST, CSRF-checked; NotAdmitted/ApiError otherwise."""
+        visitor = dash.access.admit(request)
+        form = await read_form(request)
+        if visitor.via != "bearer":  # a browser: a cross-site page could have sent it
+            check_csrf(request, form)
+        return form
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = await read_form(request)
+        try:
+            check_csrf(request, form)
+        except ApiError as exc:
+            return dash.show(
+                request, None, "error.html", exc.status, title="Not allowed", message=exc.message
+            )
+        token = form.get("token", "").strip()
+        target = form.get("next", "")
+        target = (
+            target
+            if target.startswith("/dashboard") and not target.startswith("/dashboard/login")
+            else "/dashboard"
+        )
+        if not token or not dash.access.is_admin_token(token):
+            return dash.show(
+                request,
+                None,
+                "login.html",
+                401,
+                next=target,
+                problem="That is not the admin token (nor a service_role token).",
+                configured=dash.access.login_configured(),
+            )
+        response = RedirectResponse(target, 303)
+        set_session(request, response, token, dash.access.session_age(token))
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        try:
+            await admitted_form(request)
+        except (NotAdmitted, ApiError) as exc:
+            return dash.refused(request, exc)
+        response = back("/dashboard/login", "logged_out")
+        clear_session(request, response)
+        return response
