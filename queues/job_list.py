@@ -33,7 +33,8 @@ WHERE: Final = {
     "owner": sql.SQL("owner = %(owner)s"),
     "since": sql.SQL("created_at >= %(since)s"),
     "until": sql.SQL("created_at < %(until)s"),
-    # `error IS NOT NULL` lets the planner use the partial jobs_errored_created_idx.
+    # `error IS NOT NULL` lets the planner use the partial indexes of migration 0021; the text is
+    # the expression jobs_error_text_idx (trigrams) indexes, spelled the same.
     "error": sql.SQL(
         "error IS NOT NULL AND (coalesce(error->>'type', '') || ': ' || coalesce(error->>'message', ''))"
         " ILIKE %(error)s"

@@ -14,19 +14,20 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from queues.names import dlq_name, is_dlq, table_name
+from queues.names import DLQ_SUFFIX, is_dlq, table_name
 
 BUCKETS: Final = 12  # the chart: 5-minute buckets over the hour
 WINDOW: Final = timedelta(hours=1)
 QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
+# One statement for every queue (a UNION ALL of one part per queue table): one round trip, however
+# many queues there are. Dead-letter queues report their count as `ready`.
 MESSAGES = sql.SQL(
-    "SELECT count(*) FILTER (WHERE vt <= clock_timestamp()),"
+    "SELECT {name}::text, count(*) FILTER (WHERE vt <= clock_timestamp()),"
     " count(*) FILTER (WHERE vt > clock_timestamp() AND read_ct = 0),"
     " count(*) FILTER (WHERE vt > clock_timestamp() AND read_ct > 0),"
     " extract(epoch FROM clock_timestamp() - min(enqueued_at) FILTER (WHERE vt <= clock_timestamp()))"
     " FROM pgmq.{q}"
 )
-DEAD_LETTERS = sql.SQL("SELECT count(*) FROM pgmq.{q}")
 RUNNING = "SELECT queue, count(*) FROM pgmq_worker.jobs WHERE status = 'running' GROUP BY queue"
 # Bucket 0 is the oldest five minutes of the window, BUCKETS - 1 the newest.
 LAST_HOUR = """
@@ -106,15 +107,19 @@ async def aoverview(conn: psycopg.AsyncConnection[Any]) -> list[QueueOverview]:
     """Every work queue's numbers, by name."""
     all_names = {str(r[0]) for r in await (await conn.execute(QUEUES)).fetchall()}
     found = {n: QueueOverview(n) for n in sorted(all_names) if not is_dlq(n)}
-    for name, q in found.items():
-        row = await (await conn.execute(MESSAGES.format(q=sql.Identifier(table_name(name))))).fetchone()
-        if row is not None:
-            q.ready, q.delayed, q.leased = int(row[0]), int(row[1]), int(row[2])
-            q.oldest_s = None if row[3] is None else float(row[3])
-        if dlq_name(name) in all_names:
-            dead = sql.Identifier(table_name(dlq_name(name)))
-            count = await (await conn.execute(DEAD_LETTERS.format(q=dead))).fetchone()
-            q.dead_letters = int(count[0]) if count else 0
+    if all_names:
+        parts = [
+            MESSAGES.format(name=sql.Literal(n), q=sql.Identifier(table_name(n))) for n in sorted(all_names)
+        ]
+        for name, ready, delayed, leased, oldest in await (
+            await conn.execute(sql.SQL(" UNION ALL ").join(parts))
+        ).fetchall():
+            if name in found:
+                q = found[name]
+                q.ready, q.delayed, q.leased = int(ready), int(delayed), int(leased)
+                q.oldest_s = None if oldest is None else float(oldest)
+            elif is_dlq(name) and name.removesuffix(DLQ_SUFFIX) in found:
+                found[name.removesuffix(DLQ_SUFFIX)].dead_letters = int(ready) + int(delayed) + int(leased)
     for queue, running in await (await conn.execute(RUNNING)).fetchall():
         if queue in found:
             found[queue].in_flight = int(running)

@@ -139,12 +139,17 @@ def clear_session(request: Request, response: Response) -> None:
 
 
 def same_origin(request: Request) -> bool:
-    """False when the browser says the POST came from another site (Origin, Sec-Fetch-Site)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return False
+    """False when the browser says the POST came from another site.
+
+    Sec-Fetch-Site, where the browser sends it (script cannot set it), decides; otherwise the
+    Origin must name this host. Other clients send neither and pass (the CSRF token still counts).
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None  # "null": a sandboxed frame or a redirect from another site
+    if origin is None:
+        return True
     parts = urlsplit(origin)
     host = request.headers.get("host", "")
     return parts.netloc.lower() == host.lower() and parts.scheme in ("http", "https")

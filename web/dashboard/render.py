@@ -19,7 +19,9 @@ POLICY: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
     " media-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-HEADERS: Final = {"Content-Security-Policy": POLICY, "Cache-Control": "no-store"}
+# same-origin, not the API's no-referrer: under no-referrer a browser sends `Origin: null` with
+# a form's POST, and the CSRF check wants to see this origin there.
+HEADERS: Final = {"Content-Security-Policy": POLICY, "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
 STATIC: Final = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 
 
@@ -71,8 +73,9 @@ def percent(value: float | None) -> str:
 
 
 def short(value: object) -> str:
-    """The first 8 characters of an id."""
-    return str(value)[:8]
+    """An id's last 12 characters: a time-ordered (UUIDv7) id's first ones are the same for a whole second."""
+    text = str(value)
+    return "\u2026" + text[-12:] if len(text) > 12 else text
 
 
 class Pages:

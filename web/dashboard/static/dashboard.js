@@ -38,3 +38,14 @@ document.addEventListener("submit", (event) => {
   const question = button && button.dataset.confirm;
   if (question && !window.confirm(question)) event.preventDefault();
 });
+
+// Filters left empty stay out of the URL (a shorter, shareable link): disabled controls are not sent.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (event.defaultPrevented || !form.matches || !form.matches("form.filters")) return;
+  for (const control of form.querySelectorAll("input, select")) {
+    if (!control.value) control.disabled = true;
+  }
+  // Back/forward restores the page from cache: enable the controls again for that.
+  window.addEventListener("pageshow", () => form.querySelectorAll(":disabled").forEach((c) => { c.disabled = false; }), { once: true });
+});
