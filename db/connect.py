@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,22 +113,50 @@ async def aconnect(target: Target, *, autocommit: bool = True) -> psycopg.AsyncC
         raise _unavailable(target, exc) from None
 
 
+class CheckWhenIdle:
+    """A pool's checkout check that tests only connections idle for longer than `idle_s`.
+
+    A connection handed back a moment ago is as good as the statement it just ran; one that sat
+    in the pool may have been cut meanwhile (a database restart, a pooler's idle timeout) and
+    costs one round trip first. Testing every checkout was a second round trip per request, half
+    the database work of `POST /jobs`. The pool calls `reset` when a connection comes back.
+    """
+
+    def __init__(self, idle_s: float = 2.0) -> None:
+        self.idle_s = idle_s
+        self._returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Test the connection unless it came back within `idle_s` (raises if it is broken)."""
+        returned = self._returned.pop(conn, None)
+        if returned is None or time.monotonic() - returned > self.idle_s:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The connection is back in the pool, healthy (the pool discards broken ones first)."""
+        self._returned[conn] = time.monotonic()
+
+
 def async_pool(
     target: Target, *, min_size: int, max_size: int, check: bool = False, timeout: float = 30.0
 ) -> AsyncConnectionPool:
-    """An autocommit async pool; `check` tests each connection at checkout (web requests).
+    """An autocommit async pool; `check` tests connections idle for a while at checkout (web requests).
 
     `timeout`: how long `connection()` waits for a connection by default (web requests: seconds).
 
     The worker passes check=False: a check costs a round trip per ack (18% of a no-op worker's
     time), so it retries on connection errors and calls pool.check() to purge the rest.
     """
+    idle = CheckWhenIdle() if check else None
     return AsyncConnectionPool(
         target.url,
         min_size=min_size,
         max_size=max_size,
         kwargs={"autocommit": True, **target.connect_kwargs()},
-        check=AsyncConnectionPool.check_connection if check else None,
+        check=idle.check if idle else None,
+        reset=idle.reset if idle else None,
         open=False,
         timeout=timeout,
         reconnect_timeout=24 * 3600,  # keep trying: a worker outlives database restarts

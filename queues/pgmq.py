@@ -8,9 +8,8 @@ is in worker/store.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -48,7 +47,7 @@ SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
 # the other columns keep their defaults on every pgmq version): pgmq.send builds and plans that
 # INSERT in plpgsql on every call, and this statement, prepared once, costs 1.6x less at 8
 # producers. A missing table fails at parse time, aborting the caller's transaction, so a queue
-# is looked up in pgmq.meta before this process first sends to it on a database (`_sendable`).
+# is looked up in pgmq.meta first when the caller has a transaction open (`_alone`).
 SEND_JOB = sql.SQL("""
 WITH sent AS (
     INSERT INTO pgmq.{q} (vt, message)
@@ -236,51 +235,23 @@ def send_batch(
     return [int(r[0]) for r in rows]
 
 
-# Queues this process has seen in pgmq.meta, by database: (host, port, dbname, queue).
-_SENDABLE: set[tuple[str, int, str, str]] = set()
+def _alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a failed statement would take nothing of the caller's with it.
+
+    True when no transaction is open: on an autocommit connection the statement is its own
+    transaction; otherwise it opens one, which we roll back. Then the send is tried as is, and
+    a missing table answers UnknownQueue. Inside the caller's transaction the queue is looked up in pgmq.meta
+    first (one more round trip), since a missing table would abort that transaction.
+    """
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-def _queue_key(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], queue: str
-) -> tuple[str, int, str, str]:
-    """One queue in one database: the key of what this process remembers about it."""
-    info = conn.info
-    return (info.host, info.port, info.dbname, queue)
-
-
-def _sendable(conn: psycopg.Connection[Any], queue: str) -> bool:
-    """Whether the queue exists, from pgmq.meta the first time (for this database), then remembered."""
-    key = _queue_key(conn, queue)
-    if key in _SENDABLE:
-        return True
-    if not queue_exists(conn, queue):
-        return False
-    _SENDABLE.add(key)
-    return True
-
-
-async def _asendable(conn: psycopg.AsyncConnection[Any], queue: str) -> bool:
-    """_sendable on an async connection."""
-    key = _queue_key(conn, queue)
-    if key in _SENDABLE:
-        return True
-    if not await aqueue_exists(conn, queue):
-        return False
-    _SENDABLE.add(key)
-    return True
-
-
-@contextlib.contextmanager
-def _dropped_as_unknown(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], queue: str
-) -> Iterator[None]:
-    """Turn "the queue's table does not exist" (dropped since we saw it) into UnknownQueue."""
-    try:
-        yield
-    except psycopg.errors.UndefinedTable as exc:
-        if table_name(queue) not in str(exc):
-            raise
-        _SENDABLE.discard(_queue_key(conn, queue))
+def _check_missing(exc: psycopg.errors.UndefinedTable, queue: str, *, alone: bool) -> None:
+    """After a send found no table: re-raise unless it is the queue's; UnknownQueue inside a
+    transaction of the caller's (the queue was dropped between the lookup and the send)."""
+    if table_name(queue) not in str(exc):
+        raise exc
+    if not alone:
         raise UnknownQueue(
             f"no queue named {queue!r} any more (it was dropped): create it again; the statement "
             "failed, and so has the transaction it ran in"
@@ -321,14 +292,20 @@ def send_job(
     """The message and its job row (status queued): (job id, message id); None if no such queue.
 
     `body` is the message as JSON object text (queues.enqueue.encode): encoded once, checked once.
-    A queue dropped since this process first sent to it raises UnknownQueue (the transaction the
-    statement ran in has failed).
+    Inside the caller's transaction the queue is looked up first (see `_alone`); one dropped
+    between that lookup and the send raises UnknownQueue (the transaction has failed).
     """
-    if not _sendable(conn, queue):
+    alone = _alone(conn)
+    if not alone and not queue_exists(conn, queue):
         return None
     params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
-    with _dropped_as_unknown(conn, queue):
+    try:
         row = conn.execute(_send_statement(queue, batch=False), params).fetchone()
+    except psycopg.errors.UndefinedTable as exc:
+        _check_missing(exc, queue, alone=alone)
+        if not conn.autocommit:
+            conn.rollback()  # the transaction held only our statement
+        return None
     assert row is not None  # noqa: S101  one message, one job row
     return params["id"], int(row[0])
 
@@ -344,11 +321,17 @@ async def asend_job(
     webhook: str | None = None,
 ) -> tuple[UUID, int] | None:
     """send_job on an async connection."""
-    if not await _asendable(conn, queue):
+    alone = _alone(conn)
+    if not alone and not await aqueue_exists(conn, queue):
         return None
     params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
-    with _dropped_as_unknown(conn, queue):
+    try:
         cur = await conn.execute(_send_statement(queue, batch=False), params)
+    except psycopg.errors.UndefinedTable as exc:
+        _check_missing(exc, queue, alone=alone)
+        if not conn.autocommit:
+            await conn.rollback()
+        return None
     row = await cur.fetchone()
     assert row is not None  # noqa: S101  one message, one job row
     return params["id"], int(row[0])
@@ -372,12 +355,18 @@ def send_job_batch(
     Returns (job id, msg_id) per body; empty if the queue does not exist (see send_job for one
     dropped since).
     """
-    if not _sendable(conn, queue):
+    alone = _alone(conn)
+    if not alone and not queue_exists(conn, queue):
         return []
     raw, ids = uuid7_batch(n)
     params = {"queue": queue, "bodies": bodies, "ids": raw, "delay": delay_s, "owner": owner}
-    with _dropped_as_unknown(conn, queue):
+    try:
         rows = conn.execute(_send_statement(queue, batch=True), params).fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        _check_missing(exc, queue, alone=alone)
+        if not conn.autocommit:
+            conn.rollback()
+        return []
     return list(zip(ids, sorted(int(r[0]) for r in rows), strict=True))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
-from db.connect import Target, connect, resolve, transaction_pooler_evidence
+from db.connect import CheckWhenIdle, Target, connect, resolve, transaction_pooler_evidence
 from db.errors import DatabaseUnavailable, MigrationError, PgmqUnsupported
 from db.migrate import Migration, load_migrations, migrate, status
 from db.pgmq_install import AVAILABLE_EXTENSION, detect, ensure_installed
@@ -207,3 +210,53 @@ def test_the_start_probe_finds_a_real_pgbouncer_in_transaction_mode(pgbouncer_ur
         evidence = transaction_pooler_evidence(Target(pgbouncer_url, transaction_pooler=False))
         assert evidence is not None
         assert "server session" in evidence
+
+
+def _cut(db_url: str, pid: int) -> None:
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(100):  # until the backend is gone
+            if admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None:
+                return
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("idle_s", [0.0, 60.0])
+def test_a_web_pool_tests_a_connection_that_sat_idle_and_trusts_a_fresh_one(
+    target: Target, db_url: str, idle_s: float
+) -> None:
+    """CheckWhenIdle: a connection cut while idle longer than `idle_s` is replaced at checkout;
+    one handed back within `idle_s` is handed out again without a round trip (a request on it
+    fails, the pool drops it, and the next checkout gets a new one)."""
+
+    async def go() -> None:
+        idle = CheckWhenIdle(idle_s=idle_s)
+        pool = AsyncConnectionPool(
+            target.url,
+            min_size=1,
+            max_size=1,
+            check=idle.check,
+            reset=idle.reset,
+            open=False,
+            kwargs={"autocommit": True, **target.connect_kwargs()},
+        )
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                first = conn.info.backend_pid
+            _cut(db_url, first)
+            if idle_s == 0.0:
+                async with pool.connection() as conn:  # tested, found dead, replaced
+                    assert conn.info.backend_pid != first
+                    await conn.execute("SELECT 1")
+                return
+            with pytest.raises(psycopg.OperationalError):
+                async with pool.connection() as conn:  # trusted: no test, and it is dead
+                    await conn.execute("SELECT 1")
+            async with pool.connection(timeout=10) as conn:
+                assert conn.info.backend_pid != first
+                await conn.execute("SELECT 1")
+        finally:
+            await pool.close()
+
+    asyncio.run(go())

@@ -131,19 +131,54 @@ def test_an_unknown_queue_leaves_the_callers_transaction_usable(
 def test_a_queue_dropped_after_a_send_is_unknown_then_usable_again(
     conn: psycopg.Connection[Any], queue: str
 ) -> None:
-    """Sends go straight to the queue's table once it was seen; a dropped table says so clearly."""
+    """A dropped queue is unknown to the next send, in a transaction or not; made again, it works."""
     enqueue(conn, RESIZE, {"image_id": 1, "width": 1})
     enqueue_batch(conn, RESIZE, [{"image_id": 2, "width": 1}])
     conn.execute("SELECT pgmq.drop_queue('resize')")
-    with pytest.raises(UnknownQueue, match="dropped"):
+    with pytest.raises(UnknownQueue, match="create it first"):
         enqueue(conn, RESIZE, {"image_id": 3, "width": 1})
     with pytest.raises(UnknownQueue, match="create it first"):
-        enqueue_batch(conn, RESIZE, [{"image_id": 4, "width": 1}])  # forgotten: looked up again
+        enqueue_batch(conn, RESIZE, [{"image_id": 4, "width": 1}])
+    with conn.transaction():  # looked up first: the transaction survives the refusal
+        with pytest.raises(UnknownQueue, match="create it first"):
+            enqueue(conn, RESIZE, {"image_id": 5, "width": 1})
+        assert conn.execute("SELECT 1").fetchone() == (1,)
     pgmq.ensure_queue(conn, "resize")
-    with conn.transaction():  # the table is seen again, and sends succeed in a transaction
-        again = enqueue(conn, RESIZE, {"image_id": 5, "width": 1})
-    assert [r["message"]["image_id"] for r in rows(conn, queue)] == [5]
+    with conn.transaction():
+        again = enqueue(conn, RESIZE, {"image_id": 6, "width": 1})
+    assert [r["message"]["image_id"] for r in rows(conn, queue)] == [6]
     assert again.msg_id > 2  # past the ids the old queue's job rows hold (test below)
+
+
+@pytest.mark.parametrize("send", ["one", "keyed", "batch"])
+def test_an_unknown_queue_outside_a_transaction_leaves_the_connection_usable(db_url: str, send: str) -> None:
+    """Not in a transaction yet, the send is tried as is; UnknownQueue rolls back only its own
+    statement, and the connection (not autocommit) takes the caller's next statements."""
+    with psycopg.connect(db_url) as c:
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        key = "k" if send == "keyed" else None
+        with pytest.raises(UnknownQueue, match="nowhere"):
+            enqueue_batch(c, "nowhere", [{}, {}]) if send == "batch" else enqueue(
+                c, "nowhere", {}, idempotency_key=key
+            )
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        c.commit()
+
+
+def test_an_unknown_queue_on_an_async_connection_leaves_it_usable(db_url: str) -> None:
+    """aenqueue: the same, idle or inside the caller's transaction."""
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url) as c:
+            with pytest.raises(UnknownQueue, match="nowhere"):
+                await aenqueue(c, "nowhere", {})
+            async with c.transaction():
+                with pytest.raises(UnknownQueue, match="nowhere"):
+                    await aenqueue(c, "nowhere", {})
+                cur = await c.execute("SELECT 1")
+                assert await cur.fetchone() == (1,)
+
+    asyncio.run(go())
 
 
 def test_a_queue_made_again_skips_the_ids_of_its_old_job_rows(
