@@ -21,11 +21,11 @@ MAX_PAGE: Final = 200
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND: Final = timedelta(microseconds=1)
 
-SUMMARY = sql.SQL(
+SUMMARY_COLUMNS = (
     "SELECT id, queue, status, progress, step, attempts, owner, created_at, started_at, finished_at,"
     " error->>'type' AS error_type, left(error->>'message', 300) AS error_message"
-    " FROM pgmq_worker.jobs"
 )
+SUMMARY = sql.SQL(SUMMARY_COLUMNS + " FROM pgmq_worker.jobs")
 # Each filter is one fixed fragment; values only ever travel as parameters.
 WHERE: Final = {
     "queue": sql.SQL("queue = %(queue)s"),
@@ -43,6 +43,26 @@ WHERE: Final = {
     "after": sql.SQL("(created_at, id) > (%(cursor_at)s, %(cursor_id)s)"),
 }
 NEWEST_FIRST = sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+# Text in the error, first try: the newest ERRORED_BUDGET errored rows (an ordered read of
+# jobs_errored_created_idx) searched for the text. A common word fills the page from those; only
+# otherwise, and only when there were more errored rows than that (ERRORED_COUNT), does the page
+# take the trigram index (jobs_error_text_idx), which is fast for rare
+# words but, as the planner cannot tell common from rare, slow for a word in a fifth of the rows.
+ERRORED_BUDGET: Final = 2000
+ERRORED_COUNT = sql.SQL(
+    "SELECT count(*) FROM ({recent} ORDER BY created_at DESC, id DESC LIMIT %(budget)s) AS recent"
+)
+ERRORED_FIRST = sql.SQL(
+    "SELECT id, queue, status, progress, step, attempts, owner, created_at, started_at, finished_at,"
+    " error_type, error_message"
+    " FROM ({recent} ORDER BY created_at DESC, id DESC LIMIT %(budget)s) AS recent"
+    " WHERE error_text ILIKE %(error)s ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+)
+RECENT_ERRORED = sql.SQL(
+    SUMMARY_COLUMNS
+    + ", (coalesce(error->>'type', '') || ': ' || coalesce(error->>'message', '')) AS error_text"
+    " FROM pgmq_worker.jobs"
+)
 OLDEST_FIRST = sql.SQL(" ORDER BY created_at ASC, id ASC LIMIT %(limit)s")
 
 
@@ -144,6 +164,28 @@ def page_query(
     return sql.Composed([query, order]), params
 
 
+def errored_first_query(
+    where: JobFilter, limit: int, before: Cursor | None = None
+) -> tuple[sql.Composed, sql.Composed, dict[str, Any]] | None:
+    """The bounded first try for a text-in-the-error page (newest first only), and the count that
+    tells whether it read every errored row; None without that filter."""
+    if where.error is None:
+        return None
+    others = JobFilter(where.queue, where.status, where.owner, where.since, where.until)
+    params: dict[str, Any] = dict(others.active())
+    params.update(error=like_pattern(where.error), budget=ERRORED_BUDGET, limit=limit + 1)
+    conditions = [sql.SQL("error IS NOT NULL"), *(WHERE[name] for name in others.active())]
+    if before is not None:
+        conditions.append(WHERE["before"])
+        params.update(cursor_at=before.created_at, cursor_id=before.id)
+    recent = sql.Composed([RECENT_ERRORED, sql.SQL(" WHERE "), sql.SQL(" AND ").join(conditions)])
+    return ERRORED_FIRST.format(recent=recent), ERRORED_COUNT.format(recent=recent), params
+
+
+def _read(row: tuple[Any, ...] | None) -> int:
+    return int(row[0]) if row else 0
+
+
 def _page(rows: list[JobSummary], limit: int, before: Cursor | None, after: Cursor | None) -> JobPage:
     more = len(rows) > limit
     rows = rows[:limit]
@@ -164,9 +206,14 @@ def list_jobs(
     after: Cursor | None = None,
 ) -> JobPage:
     """One page of jobs matching `where`, newest first, older than `before` or newer than `after`."""
-    query, params = page_query(where, limit, before, after)
+    first = errored_first_query(where, limit, before) if after is None else None
     with conn.cursor(row_factory=class_row(JobSummary)) as cur:
-        rows = cur.execute(query, params).fetchall()
+        if first is not None:
+            query, count, params = first
+            rows = cur.execute(query, params).fetchall()
+            if len(rows) > limit or _read(conn.execute(count, params).fetchone()) < ERRORED_BUDGET:
+                return _page(rows, limit, before, after)  # a full page, or every errored row read
+        rows = cur.execute(*page_query(where, limit, before, after)).fetchall()
     return _page(rows, limit, before, after)
 
 
@@ -179,8 +226,17 @@ async def alist_jobs(
     after: Cursor | None = None,
 ) -> JobPage:
     """One page of jobs matching `where` (async)."""
-    query, params = page_query(where, limit, before, after)
+    first = errored_first_query(where, limit, before) if after is None else None
     async with conn.cursor(row_factory=class_row(JobSummary)) as cur:
-        await cur.execute(query, params)
+        if first is not None:
+            query, count, params = first
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+            if (
+                len(rows) > limit
+                or _read(await (await conn.execute(count, params)).fetchone()) < ERRORED_BUDGET
+            ):
+                return _page(rows, limit, before, after)  # a full page, or every errored row read
+        await cur.execute(*page_query(where, limit, before, after))
         rows = await cur.fetchall()
     return _page(rows, limit, before, after)

@@ -19,6 +19,10 @@ CREATE INDEX IF NOT EXISTS jobs_errored_created_idx ON pgmq_worker.jobs (created
 -- The queues page's last hour (throughput, failure rate, durations): finished rows by time.
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON pgmq_worker.jobs (finished_at)
     WHERE finished_at IS NOT NULL;
+-- The planner takes status and `error IS NOT NULL` for independent (they are not: dead jobs all
+-- hold an error); without this it reads every dead row to sort them instead of the newest few.
+CREATE STATISTICS IF NOT EXISTS pgmq_worker.jobs_errored_stats (mcv, dependencies)
+    ON status, (error IS NOT NULL) FROM pgmq_worker.jobs;
 -- Text in the error ("Error contains"): a trigram index over the text the filter searches, for
 -- the rows that hold an error, so a rare or absent word is an index lookup instead of a read of
 -- every failed row (pg_trgm ships with PostgreSQL and Supabase). Where the extension cannot be
