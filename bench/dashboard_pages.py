@@ -44,6 +44,7 @@ INDEXES = [
     "jobs_queue_created_idx",
     "jobs_status_created_idx",
     "jobs_errored_created_idx",
+    "jobs_errored_queue_created_idx",
     "jobs_finished_idx",
     "jobs_error_text_idx",
 ]

@@ -48,7 +48,7 @@ NEWEST_FIRST = sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
 # otherwise, and only when there were more errored rows than that (ERRORED_COUNT), does the page
 # take the trigram index (jobs_error_text_idx), which is fast for rare
 # words but, as the planner cannot tell common from rare, slow for a word in a fifth of the rows.
-ERRORED_BUDGET: Final = 2000
+ERRORED_BUDGET: Final = 500
 ERRORED_COUNT = sql.SQL(
     "SELECT count(*) FROM ({recent} ORDER BY created_at DESC, id DESC LIMIT %(budget)s) AS recent"
 )

@@ -16,6 +16,8 @@ CREATE INDEX IF NOT EXISTS jobs_status_created_idx ON pgmq_worker.jobs (status, 
     WHERE status <> 'succeeded';
 CREATE INDEX IF NOT EXISTS jobs_errored_created_idx ON pgmq_worker.jobs (created_at, id)
     WHERE error IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_errored_queue_created_idx ON pgmq_worker.jobs (queue, created_at, id)
+    WHERE error IS NOT NULL;
 -- The queues page's last hour (throughput, failure rate, durations): finished rows by time.
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON pgmq_worker.jobs (finished_at)
     WHERE finished_at IS NOT NULL;

@@ -75,7 +75,9 @@ def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, for the whole module."""
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         try:
             yield chromium
@@ -112,11 +114,15 @@ def shot_on_failure(page: Page, tmp_path: Path, name: str) -> Iterator[None]:
         raise AssertionError(f"{exc}\n(screenshot: {path})") from exc
 
 
-def wait_finished(conn: psycopg.Connection[Any], ids: list[Any], timeout: float = JOB_TIMEOUT_S) -> dict[str, str]:
+def wait_finished(
+    conn: psycopg.Connection[Any], ids: list[Any], timeout: float = JOB_TIMEOUT_S
+) -> dict[str, str]:
     """Until every job is finished; their statuses."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = conn.execute("SELECT id::text, status FROM pgmq_worker.jobs WHERE id = ANY(%s)", (ids,)).fetchall()
+        rows = conn.execute(
+            "SELECT id::text, status FROM pgmq_worker.jobs WHERE id = ANY(%s)", (ids,)
+        ).fetchall()
         statuses = {r[0]: r[1] for r in rows}
         if len(statuses) == len(ids) and all(s in FINISHED for s in statuses.values()):
             return statuses
@@ -124,7 +130,9 @@ def wait_finished(conn: psycopg.Connection[Any], ids: list[Any], timeout: float 
         time.sleep(0.1)
 
 
-def test_filter_the_jobs_and_open_one(tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_filter_the_jobs_and_open_one(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     """Jobs of two queues: filtering by queue and status lists only the matching ones; opening one shows
     its payload and result; the queues page shows both queues with their last hour."""
     greets = [enqueue(conn, GREET, {"name": f"user {n}"}).job_id for n in range(3)]
@@ -166,7 +174,9 @@ def test_filter_the_jobs_and_open_one(tab: Page, dev: Dev, conn: psycopg.Connect
         expect(tab.locator(f"tr[data-queue={FLAKY}] [data-field=dead_letters]")).to_have_text("1")
 
 
-def test_the_queues_page_updates_live(tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_the_queues_page_updates_live(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     """A job run while the queues page is open changes its numbers without a reload."""
     with shot_on_failure(tab, tmp_path, "live"):
         tab.goto(f"{dev.url}dashboard")
@@ -179,18 +189,24 @@ def test_the_queues_page_updates_live(tab: Page, dev: Dev, conn: psycopg.Connect
         screenshot(tab, "dashboard-queues")
 
 
-def test_a_running_job_page_follows_the_job(tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_a_running_job_page_follows_the_job(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     """The page of a running job moves its progress bar live, and shows the end when it finishes."""
     job = enqueue(conn, SLOW, {"seconds": 3}).job_id
     with shot_on_failure(tab, tmp_path, "follow"):
         tab.goto(f"{dev.url}dashboard/jobs/{job}")
         bar = tab.locator("[data-testid=progress]")
-        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text("running", timeout=10_000)
+        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text(
+            "running", timeout=10_000
+        )
         first = int(bar.get_attribute("value") or 0)
         tab.wait_for_function(
             f"() => +document.querySelector('[data-testid=progress]').getAttribute('value') > {first}"
         )
-        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text("succeeded", timeout=15_000)
+        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text(
+            "succeeded", timeout=15_000
+        )
         expect(tab.locator("[data-testid=result]")).to_contain_text("ticks")  # the reload showed the end
 
 
@@ -213,7 +229,9 @@ def test_the_login_form_logs_in_with_the_admin_token(tab: Page, dev: Dev, tmp_pa
         expect(tab.locator("[data-testid=notice]")).to_have_text("Logged out.")
 
 
-@pytest.mark.parametrize("path", ["dashboard", "dashboard/jobs", "dashboard/dead-letters", "dashboard/workers"])
+@pytest.mark.parametrize(
+    "path", ["dashboard", "dashboard/jobs", "dashboard/dead-letters", "dashboard/workers"]
+)
 def test_every_page_has_landmarks_and_labelled_controls(
     tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path, path: str
 ) -> None:

@@ -17,9 +17,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import conninfo, sql
 
 from db.connect import Target
-from queues import enqueue, load_catalog, pgmq
+from queues import enqueue, job_list, load_catalog, pgmq
+from queues.job_list import JobFilter
 from tests.support.fixtures import BurstWorker
 from tests.support.tokens import SECRET, token
 from web import create_app
@@ -334,3 +336,40 @@ def test_keyset_pages_cover_every_job_once_in_both_directions(
         answer = local.get(newer.group(1).replace("&amp;", "&"))
         back = listed(answer) + back
     assert back + last_page == everything
+
+
+def test_under_the_least_privilege_web_role_a_page_says_what_it_may_not_read(db_url: str) -> None:
+    """The `web` role may not read pgmq's messages: the queues page answers 503 saying so, not 500."""
+    role = f"pgmqw_dashweb_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        pgmq.ensure_queue(admin, "greet")
+        admin.execute("SELECT pgmq_worker.grant_access(%s, 'web')", (role,))
+        try:
+            params = conninfo.conninfo_to_dict(db_url)
+            params["user"] = role
+            web = Target(
+                conninfo.make_conninfo(**{k: v for k, v in params.items() if v}), transaction_pooler=False
+            )
+            app = create_app(web, settings=WebSettings(admin_token=ADMIN_TOKEN), catalog=load_catalog([]))
+            with TestClient(app, client=LOOPBACK, base_url=BASE) as local:
+                answer = local.get("/dashboard")
+                assert answer.status_code == 503, answer.text[-500:]
+                assert "least-privilege" in answer.text and "q_greet" in answer.text
+                assert local.get("/dashboard/jobs").status_code == 200  # the job rows it may read
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_error_text_beyond_the_first_errored_rows_is_found_through_the_index(
+    conn: psycopg.Connection[Any], made: dict[str, list[uuid.UUID]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a first try of one errored row, a word only in an older error is still found (the
+    trigram path), and one in the newest is found by the first try; the same rows either way."""
+    monkeypatch.setattr(job_list, "ERRORED_BUDGET", 1)
+    older, newer = made["doomed"]
+    assert [r.id for r in job_list.list_jobs(conn, JobFilter(error="document 0"), 10).rows] == [older]
+    assert [r.id for r in job_list.list_jobs(conn, JobFilter(error="document 1"), 10).rows] == [newer]
+    assert {r.id for r in job_list.list_jobs(conn, JobFilter(error="was deleted"), 10).rows} == {older, newer}
+    assert job_list.list_jobs(conn, JobFilter(error="nowhere at all"), 10).rows == []

@@ -36,7 +36,7 @@ async def slow(payload: dict[str, Any], ctx: Context) -> dict[str, int]:
 
 
 @handler(FLAKY, max_attempts=1)
-async def flaky(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
+def flaky(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
     """Fail (Permanent) unless the file at payload['unless'] exists."""
     if not Path(str(payload["unless"])).exists():
         raise Permanent(f"the file {payload['unless']} is not there yet")

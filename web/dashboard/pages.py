@@ -19,7 +19,7 @@ from web.dashboard.access import NotAdmitted, Visitor
 from web.dashboard.actions import AVAILABLE, notice_text
 from web.dashboard.filters import BadFilter, parse
 from web.dashboard.render import STATIC
-from web.dashboard.site import Dashboard
+from web.dashboard.site import Dashboard, privileged
 from web.errors import ApiError
 
 
@@ -64,6 +64,7 @@ def add(router: APIRouter, dash: Dashboard) -> None:
 def _add_lists(router: APIRouter, dash: Dashboard) -> None:
 
     @router.get("")
+    @privileged(dash)
     async def queues_page(request: Request) -> Response:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):
@@ -75,6 +76,7 @@ def _add_lists(router: APIRouter, dash: Dashboard) -> None:
         )
 
     @router.get("/jobs")
+    @privileged(dash)
     async def jobs_page(request: Request) -> Response:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):
@@ -98,6 +100,7 @@ def _add_lists(router: APIRouter, dash: Dashboard) -> None:
         )
 
     @router.get("/jobs/{job_id}")
+    @privileged(dash)
     async def job_page(job_id: str, request: Request) -> Response:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):
@@ -124,6 +127,7 @@ def _add_lists(router: APIRouter, dash: Dashboard) -> None:
 
 def _add_others(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/workers")
+    @privileged(dash)
     async def workers_page(request: Request) -> Response:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):
@@ -131,6 +135,7 @@ def _add_others(router: APIRouter, dash: Dashboard) -> None:
         return dash.show(request, visitor, "workers.html", workers=None, section="workers")
 
     @router.get("/dead-letters")
+    @privileged(dash)
     async def dead_letters_page(request: Request) -> Response:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):

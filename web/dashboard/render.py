@@ -21,7 +21,11 @@ POLICY: Final = (
 )
 # same-origin, not the API's no-referrer: under no-referrer a browser sends `Origin: null` with
 # a form's POST, and the CSRF check wants to see this origin there.
-HEADERS: Final = {"Content-Security-Policy": POLICY, "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
+HEADERS: Final = {
+    "Content-Security-Policy": POLICY,
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+}
 STATIC: Final = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec
 from urllib.parse import quote
 
+import psycopg
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -14,6 +17,12 @@ from web.errors import ApiError
 
 if TYPE_CHECKING:
     from web.app import Jobs
+
+P = ParamSpec("P")
+NO_GRANT = (
+    "the web process's database role may not read {what} (the least-privilege `web` role reads only the"
+    " job rows): run the dashboard's web process as the role that migrated, or grant it SELECT there"
+)
 
 
 class Dashboard:
@@ -47,3 +56,27 @@ class Dashboard:
             return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", 303)
         message = "the dashboard needs the admin credential: log in at /dashboard/login"
         return self.show(request, None, "error.html", 401, title="Log in first", message=message)
+
+
+Page = Callable[P, Awaitable[Response]]
+
+
+def privileged(dash: Dashboard) -> Callable[[Page[P]], Page[P]]:
+    """A page that answers a clear 503 page, not a 500, when the database role may not read a table."""
+
+    def decorate(page: Page[P]) -> Page[P]:
+        @functools.wraps(page)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
+            try:
+                return await page(*args, **kwargs)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                request = next(a for a in [*args, *kwargs.values()] if isinstance(a, Request))
+                what = (exc.diag.message_primary or "a table").removeprefix("permission denied for ")
+                message = NO_GRANT.format(what=what)
+                return dash.show(
+                    request, None, "error.html", 503, title="Not allowed to read", message=message
+                )
+
+        return guarded
+
+    return decorate
