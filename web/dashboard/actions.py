@@ -45,7 +45,7 @@ def notice_text(done: str | None, n: str | None) -> str | None:
 
 def back(path: str, done: str, n: int | None = None) -> RedirectResponse:
     """303 to a dashboard page with the notice of what was done."""
-    suffix = f"?done={done}" + ("" if n is None else f"&n={n}")
+    suffix = ("&" if "?" in path else "?") + f"done={done}" + ("" if n is None else f"&n={n}")
     return RedirectResponse(path + suffix, 303)
 
 
