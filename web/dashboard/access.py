@@ -102,7 +102,7 @@ class Access:
 
     def login_configured(self) -> bool:
         """Whether any credential could log in (an admin token, or a JWT secret for service_role)."""
-        return bool(getattr(self.auth, "admin_enabled", False)) or self.auth.enabled
+        return self.auth.admin_enabled or self.auth.enabled
 
 
 def csrf_token(request: Request) -> tuple[str, bool]:
