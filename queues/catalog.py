@@ -125,8 +125,10 @@ def marked(modules: Iterable[ModuleType]) -> list[Any]:
         for each in inside:
             for value in list(vars(each).values()):
                 mark_value = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
-                if mark_value is not None and getattr(mark_value, "fn", value) is value:  # not a copy's
-                    found.append(mark_value)
+                # A tuple: one function serving several queues (stacked @handler lines).
+                for each_mark in mark_value if isinstance(mark_value, tuple) else (mark_value,):
+                    if each_mark is not None and getattr(each_mark, "fn", value) is value:  # not a copy's
+                        found.append(each_mark)
     return found
 
 

@@ -1,6 +1,7 @@
 """The handler registry: `@handler(queue, ...)` ties a function to a queue and its policy.
 
-`@handler` marks the function with its HandlerSpec (`SPEC_ATTRIBUTE`); a Registry is an
+`@handler` marks the function with its HandlerSpecs (`SPEC_ATTRIBUTE`: one per queue, as
+`@handler` may be stacked to serve two queues with one function); a Registry is an
 explicit object built from the modules that hold the marked functions
 (`Registry.from_modules(["handlers"])`, what `--import` names), so nothing depends on which
 module a test imported first. `@handler(..., registry=reg)` also adds it to `reg` at once (tests
@@ -28,8 +29,10 @@ from worker.errors import HandlerRegistrationError, UnknownQueue
 HandlerFn = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Any])
 
-SPEC_ATTRIBUTE = "__pgmq_handler__"  # where @handler leaves a function's HandlerSpec
+SPEC_ATTRIBUTE = "__pgmq_handler__"  # where @handler leaves a function's HandlerSpecs (a tuple)
 MIN_VISIBILITY_TIMEOUT_S = 2  # the lease is renewed at half of it: below this, renewals thrash
+PRIORITIES = range(-100, 101)  # @handler(priority=N): higher is read first; 0 the default
+MAX_QUEUE_CONCURRENCY = 1000  # the worker's own --concurrency cap
 
 
 def seconds(value: float | timedelta, what: str) -> float:
@@ -57,6 +60,8 @@ class HandlerSpec:
     steps: tuple[str, ...] = ()  # declared step names, in order: progress percentages
     job_rows: bool = True  # False: no pgmq_worker.jobs row is created or updated for this queue
     summary: str = ""  # the first line of the handler's docstring (the web's queue list)
+    priority: int = 0  # higher-priority queues are read first (worker/reading_order.py)
+    concurrency: int | None = None  # at most this many of the queue's deliveries run at once per process
 
     def queue_spec(self) -> QueueSpec:
         """What a web process needs to know of this queue, as plain data (see queues.catalog)."""
@@ -88,8 +93,9 @@ class Registry:
         """The handlers `@handler` marked in these modules and their submodules (imported if need be)."""
         found = cls()
         for spec in marked(import_modules(names)):
-            if isinstance(spec, HandlerSpec):
-                found.add(spec)
+            for each in spec if isinstance(spec, tuple) else (spec,):
+                if isinstance(each, HandlerSpec):
+                    found.add(each)
         return found
 
     def queue_specs(self) -> list[QueueSpec]:
@@ -130,6 +136,8 @@ def handler(
     archive: bool = False,
     steps: Sequence[str] = (),
     job_rows: bool = True,
+    priority: int = 0,
+    concurrency: int | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register `def f(payload, ctx)` or `async def f(payload, ctx)` as the handler of a queue.
@@ -157,6 +165,20 @@ def handler(
         raise HandlerRegistrationError(f"steps must be distinct non-empty names, got {steps!r}")
     if not isinstance(job_rows, bool):
         raise HandlerRegistrationError(f"job_rows must be True or False, got {job_rows!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+        raise HandlerRegistrationError(
+            f"@handler({name!r}): priority must be an integer from {PRIORITIES.start} to "
+            f"{PRIORITIES.stop - 1} (higher is read first), got {priority!r}"
+        )
+    if concurrency is not None and (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_QUEUE_CONCURRENCY
+    ):
+        raise HandlerRegistrationError(
+            f"@handler({name!r}): concurrency must be None or an integer from 1 to "
+            f"{MAX_QUEUE_CONCURRENCY}, got {concurrency!r}"
+        )
     if declared and not job_rows:
         raise HandlerRegistrationError(
             f"@handler({name!r}): steps need job rows (each step's output is stored with its job); "
@@ -186,8 +208,19 @@ def handler(
             steps=declared,
             job_rows=job_rows,
             summary=(inspect.getdoc(fn) or "").split("\n", 1)[0],
+            priority=priority,
+            concurrency=concurrency,
         )
-        setattr(fn, SPEC_ATTRIBUTE, spec)  # Registry.from_modules finds it here
+        # Stacked @handler lines add up: one function may serve several queues (urgent and bulk).
+        marks = getattr(fn, SPEC_ATTRIBUTE, ())
+        earlier = tuple(
+            m
+            for m in (marks if isinstance(marks, tuple) else (marks,))
+            if isinstance(m, HandlerSpec) and m.fn is fn
+        )
+        if any(m.queue == name for m in earlier):
+            raise HandlerRegistrationError(f"{fn.__qualname__} already handles queue {name!r}")
+        setattr(fn, SPEC_ATTRIBUTE, (*earlier, spec))  # Registry.from_modules finds them here
         if registry is not None:
             registry.add(spec)
         return fn

@@ -1,6 +1,7 @@
 """The worker: read what the slots have room for, start each delivery, wait when idle, stop cleanly.
 
 The parts it holds, each owning its state: `Slots` (what is in flight, the leases, the drain),
+`ReadingOrder` (which queue a read asks first: priorities, rotation, the starvation guard),
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows) and
@@ -27,6 +28,7 @@ from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
 from worker.loop import loop_name
+from worker.reading_order import ReadingOrder
 from worker.registry import Registry
 from worker.settings import WorkerSettings
 from worker.settle import Settle
@@ -64,10 +66,10 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
-        self._rotation = 0
-        # The last read took fewer than a `def` queue offered: its threads were busy, and a slot
-        # that frees may start one before the next notification or poll.
-        self._threads_were_busy = False
+        # The last read took fewer than a queue may have offered: its threads or its own slots
+        # (`concurrency=`) were busy, and a slot that frees may start one before the next
+        # notification or poll.
+        self._held_back = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
 
@@ -111,22 +113,19 @@ class Worker:
         self.stops.stop(cold=cold)
 
     async def _fetch(self, free: int) -> list[Message]:
-        """Read up to `free` messages, starting from a rotating queue so none starves."""
-        order = self.queues[self._rotation :] + self.queues[: self._rotation]
-        self._rotation = (self._rotation + 1) % len(self.queues)
+        """Read up to `free` messages, asking the queues in the reading order (priority, rotation)."""
         found: list[Message] = []
         threads = self.slots.free_threads()
-        self._threads_were_busy = False
+        self._held_back = False
         try:
             async with self.pool.connection() as conn:
-                for queue in order:
-                    wanted = free - len(found)
-                    if wanted <= 0:
+                for queue in self.order.next():
+                    room = free - len(found)
+                    if room <= 0:
                         break
                     spec = self.registry.get(queue)
-                    capped = not spec.is_async and threads < wanted  # a `def` handler needs a thread
-                    if capped:
-                        wanted = threads
+                    # Capped by the queue's own slots (`concurrency=`) and, for a `def` handler, by threads.
+                    wanted = min(room, self.slots.free_of(spec), room if spec.is_async else threads)
                     read = (
                         []
                         if wanted <= 0
@@ -136,7 +135,7 @@ class Worker:
                     )
                     if not spec.is_async:
                         threads -= len(read)
-                    self._threads_were_busy = self._threads_were_busy or (capped and len(read) == wanted)
+                    self._held_back = self._held_back or (wanted < room and len(read) == wanted)
                     found += read
         except RETRIED as exc:
             await self.trouble.wait_out(exc)
@@ -154,11 +153,11 @@ class Worker:
         """
         if await self.announcements.announce_if_due():
             return
-        if not self._threads_were_busy:
+        if not self._held_back:
             await self.wakeup.wait(self.stops.stopping, found=found)
             return
-        # A `def` queue had more than its free threads: the next free slot may start one. The
-        # event was cleared before the read, so a handler that ended during it is not missed.
+        # A queue had more than its free threads or own slots: the next free slot may start one.
+        # The event was cleared before the read, so a handler that ended during it is not missed.
         waiters_ = {
             asyncio.ensure_future(self.slots.freed.wait()),
             asyncio.ensure_future(self.wakeup.wait(self.stops.stopping, found=found)),
@@ -230,6 +229,8 @@ class Worker:
             self.announcements = Announcements(self.pool, self.trouble, self.wakeup, self.queues)
             leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
+            priorities = {queue: self.registry.get(queue).priority for queue in self.queues}
+            self.order = ReadingOrder(priorities, self.settings.priority_share)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -264,6 +265,7 @@ class Worker:
                 queues=self.queues,
                 concurrency=self.settings.concurrency,
                 threads=self.settings.threads,
+                priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
                 pgmq=self.features.version,
                 wakeup="listen+poll" if listening else "poll",
                 database=self.target.describe(),

@@ -37,6 +37,15 @@ class WorkerSettings(BaseSettings):
         "for blocking I/O, lower it towards the number of cores for CPU-bound handlers, or use "
         "`--processes`.",
     )
+    priority_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="The starvation guard of `@handler(..., priority=N)`: this fraction of the reads "
+        "start with a queue below the worker's highest priority (the lower levels take these turns in "
+        "rotation), so a low-priority backlog still moves while higher queues keep every slot busy. "
+        "`0`: strict priority, a lower queue gets only the slots the higher ones leave.",
+    )
     poll_interval: Duration = Field(
         default=timedelta(seconds=1), description="Longest wait between reads when idle (`--poll-interval`)."
     )

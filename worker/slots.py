@@ -4,7 +4,8 @@ A delivery takes a slot when it is dispatched and gives its handler's share back
 returns, not when its (batched) ack lands: the next read overlaps the previous batch's ack instead
 of waiting for it. Deliveries still settling (a task, or an ack handed to the settle) are capped
 at another `concurrency`, so a slow database holds at most twice as many. A `def` handler also
-needs one of the `threads`.
+needs one of the `threads`, and a queue whose handler has its own `concurrency` one of its own
+slots (`free_of`): the running handlers are counted per queue here, the one count of them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Slots:
         self._tasks: dict[Key, asyncio.Task[None]] = {}  # every delivery's task, dispatch to its end
         self._running: set[Key] = set()  # of those, the ones whose handler still runs
         self._threaded: set[Key] = set()  # of those, `def` handlers (one thread each)
+        self._per_queue: dict[str, int] = {}  # `_running` counted by queue
 
     def free(self) -> int:
         """Handlers that may start now (see the module's docstring)."""
@@ -52,6 +54,12 @@ class Slots:
         """
         return self.threads.size - max(len(self._threaded), self.threads.busy)
 
+    def free_of(self, spec: HandlerSpec) -> int:
+        """Of the queue's own slots (`@handler(..., concurrency=N)`), those free; else `concurrency`."""
+        if spec.concurrency is None:
+            return self.concurrency
+        return spec.concurrency - self._per_queue.get(spec.queue, 0)
+
     def unsettled(self) -> int:
         """Deliveries not yet settled: their tasks, and what the settle still holds for them."""
         return len(self._tasks) + self.settle.pending
@@ -65,17 +73,29 @@ class Slots:
         task = asyncio.create_task(run, name=f"{message.queue}:{message.msg_id}")
         key = (message.queue, message.msg_id)
         self._tasks[key] = task
-        self._running.add(key)
+        if key not in self._running:  # the same delivery twice (a lost lease read again) counts once
+            self._running.add(key)
+            self._per_queue[message.queue] = self._per_queue.get(message.queue, 0) + 1
         if not spec.is_async:
             self._threaded.add(key)
 
         def _done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(key, None)
-            self._running.discard(key)  # a task cancelled before its handler started
-            self._threaded.discard(key)
-            self.freed.set()
+            self._returned(key)  # a task cancelled before its handler started
 
         task.add_done_callback(_done)
+
+    def _returned(self, key: Key) -> None:
+        """The delivery's handler has ended (or never started): its slots are free."""
+        if key in self._running:
+            self._running.remove(key)
+            left = self._per_queue[key[0]] - 1
+            if left:
+                self._per_queue[key[0]] = left
+            else:
+                del self._per_queue[key[0]]
+        self._threaded.discard(key)
+        self.freed.set()
 
     def lease(self, message: Message, spec: HandlerSpec) -> Holding:
         """`async with slots.lease(message, spec) as lease:` the delivery is held (and renewed)
@@ -147,7 +167,4 @@ class Holding:
     ) -> None:
         if self._lease is not None:
             self._slots.leases.drop(self._lease)  # before settling: a renewal racing the ack is not a loss
-        slots = self._slots
-        slots._running.discard(self._key)
-        slots._threaded.discard(self._key)
-        slots.freed.set()
+        self._slots._returned(self._key)
