@@ -200,7 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="runs per mode, interleaved (default 2)")
     parser.add_argument("--spacing-ms", type=float, default=20.0, help="between urgent sends (default 20)")
     parser.add_argument("--depth-every", type=int, default=10, help="urgent sends per backlog check")
-    parser.add_argument("--max-s", type=float, default=300.0, help="longest a run may take to drain")
+    parser.add_argument("--max-s", type=float, default=1200.0, help="longest drain (default 1200 s)")
     parser.add_argument("--guard", type=float, default=None, help="also run priority with this share")
     parser.add_argument(
         "--database-url",

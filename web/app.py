@@ -30,6 +30,7 @@ from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
 from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
+from web.cancel import router as cancel_router
 from web.dashboard import dashboard_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
@@ -255,16 +256,17 @@ def create_app(
         jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
 
+    app.include_router(cancel_router)
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
 
     _add_health_and_page(app, jobs)
-    app.include_router(dashboard_router(jobs))
     return app
 
 
 def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
-    """/healthz and the page, the two answers that need no token."""
+    """/healthz and the page, the two answers that need no token, and the dashboard (its own gate)."""
+    app.include_router(dashboard_router(jobs))
 
     @app.get(
         "/healthz",

@@ -75,6 +75,7 @@ ERRORS: dict[int, str] = {
     "(a bad `delay` or `Idempotency-Key`)",
     401: "`unauthorized`: a JWT secret is set and the token is missing, expired or invalid",
     404: "`unknown_queue`, `unknown_job` or `unknown_artifact` (another user's job is unknown too)",
+    409: "`job_finished`: the job has already finished; the message names its status",
     413: "`payload_too_large`: over 1 MiB",
     422: "`invalid_payload`: fails the queue's model or may not be stored; the message names the field",
     503: "`database_unavailable`: no database connection within 3 s (with `Retry-After`)",

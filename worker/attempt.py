@@ -26,11 +26,12 @@ from db.errors import one_line
 from db.logs import get_logger
 from queues.pgmq import aqueue_exists
 from worker import webhooks
+from worker.cancels import CancelFlag, Cancels
 from worker.context import Context, JobRow, Runtime
 from worker.errors import UnknownQueue
 from worker.execute import execute, failed
 from worker.leases import Lease
-from worker.outcome import Abandoned, DeadLetter, ErrorInfo, Handoffs, Outcome, Succeeded
+from worker.outcome import Abandoned, Cancelled, DeadLetter, ErrorInfo, Handoffs, Outcome, Succeeded
 from worker.progress import ProgressReporter
 from worker.registry import HandlerSpec, Registry
 from worker.settle import Settle, bind_delivery
@@ -60,10 +61,12 @@ class Attempts:
         runtime: Runtime,
         logger: Any,
         progress_interval_s: float,
+        cancels: Cancels,
     ) -> None:
         self._registry = registry
         self._slots = slots
         self._settle = settle
+        self._cancels = cancels
         self._hooks = hooks
         self._runtime = runtime
         self._log = logger  # a concrete logger: the module's lazy proxy re-resolves per call
@@ -80,14 +83,16 @@ class Attempts:
         bind_delivery(message)  # this task runs in its own copy of the context: never unbound
         started = time.perf_counter()
         async with self._slots.lease(message, spec) as lease:
-            try:
-                outcome = await self._attempt(spec, message, lease)
-            except asyncio.CancelledError:  # outside the handler (a handoff check, say): as inside it
-                outcome = Abandoned("lease_lost" if lease.lost else "shutdown")
-            except (
-                Exception
-            ) as exc:  # our own code (the context, a reporter, the handoffs): settled all the same
-                outcome = failed(spec, message, exc)
+            with self._cancels.watch(message, is_async=spec.is_async) as cancel:
+                try:
+                    outcome = await self._attempt(spec, message, lease, cancel)
+                except asyncio.CancelledError:  # outside the handler (a handoff check, say): as inside it
+                    outcome = Abandoned("lease_lost" if lease.lost else "shutdown")
+                except (
+                    Exception
+                ) as exc:  # our own code (the context, a reporter, the handoffs): settled all the same
+                    outcome = failed(spec, message, exc)
+                outcome = self._cancels.outcome(cancel, outcome)  # a cancelled job is never retried
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         await self._settle.settle(spec, message, outcome, duration_ms)
 
@@ -101,7 +106,11 @@ class Attempts:
             max_attempts=message.max_attempts or spec.max_attempts,
         )
 
-    async def _attempt(self, spec: HandlerSpec, message: Message, lease: Lease) -> Outcome:
+    async def _attempt(
+        self, spec: HandlerSpec, message: Message, lease: Lease, cancel: CancelFlag
+    ) -> Outcome:
+        if message.cancel_requested:  # cancelled while an earlier delivery ran: never run it again
+            return Cancelled.of("before_start")
         if message.attempt > spec.max_attempts:
             # Delivered more often than allowed without an outcome: the handler killed its
             # process (os._exit, out of memory) or outlived its lease each time. Stop the loop.
@@ -114,7 +123,7 @@ class Attempts:
                 traceback="",
             )
             return DeadLetter("crashed", error)
-        ctx = self._context(spec, message)
+        ctx = self._context(spec, message, cancel)
         reporter = ctx.job.reporter if ctx.job is not None else None
         # Debug, not info: job.succeeded (or the failure) already says the job ran, and a second
         # JSON line per job was a tenth of the worker's CPU when draining no-op jobs.
@@ -135,13 +144,18 @@ class Attempts:
             outcome = await self._with_handoffs(spec, message, outcome.result, handoffs)
         return outcome
 
-    def _context(self, spec: HandlerSpec, message: Message) -> Context:
+    def _context(self, spec: HandlerSpec, message: Message, cancel: CancelFlag) -> Context:
         job = None
         if message.job_id is not None:
             pool = self._pool
             reporter = ProgressReporter(pool, message.job_id, message.read_ct, self._progress_interval_s)
             steps = Steps(
-                pool, message.job_id, declared=spec.steps, reporter=reporter, executor=self._runtime.executor
+                pool,
+                message.job_id,
+                declared=spec.steps,
+                reporter=reporter,
+                executor=self._runtime.executor,
+                cancel=cancel,
             )
             job = JobRow(message.job_id, steps, reporter)
         return Context(
@@ -155,6 +169,7 @@ class Attempts:
             job=job,
             handoffs=Handoffs(),
             reporter=job.reporter if job is not None else None,
+            cancel=cancel,
         )
 
     @property

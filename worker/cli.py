@@ -1,8 +1,8 @@
 """The `pgmq-worker` command line: the group, with each command from its module in worker/commands/.
 
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
-list|replay (.inspect) · web, dev (.dev). Shared edge work (settings, one-line errors, --import)
-is worker.commands.edge.
+list|replay (.inspect) · web, dev (.dev) · cancel (.cancel). Shared edge work (settings,
+one-line errors, --import) is worker.commands.edge.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from worker.commands.cancel import cancel_jobs
 from worker.commands.database import migrate, stop_embedded_server
 from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
@@ -24,7 +25,7 @@ def main() -> None:
     """pgmq-worker: background jobs on Postgres queues (pgmq / Supabase Queues)."""
 
 
-for command in (run, migrate, send, list_queues, dlq, web, dev, stop_embedded_server):
+for command in (run, migrate, send, list_queues, dlq, web, dev, stop_embedded_server, cancel_jobs):
     main.add_command(command)
 
 

@@ -22,6 +22,7 @@ from queues.contract import QueueRef, queue_of
 from queues.enqueue import delay_seconds, encode, owner_id, prepare
 from queues.errors import InvalidArtifact, UnknownQueue
 from queues.pgmq import aqueue_exists
+from worker.cancels import CancelFlag
 from worker.errors import Permanent, WorkerError
 from worker.fanout import DEFAULT_DEADLINE, FanIn
 from worker.fanout import policy as fan_out_policy
@@ -121,6 +122,7 @@ class Context:
     # What ctx.enqueue asked for: the attempt that made this context owns it, and sends it with its ack.
     handoffs: Handoffs = field(repr=False)
     reporter: Reporter | None = field(default=None, repr=False)  # the job row's, or a test's
+    cancel: CancelFlag | None = field(default=None, repr=False)  # set when the job is cancelled
 
     @classmethod
     def for_test(
@@ -133,12 +135,14 @@ class Context:
         reporter: Reporter | None = None,
         settings: WorkerSettings | None = None,
         http: httpx.AsyncClient | None = None,
+        cancel: CancelFlag | None = None,
     ) -> Context:
         """A context for calling a handler directly in a unit test, without a worker or a database.
 
         `ctx.step` runs its function (nothing stored), `ctx.limit` does not hold, `ctx.progress`
         goes to `reporter` (anything with `async def report(self, report)`), `ctx.enqueue`
         gathers in `ctx.handoffs` (see `ctx.handoffs.sent`); fan-out and artifacts need a worker.
+        `cancel`: a `CancelFlag` the test sets to see how the handler takes a cancel.
         """
         runtime = Runtime(
             pool=None,
@@ -160,6 +164,7 @@ class Context:
             job=None,
             handoffs=Handoffs(),
             reporter=reporter,
+            cancel=cancel,
         )
 
     @property
@@ -180,6 +185,20 @@ class Context:
     def idempotency_key(self) -> str:
         """Stable across redeliveries of the same message: use it to make side effects idempotent."""
         return f"{self.queue}:{self.msg_id}"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone cancelled the job: stop (return, or `raise_if_cancelled()`), clean up.
+
+        The worker notices a cancel within about a heartbeat interval; an `async def` handler is
+        then cancelled after `PGMQ_WORKER_CANCEL_GRACE`, a `def` handler runs until it looks.
+        """
+        return self.cancel is not None and self.cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled: it ends `cancelled`, never retried."""
+        if self.cancel is not None:
+            self.cancel.raise_if_set()
 
     @property
     def is_last_attempt(self) -> bool:
@@ -239,6 +258,8 @@ class Context:
             )
         if not self.runtime.standalone:
             raise Permanent(self._without_job_rows("ctx.step"))
+        if self.cancel is not None:
+            self.cancel.raise_if_set(f"step {name!r} not started")
         result = fn(*args, **kwargs)  # a unit test: run it, nothing stored
         return as_json(await result if inspect.isawaitable(result) else result, name)
 

@@ -20,7 +20,8 @@ TimeoutError
 ValueError
  └─ WebhookRefused         (worker.webhooks) a webhook URL that may not be called: not sent
 BaseException
- └─ WaitForChildren        (worker.fanout) not an error: ctx.fan_out ends the delivery to wait
+ ├─ WaitForChildren        (worker.fanout) not an error: ctx.fan_out ends the delivery to wait
+ └─ JobCancelled           (worker.cancels) the job was cancelled: ctx.raise_if_cancelled, ctx.step
 
 From queues (queues.errors has the whole tree):
 

@@ -13,6 +13,7 @@ from db import storable
 from db.errors import one_line
 from queues.contract import describe_validation_error
 from queues.errors import InvalidPayload
+from worker.cancels import JobCancelled
 from worker.context import Context
 from worker.errors import (
     DEFAULT_RATE_LIMIT_DELAY_S,
@@ -23,7 +24,7 @@ from worker.errors import (
     Retry,
 )
 from worker.fanout import WaitForChildren
-from worker.outcome import DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded, Waiting
+from worker.outcome import Cancelled, DeadLetter, Deferred, ErrorInfo, Outcome, RetryLater, Succeeded, Waiting
 from worker.registry import HandlerSpec
 from worker.store.deliveries import Message
 from worker.threads import in_thread
@@ -62,6 +63,8 @@ async def execute(task: HandlerSpec, message: Message, ctx: Context, executor: E
         raise  # the runner decides: shutdown or lease lost
     except WaitForChildren as wait:
         return Waiting(wait.job_id, wait.name)
+    except JobCancelled:  # ctx.raise_if_cancelled(), or a step that would have started
+        return Cancelled.of("requested")
     except (Permanent, InvalidResult, InvalidPayload) as exc:  # no retry can help: dead-letter now
         return DeadLetter(_reason(exc), ErrorInfo.of(exc))
     except Exception as exc:

@@ -204,7 +204,35 @@ class Abandoned:
         return {}
 
 
-Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Waiting | Abandoned
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Someone cancelled the job: its message deleted, the job `cancelled`, never retried."""
+
+    reason: str  # "requested" (its handler was stopped) | "before_start" (marked before this read)
+    error: ErrorInfo  # what the job row's `error` says: JobCancelled, and when
+
+    status: ClassVar[str] = "cancelled"
+    event: ClassVar[str] = "job.cancelled"
+    level: ClassVar[str] = "info"
+    announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "cancelled"
+
+    @classmethod
+    def of(cls, reason: str) -> Cancelled:
+        """The outcome with its job-row error (JobCancelled: what the row's readers see)."""
+        message = "cancelled on request" + (" while running" if reason == "requested" else "")
+        return cls(reason, ErrorInfo(type="JobCancelled", message=message, traceback=""))
+
+    def log_fields(self) -> dict[str, Any]:
+        """What its log line says besides the event and the duration."""
+        return {"reason": self.reason}
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What its webhook says besides the job and its status."""
+        return {"reason": self.reason}
+
+
+Outcome = Succeeded | RetryLater | Deferred | DeadLetter | Waiting | Abandoned | Cancelled
 
 
 def dead_letter_record(message: Message, outcome: DeadLetter, max_attempts: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from db.pgmq_install import PgmqFeatures, detect
 from db.settings import DatabaseSettings
 from queues import pgmq
 from worker.attempt import Attempts
+from worker.cancels import Cancels
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
@@ -231,6 +232,13 @@ class Worker:
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
             priorities = {queue: self.registry.get(queue).priority for queue in self.queues}
             self.order = ReadingOrder(priorities, self.settings.priority_share)
+            self.cancels = Cancels(
+                self.pool,
+                interval_s=self.settings.heartbeat_interval.total_seconds(),
+                grace_s=self.settings.cancel_grace.total_seconds(),
+                watch=side_tasks.watch,
+            )
+            self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -247,9 +255,11 @@ class Worker:
                 runtime=runtime,
                 logger=bound,
                 progress_interval_s=self.settings.progress_interval.total_seconds(),
+                cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
+            side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(

@@ -61,6 +61,12 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval: Duration = Field(
         default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
     )
+    cancel_grace: Duration = Field(
+        default=timedelta(seconds=2),
+        description="After a running job is cancelled (noticed within about a heartbeat interval), "
+        "how long its `async def` handler may go on (seeing `ctx.cancelled`) before its task is "
+        "cancelled; a `def` handler runs until it looks at `ctx.cancelled`.",
+    )
     reconnect_max: Duration = Field(
         default=timedelta(seconds=30), description="Cap of the reconnect backoff after database trouble."
     )

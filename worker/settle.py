@@ -30,6 +30,7 @@ from worker import webhooks
 from worker.execute import unrecorded
 from worker.outcome import (
     Abandoned,
+    Cancelled,
     DeadLetter,
     Deferred,
     Outcome,
@@ -316,15 +317,14 @@ class Settle:
                     log.warning("job.settle_refused", error=one_line(exc), instead=type(instead).__name__)
                     outcome = instead
                     continue
-                # Not transient (the queue table was dropped, say): retrying cannot help. The
-                # message is untouched and reappears after its visibility timeout.
+                # Not transient (a dropped queue table): the message reappears after its visibility timeout.
                 log.exception("job.settle_failed", error=one_line(exc), tries=attempt, transient=False)
                 return
             self._done(message, outcome, ours, duration_ms)
             return
         log.error("job.settle_abandoned", note="the message reappears after its visibility timeout")
 
-    async def _record(
+    async def _record(  # noqa: PLR0911  (one return per outcome)
         self, conn: psycopg.AsyncConnection[Any], spec: HandlerSpec, message: Message, outcome: Outcome
     ) -> bool:
         """One try at writing the outcome; True if the delivery was still ours."""
@@ -363,6 +363,8 @@ class Settle:
             case DeadLetter():
                 record = dead_letter_record(message, outcome, spec.max_attempts)
                 return await deliveries.dead_letter(conn, message, record)
+            case Cancelled(error=error):  # deleted (never retried), fenced like an ack
+                return await deliveries.cancelled(conn, message, error.as_dict())
             case Abandoned():
                 held = [(message.msg_id, message.read_ct)]
                 released = await deliveries.release(

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from db import storable
 from db.storable import safe_text
+from worker.cancels import CancelFlag
 from worker.errors import InvalidResult, Permanent, RateLimited
 from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
@@ -71,8 +72,10 @@ class Steps:
         declared: Sequence[str] = (),
         reporter: ProgressReporter | None = None,
         executor: Executor | None = None,
+        cancel: CancelFlag | None = None,
     ) -> None:
         self.pool = pool
+        self._cancel = cancel  # set once the job was cancelled: no step or fan-out starts after
         self.job_id = job_id
         self.declared = tuple(declared)
         self.reporter = reporter
@@ -100,6 +103,8 @@ class Steps:
             return output
         if max_attempts is not None and attempts >= max_attempts:
             raise Permanent(f"step {name!r} failed {attempts} times (max_attempts={max_attempts})")
+        if self._cancel is not None:
+            self._cancel.raise_if_set(f"step {name!r} not started")
         async with self.pool.connection() as conn:
             attempt = await start_step(conn, self.job_id, name)
         if attempt is None:  # another delivery finished it a moment ago
@@ -142,6 +147,8 @@ class Steps:
         if status == "done":
             await self._report(name, finished=True)
             return FanIn.from_json(output)
+        if self._cancel is not None:
+            self._cancel.raise_if_set(f"fan-out {name!r} not started")
         result: FanIn | None = None
         async with self.pool.connection() as conn, conn.transaction():
             state = await fanouts.lock(conn, self.job_id, name)

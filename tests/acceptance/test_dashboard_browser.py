@@ -275,3 +275,22 @@ def test_the_filters_and_buttons_work_from_the_keyboard(tab: Page, dev: Dev, tmp
         tab.keyboard.press("Enter")
         tab.wait_for_url(lambda url: url.endswith("/dashboard/jobs?error=nothing+like+this"))
         expect(tab.locator("td.empty")).to_have_text("No jobs match.")
+
+
+def test_cancel_a_running_job_and_watch_it_end_cancelled(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Cancel on a running job's page: the page follows it to `cancelled`; its message is gone."""
+    job = enqueue(conn, SLOW, {"seconds": 60}).job_id
+    with shot_on_failure(tab, tmp_path, "cancel"):
+        tab.goto(f"{dev.url}dashboard/jobs/{job}")
+        status = tab.locator("[data-testid=job-live] [data-testid=status]")
+        expect(status).to_have_text("running", timeout=15_000)
+        tab.click("[data-testid=cancel]")
+        expect(tab.locator("[data-testid=notice]")).to_contain_text("Cancel")
+        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text(
+            "cancelled", timeout=20_000
+        )
+        expect(tab.locator("[data-testid=cancel]")).to_have_count(0)
+    assert wait_finished(conn, [job]) == {str(job): "cancelled"}
+    assert conn.execute(f"SELECT count(*) FROM pgmq.q_{SLOW}").fetchone() == (0,)

@@ -373,3 +373,31 @@ def test_error_text_beyond_the_first_errored_rows_is_found_through_the_index(
     assert [r.id for r in job_list.list_jobs(conn, JobFilter(error="document 1"), 10).rows] == [newer]
     assert {r.id for r in job_list.list_jobs(conn, JobFilter(error="was deleted"), 10).rows} == {older, newer}
     assert job_list.list_jobs(conn, JobFilter(error="nowhere at all"), 10).rows == []
+
+
+def local_browser(clients: Clients) -> tuple[TestClient, str]:
+    """A loopback browser with its CSRF token."""
+    browser = clients.at(LOOPBACK)
+    return browser, csrf_of(browser)
+
+
+def test_cancel_answers_404_and_409_as_pages_and_cancels_a_queued_job(
+    clients: Clients, made: dict[str, list[uuid.UUID]], conn: psycopg.Connection[Any]
+) -> None:
+    """Cancel an unknown or a finished job: the page says why (404, 409); a queued one ends cancelled."""
+    browser, csrf = local_browser(clients)
+    form = {"csrf": csrf}
+    assert browser.post(f"/dashboard/jobs/{uuid.uuid4()}/cancel", data=form).status_code == 404
+    assert browser.post("/dashboard/jobs/not-a-uuid/cancel", data=form).status_code == 404
+    done = browser.post(f"/dashboard/jobs/{made['greet'][0]}/cancel", data=form)
+    assert done.status_code == 409 and "succeeded" in done.text
+    waiting = enqueue(conn, "greet", {"name": "later"}, delay=3600).job_id
+    answer = browser.post(f"/dashboard/jobs/{waiting}/cancel", data=form)
+    assert (
+        answer.status_code == 303
+        and answer.headers["location"] == f"/dashboard/jobs/{waiting}?done=cancelled"
+    )
+    row = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE id = %s", (waiting,)).fetchone()
+    assert row == ("cancelled",)
+    assert "Job cancelled." in browser.get(answer.headers["location"]).text
+    assert browser.post(f"/dashboard/jobs/{waiting}/cancel", data={}).status_code == 403  # no CSRF token

@@ -56,10 +56,11 @@ WITH taken AS ({take}), m AS (
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
             started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
-    RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts
+    RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts,
+        j.cancel_requested_at IS NOT NULL AS cancel_requested
 )
 SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, job.id AS job_id, job.deferrals,
-    job.webhook_url, job.timeout_s, job.max_attempts
+    job.webhook_url, job.timeout_s, job.max_attempts, job.cancel_requested
 FROM m JOIN job USING (msg_id) ORDER BY m.msg_id
 """
 # The same for a queue whose handler runs without job rows (`@handler(..., job_rows=False)`).
@@ -98,7 +99,7 @@ SETTLE = sql.SQL(
     " result = CASE WHEN %(status)s = 'succeeded' THEN %(result)s ELSE j.result END,"
     " error = %(error)s, deferrals = j.deferrals + CASE WHEN %(deferral)s THEN 1 ELSE 0 END,"
     " progress = CASE WHEN %(status)s = 'succeeded' THEN 100 ELSE j.progress END,"
-    " finished_at = CASE WHEN %(status)s IN ('succeeded', 'dead') THEN now() END,"
+    " finished_at = CASE WHEN %(status)s IN ('succeeded', 'dead', 'cancelled') THEN now() END,"
     " updated_at = now()"
     # By key, not by a join to `settled`: a generic plan for the join scanned the whole table.
     " WHERE j.queue = %(queue)s AND j.msg_id = %(msg_id)s AND EXISTS (SELECT FROM settled))"
@@ -177,6 +178,9 @@ class Message:
     webhook_url: str | None = None  # where the job's status changes are POSTed
     timeout_s: float | None = None  # this job's own timeout (a fan-out child's), else the handler's
     max_attempts: int | None = None  # this job's own attempts (a fan-out child's), else the handler's
+    # Someone cancelled the job while an earlier delivery ran (its lease was lost, its worker
+    # crashed, or its attempt ended before the worker noticed): this delivery must not run it.
+    cancel_requested: bool = False
 
     @property
     def attempt(self) -> int:
@@ -284,6 +288,11 @@ async def hide(
     attempt), a parent waiting for its children (`running`, a deferral: waking up is no attempt).
     """
     return await _settle(conn, RETRY, message, status, error=error, delay=delay_s, deferral=deferral)
+
+
+async def cancelled(conn: psycopg.AsyncConnection[Any], message: Message, error: dict[str, Any]) -> bool:
+    """Delete the delivery, if still ours; job `cancelled` (never retried), with why in `error`."""
+    return await _settle(conn, ACK_DELETE, message, "cancelled", error=error)
 
 
 async def dead_letter(conn: psycopg.AsyncConnection[Any], message: Message, record: dict[str, Any]) -> bool:
