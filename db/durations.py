@@ -3,16 +3,19 @@
 Wherever a caller may give a duration as a number of seconds (`@handler(timeout=30)`,
 `enqueue(..., delay=1.5)`, `PGMQ_WORKER_POLL_INTERVAL=0.5`), it becomes a `timedelta` here, and a
 value that is no duration (NaN, infinity, a string, past timedelta's range) is refused with a
-ValueError naming `what`, which callers turn into their own error class.
+ValueError naming `what`, which callers turn into their own error class. Text a person types
+(`--since 1h`, `PGMQ_WORKER_POLL_INTERVAL=500ms`) is read here too (`parse`): seconds, numbers
+with units (`90s`, `15m`, `1h30m`, `2d`), ISO 8601 (`PT1H`) or `HH:MM:SS`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
 Seconds = float | timedelta
 """A duration as callers may write it: seconds (an int or float) or a timedelta."""
@@ -49,14 +52,43 @@ def non_negative(value: Seconds, what: str) -> timedelta:
     return result
 
 
+UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_WITH_UNITS = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PYDANTIC: Final = TypeAdapter(timedelta)
+MAX_TEXT: Final = 64  # longer is no duration anyone typed
+SPELLINGS: Final = "seconds (90), a number with units (90s, 15m, 1h30m, 2d), ISO 8601 (PT1H) or HH:MM:SS"
+
+
+def _units(text: str) -> float | None:
+    """The seconds `1h30m` spells, or None when it is not numbers with units."""
+    compact = text.replace(" ", "").lower()
+    if not _WITH_UNITS.fullmatch(compact):
+        return None
+    return sum(float(n) * UNITS[unit] for n, unit in _PART.findall(compact))
+
+
+def parse(text: str, what: str = "duration") -> timedelta:
+    """A duration a person typed (see the module's docstring); ValueError naming `what` otherwise."""
+    stripped = text.strip()
+    if len(stripped) > MAX_TEXT:
+        raise ValueError(f"{what} must be {SPELLINGS}, got {text[:MAX_TEXT]!r}...")
+    try:
+        seconds: float | None = float(stripped)
+    except ValueError:
+        seconds = _units(stripped)
+    if seconds is not None:
+        return as_timedelta(seconds, what)
+    try:
+        return _PYDANTIC.validate_python(stripped)
+    except (ValidationError, OverflowError):
+        raise ValueError(f"{what} must be {SPELLINGS}, got {text!r}") from None
+
+
 def _from_setting(value: Any) -> Any:
-    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second (pydantic wants ISO 8601 strings)."""
+    """Let `PGMQ_WORKER_POLL_INTERVAL=0.5` mean half a second and `=500ms` too (see `parse`)."""
     if isinstance(value, str):
-        try:
-            seconds = float(value)
-        except ValueError:
-            return value  # ISO 8601 ("PT30S") and "HH:MM:SS" still go to pydantic
-        return as_timedelta(seconds, "a duration setting")
+        return parse(value, "a duration setting")
     return value
 
 

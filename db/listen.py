@@ -7,7 +7,6 @@ Notifications can be missed while the connection is down, so `on_connect` runs a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 
 import psycopg
@@ -23,9 +22,19 @@ log = get_logger()
 
 
 async def sleep_or_stop(stopping: asyncio.Event, delay: float) -> None:
-    """Sleep `delay` seconds, returning early when `stopping` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), delay)
+    """Sleep `delay` seconds, returning early when `stopping` is set.
+
+    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives as the event is
+    set (the inner wait is done, so it returns), and a worker that sets `stopping` and then cancels
+    its side tasks at once waited for ever for one that looped on.
+    """
+    if stopping.is_set():
+        return
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({stopped}, timeout=delay)
+    finally:
+        stopped.cancel()
 
 
 async def listen(

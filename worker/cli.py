@@ -3,6 +3,7 @@
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
 list|replay (.inspect) · web, dev (.dev) · cancel (.cancel). Shared edge work (settings,
 one-line errors, --import) is worker.commands.edge.
+workers, stats (.observe).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from worker.commands.cancel import cancel_jobs
 from worker.commands.database import migrate, stop_embedded_server
 from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
+from worker.commands.observe import list_workers_command, stats
 from worker.commands.run import run
 from worker.commands.send import send
 
@@ -26,6 +28,8 @@ def main() -> None:
 
 
 for command in (run, migrate, send, list_queues, dlq, web, dev, stop_embedded_server, cancel_jobs):
+    main.add_command(command)
+for command in (list_workers_command, stats):
     main.add_command(command)
 
 

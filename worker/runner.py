@@ -4,9 +4,10 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `ReadingOrder` (which queue a read asks first: priorities, rotation, the starvation guard),
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
-`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows) and
-`SideTasks` (the heartbeat, the listener and the ack flusher, supervised: one that dies stops the
-worker). `_lifespan` makes and closes them all, in one `async with`.
+`Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
+`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
+heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`_lifespan` makes and closes them all, in one `async with`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.leases import Leases
 from worker.loop import loop_name
+from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
 from worker.settings import WorkerSettings
@@ -239,6 +241,8 @@ class Worker:
                 watch=side_tasks.watch,
             )
             self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
+            self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
+            self.presence.observe(self.settle, hooks)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -260,6 +264,7 @@ class Worker:
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             side_tasks.start(leases.run(self.stops.stopping), "leases")
             side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+            side_tasks.start(self.presence.run(self.stops.stopping), "presence")
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
@@ -289,6 +294,7 @@ class Worker:
                 self.stops.stopping.set()
                 await side_tasks.stop()
                 await self.announcements.withdraw()
+                await self.presence.withdraw()
                 log.info("worker.stopped")
 
     def _check_queues(self) -> None:

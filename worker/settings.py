@@ -82,6 +82,22 @@ class WorkerSettings(BaseSettings):
     )
     webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
     webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
+    registry_heartbeat: Duration = Field(
+        default=timedelta(seconds=5),
+        gt=timedelta(0),
+        description="How often this worker refreshes its row in `pgmq_worker.workers` (`pgmq-worker "
+        "workers`): a row without a heartbeat for three of these is shown `stale`.",
+    )
+    fly_machine_id: str | None = Field(
+        default=None,
+        validation_alias="FLY_MACHINE_ID",
+        description="The Fly machine this worker runs on (Fly sets it), shown by `pgmq-worker workers`.",
+    )
+    fly_region: str | None = Field(
+        default=None,
+        validation_alias="FLY_REGION",
+        description="The Fly region of that machine (Fly sets it), shown by `pgmq-worker workers`.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
     )

@@ -188,6 +188,10 @@ class Event:
     data: dict[str, Any]
 
 
+# Told as each delivery ends: the event and `delivered`, `failed` (given up) or `refused`.
+WebhookObserver = Callable[[Event, str], object]
+
+
 class Webhooks:
     """A background sender: `send` returns at once; deliveries run and retry in their own tasks."""
 
@@ -213,6 +217,21 @@ class Webhooks:
         self._client: httpx.AsyncClient | None = None
         self.delivered = 0
         self._warned = False
+        self._observers: list[WebhookObserver] = []
+
+    def observe(self, observer: WebhookObserver) -> None:
+        """Call `observer(event, result)` as each delivery ends: `delivered`, `failed` or `refused`.
+
+        Like the settle's observers: quick, on the event loop, and one that raises is logged.
+        """
+        self._observers.append(observer)
+
+    def _ended(self, event: Event, result: str) -> None:
+        for observer in self._observers:
+            try:
+                observer(event, result)
+            except Exception:  # an observer's bug must not fail the delivery (its task would stop the worker)
+                log.exception("webhook.observer_failed")
 
     def send(self, event: Event | None) -> None:
         """Deliver in the background (never awaited by the job); None: nothing to send."""
@@ -249,6 +268,7 @@ class Webhooks:
             )
         except storable.Unstorable as exc:  # not expected: results and errors were checked before
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
+            self._ended(event, "refused")
             return
         for attempt in range(1, self.max_tries + 1):
             timestamp = int(time.time())
@@ -267,6 +287,7 @@ class Webhooks:
                 response = await self._post(destination, body, headers)
                 if response.status_code < 300:
                     self.delivered += 1
+                    self._ended(event, "delivered")
                     return
                 retry = response.status_code in RETRY_STATUSES
                 why = f"HTTP {response.status_code}"
@@ -274,6 +295,7 @@ class Webhooks:
                     why += " (redirects are not followed)"
             except WebhookRefused as exc:
                 log.warning("webhook.refused", job_id=event.job_id, tries=attempt, error=str(exc))
+                self._ended(event, "refused")
                 return
             except httpx.HTTPError as exc:
                 retry, why = True, f"{type(exc).__name__}: {exc}"
@@ -281,6 +303,7 @@ class Webhooks:
                 log.warning(
                     "webhook.failed", job_id=event.job_id, status=event.status, tries=attempt, error=why
                 )
+                self._ended(event, "failed")
                 return
             await asyncio.sleep(self.backoff.delay(attempt))
 

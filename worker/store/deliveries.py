@@ -45,17 +45,21 @@ HAS_LAST_READ_AT = (
     " AND NOT attisdropped) FROM to_regclass(%s) AS r WHERE r IS NOT NULL"
 )
 # Read, and in the same statement mark each message's job row running (creating it for messages
-# that other clients sent with plain pgmq.send, which have none yet).
+# that other clients sent with plain pgmq.send, which have none yet): `started_at` keeps the first
+# attempt's start, `attempt_started_at` this one's (`pgmq-worker stats` times the last attempt).
 READ = """
 WITH taken AS ({take}), m AS (
     SELECT msg_id, read_ct, enqueued_at, vt, message, row_number() OVER () AS n FROM taken
 ), job AS (
-    INSERT INTO pgmq_worker.jobs AS j (id, queue, msg_id, status, attempts, created_at, started_at)
+    INSERT INTO pgmq_worker.jobs AS j (
+        id, queue, msg_id, status, attempts, created_at, started_at, attempt_started_at
+    )
     SELECT encode(substring(%(ids)s::bytea FROM (m.n::integer - 1) * 16 + 1 FOR 16), 'hex')::uuid,
-        %(queue)s, m.msg_id, 'running', m.read_ct, m.enqueued_at, now() FROM m
+        %(queue)s, m.msg_id, 'running', m.read_ct, m.enqueued_at, now(), now() FROM m
     ON CONFLICT (queue, msg_id) DO UPDATE
         SET status = 'running', attempts = EXCLUDED.attempts,
-            started_at = coalesce(j.started_at, EXCLUDED.started_at), updated_at = now()
+            started_at = coalesce(j.started_at, EXCLUDED.started_at),
+            attempt_started_at = EXCLUDED.attempt_started_at, updated_at = now()
     RETURNING j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts,
         j.cancel_requested_at IS NOT NULL AS cancel_requested
 )
