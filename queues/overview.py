@@ -2,7 +2,8 @@
 
 Messages (ready, delayed, leased, oldest ready age, dead letters) come from pgmq's tables, read
 the same on pgmq 1.4.4, 1.5.1 and the 1.13 SQL; in flight, throughput, failure rate and
-durations come from the job rows (`jobs_finished_idx`, migration 0021).
+durations come from the job rows: the chart's buckets here (`jobs_finished_idx`, migration 0021),
+the rates, percentiles and stuck jobs from queues/stats.py (what `pgmq-worker stats` prints).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from queues.names import DLQ_SUFFIX, is_dlq, table_name
+from queues.stats import aqueue_stats
 
 BUCKETS: Final = 12  # the chart: 5-minute buckets over the hour
 WINDOW: Final = timedelta(hours=1)
@@ -41,15 +43,6 @@ FROM pgmq_worker.jobs
 WHERE finished_at >= now() - %(window)s AND finished_at IS NOT NULL
 GROUP BY 1, 2
 """
-DURATIONS = """
-SELECT queue,
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000,
-    percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) * 1000
-FROM pgmq_worker.jobs
-WHERE finished_at >= now() - %(window)s AND finished_at IS NOT NULL AND status = 'succeeded'
-    AND started_at IS NOT NULL
-GROUP BY queue
-"""
 
 
 @dataclass(slots=True)
@@ -67,6 +60,8 @@ class QueueOverview:
     failed: list[int] = field(default_factory=lambda: [0] * BUCKETS)  # dead (and cancelled)
     p50_ms: float | None = None
     p95_ms: float | None = None
+    success_rate: float | None = None  # queues/stats.py: succeeded / (succeeded + dead)
+    stuck: int = 0  # running past their lease with no renewal
 
     @property
     def finished(self) -> int:
@@ -75,8 +70,8 @@ class QueueOverview:
 
     @property
     def failure_rate(self) -> float | None:
-        """Dead and cancelled over finished, in the window; None when nothing finished."""
-        return sum(self.failed) / self.finished if self.finished else None
+        """Dead over dead and succeeded, in the window (queues/stats.py); None when none finished."""
+        return None if self.success_rate is None else 1 - self.success_rate
 
     def as_json(self) -> dict[str, Any]:
         """What the live stream sends for this queue."""
@@ -92,6 +87,7 @@ class QueueOverview:
             "failure_rate": self.failure_rate,
             "p50_ms": self.p50_ms,
             "p95_ms": self.p95_ms,
+            "stuck": self.stuck,
             "succeeded": self.succeeded,
             "failed": self.failed,
         }
@@ -128,7 +124,13 @@ async def aoverview(conn: psycopg.AsyncConnection[Any]) -> list[QueueOverview]:
         if queue in found and 0 <= bucket < BUCKETS:
             found[queue].succeeded[bucket] += int(succeeded)
             found[queue].failed[bucket] += int(dead) + int(cancelled)
-    for queue, p50, p95 in await (await conn.execute(DURATIONS, window)).fetchall():
-        if queue in found:
-            found[queue].p50_ms, found[queue].p95_ms = float(p50), float(p95)
+    for stats in await aqueue_stats(conn, since=WINDOW):
+        if stats.queue in found:
+            q = found[stats.queue]
+            q.p50_ms, q.p95_ms, q.success_rate = (
+                stats.duration_p50_ms,
+                stats.duration_p95_ms,
+                stats.success_rate,
+            )
+            q.stuck = stats.stuck
     return list(found.values())

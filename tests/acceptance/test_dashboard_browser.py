@@ -193,6 +193,17 @@ def test_the_queues_page_updates_live(
         screenshot(tab, "dashboard-queues")
 
 
+def test_the_workers_page_lists_the_dev_worker(tab: Page, dev: Dev, tmp_path: Path) -> None:
+    """The worker `dev` runs has registered: one row, running, serving the test queues."""
+    with shot_on_failure(tab, tmp_path, "workers"):
+        tab.goto(f"{dev.url}dashboard/workers")
+        row = tab.locator("tr[data-worker]")
+        expect(row).to_have_count(1, timeout=10_000)
+        expect(row.locator("[data-testid=status]")).to_have_text("running")
+        expect(row).to_contain_text(GREET)
+        screenshot(tab, "dashboard-workers")
+
+
 def test_a_running_job_page_follows_the_job(
     tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:

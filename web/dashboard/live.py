@@ -25,12 +25,13 @@ from psycopg_pool import PoolTimeout
 from db.logs import get_logger
 from queues.jobs import aget_job, parse_job_id
 from queues.overview import aoverview
+from queues.workers import alist_workers
 from web.dashboard.access import NotAdmitted
 from web.dashboard.site import Dashboard
 from web.errors import ApiError
 
 log = get_logger()
-REFRESH_S: Final = 2.0  # the queues page's numbers
+REFRESH_S: Final = 5.0  # the queues and workers pages' numbers (queues/stats.py reads the job rows)
 MAX_STREAM_S: Final = 300.0
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DB_ERRORS: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -83,6 +84,20 @@ def add(router: APIRouter, dash: Dashboard) -> None:
             return dash.pages.env.get_template("queue_rows.html").render(queues=found)
 
         return stream(refreshing(rows, "queue-rows", REFRESH_S, keepalive))
+
+    @router.get("/events/workers")
+    async def worker_events(request: Request) -> Response:
+        try:
+            dash.access.admit(request)
+        except (NotAdmitted, ApiError) as exc:
+            return dash.refused(request, exc)
+
+        async def rows() -> str:
+            async with dash.jobs.pool.connection() as conn:
+                found = await alist_workers(conn)
+            return dash.pages.env.get_template("worker_rows.html").render(workers=found)
+
+        return stream(refreshing(rows, "worker-rows", REFRESH_S, keepalive))
 
     @router.get("/events/jobs/{job_id}")
     async def job_events(job_id: str, request: Request) -> Response:

@@ -15,6 +15,7 @@ from queues.job_list import STATUSES, alist_jobs
 from queues.jobs import Job, aget_job, parse_job_id
 from queues.names import validate_queue_name
 from queues.overview import aoverview, aqueues
+from queues.workers import alist_workers
 from web.dashboard.access import NotAdmitted, Visitor
 from web.dashboard.actions import AVAILABLE, notice_text
 from web.dashboard.filters import BadFilter, parse
@@ -132,7 +133,9 @@ def _add_others(router: APIRouter, dash: Dashboard) -> None:
         visitor = gate(dash, request)
         if isinstance(visitor, Response):
             return visitor
-        return dash.show(request, visitor, "workers.html", workers=None, section="workers")
+        async with dash.jobs.pool.connection() as conn:
+            found = await alist_workers(conn)
+        return dash.show(request, visitor, "workers.html", workers=found, section="workers")
 
     @router.get("/dead-letters")
     @privileged(dash)
