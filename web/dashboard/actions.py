@@ -12,6 +12,8 @@ from typing import Final
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from queues.cancel import JobFinished, UnknownJob, acancel
+from queues.jobs import parse_job_id
 from web.dashboard.access import (
     NotAdmitted,
     check_csrf,
@@ -23,7 +25,7 @@ from web.dashboard.site import Dashboard
 from web.errors import ApiError
 
 # Which actions this build can do (the job page and the dead-letters page show their buttons).
-AVAILABLE: Final = {"cancel": False, "retry": False, "replay": False, "purge": False}
+AVAILABLE: Final = {"cancel": True, "retry": False, "replay": False, "purge": False}
 NOTICES: Final = {
     "cancelled": "Job cancelled.",
     "cancelling": "Cancellation requested: the worker running the job stops it within a heartbeat.",
@@ -49,16 +51,27 @@ def back(path: str, done: str, n: int | None = None) -> RedirectResponse:
     return RedirectResponse(path + suffix, 303)
 
 
+def refuse(dash: Dashboard, request: Request, status: int, title: str, message: str) -> Response:
+    """An action that could not be done: the error page with its status."""
+    return dash.show(request, None, "error.html", status, title=title, message=message)
+
+
 def add(router: APIRouter, dash: Dashboard) -> None:
     """Register the actions on the dashboard's router."""
+    _add_session(router, dash)
+    _add_job_actions(router, dash)
 
-    async def admitted_form(request: Request) -> dict[str, str]:
-        """The form of an admitted visitor's POST, CSRF-checked; NotAdmitted/ApiError otherwise."""
-        visitor = dash.access.admit(request)
-        form = await read_form(request)
-        if visitor.via != "bearer":  # a browser: a cross-site page could have sent it
-            check_csrf(request, form)
-        return form
+
+async def admitted_form(dash: Dashboard, request: Request) -> dict[str, str]:
+    """The form of an admitted visitor's POST, CSRF-checked; NotAdmitted/ApiError otherwise."""
+    visitor = dash.access.admit(request)
+    form = await read_form(request)
+    if visitor.via != "bearer":  # a browser: a cross-site page could have sent it
+        check_csrf(request, form)
+    return form
+
+
+def _add_session(router: APIRouter, dash: Dashboard) -> None:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -93,9 +106,29 @@ def add(router: APIRouter, dash: Dashboard) -> None:
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         try:
-            await admitted_form(request)
+            await admitted_form(dash, request)
         except (NotAdmitted, ApiError) as exc:
             return dash.refused(request, exc)
         response = back("/dashboard/login", "logged_out")
         clear_session(request, response)
         return response
+
+
+def _add_job_actions(router: APIRouter, dash: Dashboard) -> None:
+    @router.post("/jobs/{job_id}/cancel")
+    async def cancel(job_id: str, request: Request) -> Response:
+        try:
+            await admitted_form(dash, request)
+        except (NotAdmitted, ApiError) as exc:
+            return dash.refused(request, exc)
+        jid = parse_job_id(job_id)
+        if jid is None:
+            return refuse(dash, request, 404, "No such job", f"no job {job_id[:80]!r}")
+        async with dash.jobs.pool.connection() as conn:
+            try:
+                done = await acancel(conn, jid)
+            except UnknownJob:
+                return refuse(dash, request, 404, "No such job", f"no job {job_id[:80]!r}")
+            except JobFinished as exc:
+                return refuse(dash, request, 409, "Already finished", str(exc))
+        return back(f"/dashboard/jobs/{jid}", "cancelled" if done.immediate else "cancelling")
