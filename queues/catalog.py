@@ -117,19 +117,25 @@ def marked(modules: Iterable[ModuleType]) -> list[Any]:
     are its HandlerSpecs, load_catalog turns each into a QueueSpec.
     """
     found: list[Any] = []
+    for each in within(modules):
+        for value in list(vars(each).values()):
+            mark_value = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
+            # A tuple: one function serving several queues (stacked @handler lines).
+            for each_mark in mark_value if isinstance(mark_value, tuple) else (mark_value,):
+                if each_mark is not None and getattr(each_mark, "fn", value) is value:  # not a copy's
+                    found.append(each_mark)
+    return found
+
+
+def within(modules: Iterable[ModuleType]) -> list[ModuleType]:
+    """`modules` and their imported submodules: where handler modules leave what they declare."""
+    inside: list[ModuleType] = []
     for module in modules:
         prefix = module.__name__ + "."
-        inside = [
+        inside += [
             m for key, m in list(sys.modules.items()) if key == module.__name__ or key.startswith(prefix)
         ]
-        for each in inside:
-            for value in list(vars(each).values()):
-                mark_value = getattr(value, SPEC_ATTRIBUTE, None) if callable(value) else None
-                # A tuple: one function serving several queues (stacked @handler lines).
-                for each_mark in mark_value if isinstance(mark_value, tuple) else (mark_value,):
-                    if each_mark is not None and getattr(each_mark, "fn", value) is value:  # not a copy's
-                        found.append(each_mark)
-    return found
+    return inside
 
 
 def declared_in(modules: Iterable[ModuleType]) -> list[QueueSpec]:

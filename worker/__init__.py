@@ -1,10 +1,11 @@
-"""The daemon runtime: `@handler`, `Context`, and the worker that runs them."""
+"""The daemon runtime: `@handler`, `schedule`, `Context`, and the worker that runs them."""
 
 from db.backoff import Backoff
 from worker.context import Context
 from worker.errors import InvalidPayload, Permanent, RateLimited, Retry, UnknownQueue, WorkerError
 from worker.limits import Limit
 from worker.registry import HandlerSpec, Registry, handler
+from worker.schedules import Schedule, schedule
 
 __all__ = [
     "Backoff",
@@ -16,7 +17,9 @@ __all__ = [
     "RateLimited",
     "Registry",
     "Retry",
+    "Schedule",
     "UnknownQueue",
     "WorkerError",
     "handler",
+    "schedule",
 ]

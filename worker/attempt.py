@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -37,6 +38,7 @@ from worker.registry import HandlerSpec, Registry
 from worker.settle import Settle, bind_delivery
 from worker.slots import Slots
 from worker.steps import Steps
+from worker.store import ticks
 from worker.store.deliveries import Message
 from worker.trouble import TRANSIENT
 from worker.webhooks import Webhooks
@@ -123,7 +125,7 @@ class Attempts:
                 traceback="",
             )
             return DeadLetter("crashed", error)
-        ctx = self._context(spec, message, cancel)
+        ctx = self._context(spec, message, cancel, await self._scheduled_at(message))
         reporter = ctx.job.reporter if ctx.job is not None else None
         # Debug, not info: job.succeeded (or the failure) already says the job ran, and a second
         # JSON line per job was a tenth of the worker's CPU when draining no-op jobs.
@@ -144,7 +146,21 @@ class Attempts:
             outcome = await self._with_handoffs(spec, message, outcome.result, handoffs)
         return outcome
 
-    def _context(self, spec: HandlerSpec, message: Message, cancel: CancelFlag) -> Context:
+    async def _scheduled_at(self, message: Message) -> datetime | None:
+        """The tick a schedule sent this message for (asked only on queues with schedules)."""
+        if not self._registry.has_schedules(message.queue):
+            return None
+        async with self._pool.connection() as conn:
+            found = await ticks.tick_of(conn, message.queue, message.msg_id)
+        if found is None:
+            return None
+        name, tick = found
+        declared = self._registry.schedule(name)
+        return tick.astimezone(declared.zone if declared is not None else UTC)
+
+    def _context(
+        self, spec: HandlerSpec, message: Message, cancel: CancelFlag, scheduled_at: datetime | None
+    ) -> Context:
         job = None
         if message.job_id is not None:
             pool = self._pool
@@ -170,6 +186,7 @@ class Attempts:
             handoffs=Handoffs(),
             reporter=job.reporter if job is not None else None,
             cancel=cancel,
+            scheduled_at=scheduled_at,
         )
 
     @property

@@ -1,9 +1,8 @@
 """The `pgmq-worker` command line: the group, with each command from its module in worker/commands/.
 
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
-list|replay (.inspect) · web, dev (.dev) · cancel (.cancel). Shared edge work (settings,
-one-line errors, --import) is worker.commands.edge.
-workers, stats (.observe).
+list|replay (.inspect) · web, dev (.dev) · cancel (.cancel) · schedules (.schedules) · workers,
+stats (.observe). Shared edge work (settings, one-line errors, --import) is worker.commands.edge.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
 from worker.commands.observe import list_workers_command, stats
 from worker.commands.run import run
+from worker.commands.schedules import list_schedules
 from worker.commands.send import send
 
 
@@ -27,7 +27,18 @@ def main() -> None:
     """pgmq-worker: background jobs on Postgres queues (pgmq / Supabase Queues)."""
 
 
-for command in (run, migrate, send, list_queues, dlq, web, dev, stop_embedded_server, cancel_jobs):
+for command in (
+    run,
+    migrate,
+    send,
+    list_queues,
+    dlq,
+    web,
+    dev,
+    stop_embedded_server,
+    cancel_jobs,
+    list_schedules,
+):
     main.add_command(command)
 for command in (list_workers_command, stats):
     main.add_command(command)

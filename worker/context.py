@@ -123,6 +123,9 @@ class Context:
     handoffs: Handoffs = field(repr=False)
     reporter: Reporter | None = field(default=None, repr=False)  # the job row's, or a test's
     cancel: CancelFlag | None = field(default=None, repr=False)  # set when the job is cancelled
+    # The tick this message was sent for (timezone-aware, in the schedule's timezone), for a
+    # message a schedule sent (worker.schedules); None for any other.
+    scheduled_at: datetime | None = None
 
     @classmethod
     def for_test(
@@ -136,6 +139,7 @@ class Context:
         settings: WorkerSettings | None = None,
         http: httpx.AsyncClient | None = None,
         cancel: CancelFlag | None = None,
+        scheduled_at: datetime | None = None,
     ) -> Context:
         """A context for calling a handler directly in a unit test, without a worker or a database.
 
@@ -143,6 +147,7 @@ class Context:
         goes to `reporter` (anything with `async def report(self, report)`), `ctx.enqueue`
         gathers in `ctx.handoffs` (see `ctx.handoffs.sent`); fan-out and artifacts need a worker.
         `cancel`: a `CancelFlag` the test sets to see how the handler takes a cancel.
+        `scheduled_at`: the tick, as a scheduled message's handler sees it (worker.schedules).
         """
         runtime = Runtime(
             pool=None,
@@ -165,6 +170,7 @@ class Context:
             handoffs=Handoffs(),
             reporter=reporter,
             cancel=cancel,
+            scheduled_at=scheduled_at,
         )
 
     @property

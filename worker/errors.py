@@ -9,6 +9,7 @@ WorkerError
  │   └─ FanOutFailed        (worker.fanout) too few children succeeded
  ├─ InvalidResult          a result, step output or progress report that may not be stored
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
+ │   └─ ScheduleError       a schedule() declaration that cannot work (cron, timezone, payload)
  ├─ PoolerMisconfigured    an undeclared transaction pooler (seen at start, or prepared statements fail)
  └─ SideTaskFailed         lease renewal, the listener, the ack flusher...: died, so the worker stopped
 
@@ -113,6 +114,10 @@ class HandlerRegistrationError(WorkerError, TypeError):
     """This @handler declaration cannot work."""
 
 
+class ScheduleError(HandlerRegistrationError):
+    """This schedule() declaration cannot work."""
+
+
 class PoolerMisconfigured(WorkerError):
     """DATABASE_URL goes through a transaction pooler: set PGMQ_WORKER_POOLER=transaction."""
 
@@ -129,6 +134,7 @@ __all__ = [
     "PoolerMisconfigured",
     "RateLimited",
     "Retry",
+    "ScheduleError",
     "SideTaskFailed",
     "UnknownQueue",
     "WorkerError",

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from db.backoff import Backoff
 from db.durations import positive
-from queues.catalog import QueueSpec, import_modules, marked
-from queues.contract import Contract, QueueRef, queue_of
-from worker.errors import HandlerRegistrationError, UnknownQueue
+from queues.catalog import QueueSpec, import_modules, marked, within
+from queues.contract import Contract, QueueRef, describe_validation_error, queue_of
+from worker.errors import HandlerRegistrationError, ScheduleError, UnknownQueue
+from worker.schedules import SCHEDULES_ATTRIBUTE, Schedule
 
 HandlerFn = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,10 +75,11 @@ class HandlerSpec:
 
 
 class Registry:
-    """Queue name -> HandlerSpec. One handler per queue."""
+    """Queue name -> HandlerSpec (one handler per queue), and the schedules of those queues by name."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, HandlerSpec] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def add(self, task: HandlerSpec) -> None:
         """Register a handler; re-registering the same function (a re-import) replaces it."""
@@ -86,17 +88,53 @@ class Registry:
             raise HandlerRegistrationError(
                 f"queue {task.queue!r} already has handler {existing.name}; cannot add {task.name}"
             )
+        for declared in self.schedules(task.queue):
+            _check_payload(declared, task)
         self._tasks[task.queue] = task
+
+    def add_schedule(self, declared: Schedule) -> None:
+        """Add a schedule (worker.schedules); its payload must fit the queue's handler, if known.
+
+        The same declaration again (a re-import) is no change; another one under a taken name is
+        a ScheduleError: the name is the key of its ticks in the database.
+        """
+        existing = self._schedules.get(declared.name)
+        if existing is not None and existing != declared:
+            raise ScheduleError(
+                f"two schedules are named {declared.name!r} ({existing.queue} {existing.cron!r} and "
+                f"{declared.queue} {declared.cron!r}): give one of them another name="
+            )
+        if (task := self._tasks.get(declared.queue)) is not None:
+            _check_payload(declared, task)
+        self._schedules[declared.name] = declared
 
     @classmethod
     def from_modules(cls, names: Sequence[str]) -> Registry:
-        """The handlers `@handler` marked in these modules and their submodules (imported if need be)."""
+        """The handlers `@handler` marked and the schedules `schedule()` declared in these modules
+        and their submodules (imported if need be)."""
         found = cls()
-        for spec in marked(import_modules(names)):
+        modules = import_modules(names)
+        for spec in marked(modules):
             for each in spec if isinstance(spec, tuple) else (spec,):
                 if isinstance(each, HandlerSpec):
                     found.add(each)
+        for module in within(modules):
+            for declared in list(vars(module).get(SCHEDULES_ATTRIBUTE, {}).values()):
+                if isinstance(declared, Schedule):
+                    found.add_schedule(declared)
         return found
+
+    def schedules(self, queue: str | None = None) -> list[Schedule]:
+        """The schedules (of one queue, or all), sorted by name."""
+        return [s for _, s in sorted(self._schedules.items()) if queue is None or s.queue == queue]
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The schedule of that name, or None."""
+        return self._schedules.get(name)
+
+    def has_schedules(self, queue: str) -> bool:
+        """Whether any schedule sends to `queue` (its deliveries then look up their tick)."""
+        return any(s.queue == queue for s in self._schedules.values())
 
     def queue_specs(self) -> list[QueueSpec]:
         """Every registered queue as the catalog's plain data, sorted by name (Catalog derives from it)."""
@@ -226,6 +264,19 @@ def handler(
         return fn
 
     return register
+
+
+def _check_payload(declared: Schedule, task: HandlerSpec) -> None:
+    """ScheduleError unless the schedule's payload fits the model the queue's handler takes."""
+    if task.model is None:
+        return
+    try:
+        task.model.model_validate(declared.payload)
+    except ValidationError as exc:
+        raise ScheduleError(
+            f"schedule {declared.name!r}: its payload does not fit {task.model.__name__}, the payload "
+            f"of {task.name}: {describe_validation_error(exc)}"
+        ) from None
 
 
 def _annotated_model(fn: Callable[..., Any], param: str) -> type[BaseModel] | None:

@@ -33,6 +33,7 @@ from worker.loop import loop_name
 from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
+from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
 from worker.side_tasks import SideTasks
@@ -207,14 +208,7 @@ class Worker:
             )
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            secret = self.settings.webhook_secret
-            hooks = Webhooks(
-                secret.get_secret_value() if secret else None,
-                allow_private=self.settings.webhook_allow_private,
-                timeout_s=self.settings.webhook_timeout.total_seconds(),
-                max_tries=self.settings.webhook_max_tries,
-                watch=side_tasks.watch,
-            )
+            hooks = self._webhooks(side_tasks)
             stack.push_async_callback(hooks.close)
             self.trouble = DatabaseTrouble(self.pool, self.stops, self.settings.reconnect_max.total_seconds())
             self.settle = Settle(
@@ -265,6 +259,7 @@ class Worker:
             side_tasks.start(leases.run(self.stops.stopping), "leases")
             side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
             side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+            self._start_scheduler(side_tasks)
             if listening:
                 side_tasks.start(
                     self.wakeup.listen(
@@ -275,18 +270,7 @@ class Worker:
                     ),
                     "listener",
                 )
-            log.info(
-                "worker.started",
-                queues=self.queues,
-                concurrency=self.settings.concurrency,
-                threads=self.settings.threads,
-                priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
-                pgmq=self.features.version,
-                wakeup="listen+poll" if listening else "poll",
-                database=self.target.describe(),
-                burst=self.burst,
-                loop=loop_name(),
-            )
+            self._log_started(listening=listening)
             self.announcements.enabled = listening
             try:
                 yield
@@ -296,6 +280,46 @@ class Worker:
                 await self.announcements.withdraw()
                 await self.presence.withdraw()
                 log.info("worker.stopped")
+
+    def _webhooks(self, side_tasks: SideTasks) -> Webhooks:
+        """The job webhooks' sender, its deliveries watched as side tasks."""
+        secret = self.settings.webhook_secret
+        return Webhooks(
+            secret.get_secret_value() if secret else None,
+            allow_private=self.settings.webhook_allow_private,
+            timeout_s=self.settings.webhook_timeout.total_seconds(),
+            max_tries=self.settings.webhook_max_tries,
+            watch=side_tasks.watch,
+        )
+
+    def _log_started(self, *, listening: bool) -> None:
+        """worker.started, with what the worker serves and how it wakes."""
+        assert self.features is not None  # noqa: S101  detected first
+        log.info(
+            "worker.started",
+            queues=self.queues,
+            concurrency=self.settings.concurrency,
+            threads=self.settings.threads,
+            priorities=self.order.describe() if len(self.order.priorities) > 1 else None,
+            pgmq=self.features.version,
+            wakeup="listen+poll" if listening else "poll",
+            database=self.target.describe(),
+            burst=self.burst,
+            loop=loop_name(),
+        )
+
+    def _start_scheduler(self, side_tasks: SideTasks) -> None:
+        """Send the ticks of the schedules of our queues (a burst worker drains and exits: the
+        running fleet sends them)."""
+        if self.burst or not (scheduled := schedules_for(self.registry.schedules(), self.queues)):
+            return
+        scheduler = Scheduler(
+            self.pool,
+            scheduled,
+            self.registry.keeps_job_rows,
+            reconnect_max_s=self.settings.reconnect_max.total_seconds(),
+        )
+        side_tasks.start(scheduler.run(self.stops.stopping), "scheduler")
 
     def _check_queues(self) -> None:
         if not self.queues:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from psycopg import conninfo, sql
 
-from db.connect import Target
+from db.connect import Target, async_pool
 from queues import enqueue, pgmq
 from queues.artifacts import aget_artifact
 from queues.catalog import Catalog
 from queues.jobs import renew_watches, unwatch, unwatch_all, watch
 from tests.support.helpers import dead, run_burst
 from web import create_app
-from worker import Backoff, Context, Limit, Registry, handler
+from worker import Backoff, Context, Limit, Registry, handler, schedule
 from worker.cli import main
+from worker.scheduler import Scheduler
 from worker.store.job_steps import load_steps
 
 FAST = Backoff(base=0.05, cap=0.1, jitter=0)
@@ -338,3 +340,40 @@ def test_the_worker_role_runs_from_the_cli(db_url: str, roles: dict[str, str]) -
         assert admin.execute("SELECT status FROM pgmq_worker.jobs WHERE queue = 'text_stats'").fetchone() == (
             "succeeded",
         )
+
+
+def test_the_worker_role_sends_schedule_ticks_and_the_web_role_reads_them(
+    db_url: str, roles: dict[str, str]
+) -> None:
+    """A scheduler pass as the worker role claims a tick and sends it; the web role may only read ticks."""
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        pgmq.ensure_queue(admin, "priv_sched")
+        admin.execute(
+            "INSERT INTO pgmq_worker.schedule_ticks (schedule, tick, queue)"
+            " VALUES ('priv', %s, 'priv_sched')",
+            (datetime(2026, 1, 1, tzinfo=UTC),),
+        )
+    hourly = schedule("priv_sched", "0 * * * *", name="priv")
+
+    async def one_pass() -> None:
+        pool = async_pool(
+            Target(as_role(db_url, roles["worker"]), transaction_pooler=False), min_size=1, max_size=1
+        )
+        await pool.open()
+        try:
+            now = datetime(2026, 1, 1, 1, 0, 1, tzinfo=UTC)
+            await Scheduler(pool, [hourly], lambda _q: True, reconnect_max_s=1, clock=lambda: now).tick_all()
+        finally:
+            await pool.close()
+
+    asyncio.run(one_pass())
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        sent = admin.execute(
+            "SELECT tick, msg_id FROM pgmq_worker.schedule_ticks WHERE schedule = 'priv' ORDER BY tick"
+        )
+        assert [r[0] for r in sent.fetchall()][-1] == datetime(2026, 1, 1, 1, tzinfo=UTC)
+    web = as_role(db_url, roles["web"])
+    with psycopg.connect(web, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pgmq_worker.schedule_ticks").fetchone() == (2,)
+    assert refused(web, "DELETE FROM pgmq_worker.schedule_ticks")
+    assert refused(as_role(db_url, roles["sender"]), "SELECT * FROM pgmq_worker.schedule_ticks")
