@@ -33,7 +33,13 @@ ADMIN_TOKEN = "dashboard-admin-token-0123456789"
 BASE = "http://dash.example:8000"
 LOOPBACK = ("127.0.0.1", 40000)
 REMOTE = ("203.0.113.9", 40000)
-PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/workers", "/dashboard/dead-letters"]
+PAGES = [
+    "/dashboard",
+    "/dashboard/jobs",
+    "/dashboard/workers",
+    "/dashboard/dead-letters",
+    "/dashboard/schedules",
+]
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
 
 
@@ -401,3 +407,25 @@ def test_cancel_answers_404_and_409_as_pages_and_cancels_a_queued_job(
     assert row == ("cancelled",)
     assert "Job cancelled." in browser.get(answer.headers["location"]).text
     assert browser.post(f"/dashboard/jobs/{waiting}/cancel", data={}).status_code == 403  # no CSRF token
+
+
+def test_the_schedules_page_lists_each_schedule_with_its_last_tick(
+    clients: Clients, made: dict[str, list[uuid.UUID]], conn: psycopg.Connection[Any]
+) -> None:
+    """A declared schedule shows its cron, zone and newest tick, linked to that tick's job and status."""
+    job = made["greet"][0]
+    conn.execute(
+        "INSERT INTO pgmq_worker.schedules (name, queue, cron, timezone, catch_up)"
+        " VALUES ('nightly', 'greet', '0 3 * * *', 'Europe/Berlin', 'latest')"
+    )
+    conn.execute(
+        "INSERT INTO pgmq_worker.schedule_ticks (schedule, tick, queue, msg_id, job_id)"
+        " VALUES ('nightly', now() - interval '2 hours', 'greet', 1, %s)",
+        (job,),
+    )
+    page = clients.at(LOOPBACK).get("/dashboard/schedules")
+    assert page.status_code == 200, page.text[-500:]
+    row = re.search(r'<tr data-schedule="nightly">(.*?)</tr>', page.text, flags=re.S)
+    assert row is not None
+    assert "0 3 * * *" in row.group(1) and "Europe/Berlin" in row.group(1)
+    assert f'/dashboard/jobs/{job}"' in row.group(1) and "succeeded" in row.group(1)

@@ -15,6 +15,7 @@ from queues.job_list import STATUSES, alist_jobs
 from queues.jobs import Job, aget_job, parse_job_id
 from queues.names import validate_queue_name
 from queues.overview import aoverview, aqueues
+from queues.schedule_list import aschedules
 from queues.workers import alist_workers
 from web.dashboard.access import NotAdmitted, Visitor
 from web.dashboard.actions import AVAILABLE, notice_text
@@ -166,6 +167,16 @@ def _add_others(router: APIRouter, dash: Dashboard) -> None:
             notice=notice(request),
             **context,
         )
+
+    @router.get("/schedules")
+    @privileged(dash)
+    async def schedules_page(request: Request) -> Response:
+        visitor = gate(dash, request)
+        if isinstance(visitor, Response):
+            return visitor
+        async with dash.jobs.pool.connection() as conn:
+            found = await aschedules(conn)
+        return dash.show(request, visitor, "schedules.html", schedules=found, section="schedules")
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
