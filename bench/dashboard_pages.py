@@ -45,7 +45,6 @@ INDEXES = [
     "jobs_status_created_idx",
     "jobs_errored_created_idx",
     "jobs_errored_queue_created_idx",
-    "jobs_finished_idx",
     "jobs_error_text_idx",
 ]
 # Pseudo-random but per row (an uncorrelated random() in a LATERAL is computed once for all rows):

@@ -2,7 +2,7 @@
 
 Messages (ready, delayed, leased, oldest ready age, dead letters) come from pgmq's tables, read
 the same on pgmq 1.4.4, 1.5.1 and the 1.13 SQL; in flight, throughput, failure rate and
-durations come from the job rows: the chart's buckets here (`jobs_finished_idx`, migration 0021),
+durations come from the job rows: the chart's buckets here (`jobs_finished_idx`, migration 0020),
 the rates, percentiles and stuck jobs from queues/stats.py (what `pgmq-worker stats` prints).
 """
 

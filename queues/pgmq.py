@@ -386,4 +386,3 @@ async def aactive_job(conn: psycopg.AsyncConnection[Any], queue: str, key: str) 
 # The dead letters have a module of their own; worker/cli.py still finds them here.
 from queues.dead_letters import DeadLetterEntry as DeadLetterEntry  # noqa: E402, PLC0414
 from queues.dead_letters import dead_letters as dead_letters  # noqa: E402, PLC0414
-from queues.dead_letters import replay as replay  # noqa: E402, PLC0414

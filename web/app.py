@@ -34,7 +34,8 @@ from web.cancel import router as cancel_router
 from web.dashboard import dashboard_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
-from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
+from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers, document
+from web.retry import router as retry_router
 from web.security import Guard, inline_hashes, page_policy
 from web.settings import WebSettings
 from web.submit import accepted, check
@@ -131,7 +132,7 @@ class Jobs:
             return await aget_job(conn, job_id)
 
 
-def create_app(
+def create_app(  # noqa: PLR0915  the routes are declared inline; each router is one include line
     target: Target,
     *,
     settings: WebSettings | None = None,
@@ -155,6 +156,7 @@ def create_app(
     # token like every endpoint: Swagger UI's script comes from a CDN onto this origin.
     app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
@@ -256,6 +258,7 @@ def create_app(
         jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
 
+    app.include_router(retry_router)
     app.include_router(cancel_router)
     if jobs.settings.web_docs:
         _add_docs(app, jobs)

@@ -5,8 +5,10 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
-`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
-heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`Cancels` (cancel requests for the jobs it holds), `Presence` (this worker's row in the
+registry), `Scheduler` (the ticks of its queues' schedules), `Pruner` (retention of finished
+rows) and `SideTasks`, which supervises whatever runs beside the loop (those four, the lease
+heartbeat, the listener and the ack flusher): one that dies stops the worker.
 `_lifespan` makes and closes them all, in one `async with`.
 """
 
@@ -33,6 +35,7 @@ from worker.loop import loop_name
 from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
+from worker.retention import Pruner
 from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
@@ -70,6 +73,7 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
+        self.pruner: Pruner | None = None  # made in _lifespan when retention is on
         # The last read took fewer than a queue may have offered: its threads or its own slots
         # (`concurrency=`) were busy, and a slot that frees may start one before the next
         # notification or poll.
@@ -256,20 +260,7 @@ class Worker:
                 cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
-            side_tasks.start(leases.run(self.stops.stopping), "leases")
-            side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
-            side_tasks.start(self.presence.run(self.stops.stopping), "presence")
-            self._start_scheduler(side_tasks)
-            if listening:
-                side_tasks.start(
-                    self.wakeup.listen(
-                        self.target,
-                        self.queues,
-                        self.stops.stopping,
-                        self.settings.reconnect_max.total_seconds(),
-                    ),
-                    "listener",
-                )
+            self._start_side_tasks(side_tasks, leases, listening=listening)
             self._log_started(listening=listening)
             self.announcements.enabled = listening
             try:
@@ -280,6 +271,26 @@ class Worker:
                 await self.announcements.withdraw()
                 await self.presence.withdraw()
                 log.info("worker.stopped")
+
+    def _start_side_tasks(self, side_tasks: SideTasks, leases: Leases, *, listening: bool) -> None:
+        """The parts that run beside the loop, supervised: one that dies stops the worker."""
+        side_tasks.start(leases.run(self.stops.stopping), "leases")
+        side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+        side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+        self._start_scheduler(side_tasks)
+        self.pruner = Pruner.when_kept(self.pool, self.settings)  # None: retention 0, keep all
+        if self.pruner is not None:
+            side_tasks.start(self.pruner.run(self.stops.stopping), "retention")
+        if listening:
+            side_tasks.start(
+                self.wakeup.listen(
+                    self.target,
+                    self.queues,
+                    self.stops.stopping,
+                    self.settings.reconnect_max.total_seconds(),
+                ),
+                "listener",
+            )
 
     def _webhooks(self, side_tasks: SideTasks) -> Webhooks:
         """The job webhooks' sender, its deliveries watched as side tasks."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.durations import Duration
@@ -82,6 +82,24 @@ class WorkerSettings(BaseSettings):
     )
     webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
     webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
+    retention: Duration = Field(
+        default=timedelta(days=7),
+        description="How long finished jobs (succeeded, dead, cancelled: their rows, steps and "
+        "artifacts) and archived messages are kept before the workers' pruner deletes them "
+        "(`7d`, `12h`, seconds, ISO 8601). `0` keeps everything. The dashboard and `GET /jobs/{id}` "
+        "can only show what is kept.",
+    )
+    retention_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How often a worker tries to prune; one worker of the fleet holds the pruning "
+        "lease at a time, another takes over within two intervals once it is gone.",
+    )
+    retention_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Rows per pruning statement, each its own short transaction.",
+    )
     registry_heartbeat: Duration = Field(
         default=timedelta(seconds=5),
         gt=timedelta(0),
@@ -110,6 +128,15 @@ class WorkerSettings(BaseSettings):
         "`--loop auto`: it comes with `uvicorn[standard]` on Linux and macOS; else asyncio's), "
         "`uvloop` (an error at start if it is missing) or `asyncio`. `worker.started` logs which runs.",
     )
+
+    @field_validator("retention", "retention_interval")
+    @classmethod
+    def _not_negative(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"{info.field_name} must not be negative")
+        if info.field_name == "retention_interval" and value <= timedelta(0):
+            raise ValueError("retention_interval must be positive")
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -18,9 +18,7 @@ CREATE INDEX IF NOT EXISTS jobs_errored_created_idx ON pgmq_worker.jobs (created
     WHERE error IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_errored_queue_created_idx ON pgmq_worker.jobs (queue, created_at, id)
     WHERE error IS NOT NULL;
--- The queues page's last hour (throughput, failure rate, durations): finished rows by time.
-CREATE INDEX IF NOT EXISTS jobs_finished_idx ON pgmq_worker.jobs (finished_at)
-    WHERE finished_at IS NOT NULL;
+-- The queues page's last hour reads finished rows by time: jobs_finished_idx (0020, retention's).
 -- The planner takes status and `error IS NOT NULL` for independent (they are not: dead jobs all
 -- hold an error); without this it reads every dead row to sort them instead of the newest few.
 CREATE STATISTICS IF NOT EXISTS pgmq_worker.jobs_errored_stats (mcv, dependencies)

@@ -305,3 +305,26 @@ def test_cancel_a_running_job_and_watch_it_end_cancelled(
         expect(tab.locator("[data-testid=cancel]")).to_have_count(0)
     assert wait_finished(conn, [job]) == {str(job): "cancelled"}
     assert conn.execute(f"SELECT count(*) FROM pgmq.q_{SLOW}").fetchone() == (0,)
+
+
+def test_replay_a_dead_letter_and_watch_its_job_succeed(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A job that died shows in the dead letters; once its cause is gone, Replay sends it back under
+    the same job id, the letter leaves the list and the job succeeds."""
+    unless = tmp_path / "fixed"
+    job = enqueue(conn, FLAKY, {"unless": str(unless)}).job_id
+    wait_finished(conn, [job])
+    unless.write_text("ok")
+    with shot_on_failure(tab, tmp_path, "replay"):
+        tab.goto(f"{dev.url}dashboard/dead-letters?queue={FLAKY}")
+        letters = tab.locator("tr[data-letter]")
+        expect(letters).to_have_count(1)
+        expect(letters.first).to_contain_text("is not there yet")
+        screenshot(tab, "dashboard-dead-letters")
+        tab.click("[data-testid=replay-one]")
+        expect(tab.locator("[data-testid=notice]")).to_have_text("1 dead letter(s) sent back to the queue.")
+        expect(tab.locator("tr[data-letter]")).to_have_count(0)
+        assert wait_finished(conn, [job]) == {str(job): "succeeded"}
+        tab.goto(f"{dev.url}dashboard/jobs/{job}")
+        expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text("succeeded")

@@ -429,3 +429,54 @@ def test_the_schedules_page_lists_each_schedule_with_its_last_tick(
     assert row is not None
     assert "0 3 * * *" in row.group(1) and "Europe/Berlin" in row.group(1)
     assert f'/dashboard/jobs/{job}"' in row.group(1) and "succeeded" in row.group(1)
+
+
+def test_cancel_and_retry_answer_404_and_409_as_pages(
+    clients: Clients, made: dict[str, list[uuid.UUID]]
+) -> None:
+    """Cancel an unknown or finished job, retry one that is not dead: the page says why (404/409)."""
+    browser, csrf = local_browser(clients)
+    form = {"csrf": csrf}
+    assert browser.post(f"/dashboard/jobs/{uuid.uuid4()}/cancel", data=form).status_code == 404
+    assert browser.post("/dashboard/jobs/not-a-uuid/cancel", data=form).status_code == 404
+    done = browser.post(f"/dashboard/jobs/{made['greet'][0]}/cancel", data=form)
+    assert done.status_code == 409 and "succeeded" in done.text
+    assert browser.post(f"/dashboard/jobs/{made['greet'][0]}/retry", data=form).status_code == 409
+    assert browser.post(f"/dashboard/jobs/{uuid.uuid4()}/retry", data=form).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("queue", "fields", "status"),
+    [
+        ("doomed", {"scope": "everything"}, 400),
+        ("doomed", {"scope": "one", "msg_id": "abc"}, 400),
+        ("doomed", {"scope": "one", "msg_id": "9" * 30}, 400),
+        ("Bad-Name", {"scope": "all"}, 404),
+        ("nothing_here", {"scope": "all"}, 404),
+    ],
+)
+def test_bad_replays_are_4xx(
+    clients: Clients, made: dict[str, list[uuid.UUID]], queue: str, fields: dict[str, str], status: int
+) -> None:
+    """A replay the page cannot do answers its 4xx and sends nothing back."""
+    browser, csrf = local_browser(clients)
+    answer = browser.post(f"/dashboard/dead-letters/{queue}/replay", data={"csrf": csrf, **fields})
+    assert answer.status_code == status, answer.text[-400:]
+
+
+def test_replay_by_error_type_and_purge_from_the_page(
+    clients: Clients, made: dict[str, list[uuid.UUID]], conn: psycopg.Connection[Any]
+) -> None:
+    """Replay the `Permanent` letters: both go back under their job ids; purge then finds none."""
+    browser, csrf = local_browser(clients)
+    wrong = browser.post("/dashboard/dead-letters/doomed/purge", data={"csrf": csrf, "older_than": "soon"})
+    assert wrong.status_code == 400
+    answer = browser.post(
+        "/dashboard/dead-letters/doomed/replay",
+        data={"csrf": csrf, "scope": "error_type", "error_type": "Permanent"},
+    )
+    assert answer.status_code == 303 and answer.headers["location"].endswith("done=replayed&n=2"), answer.text
+    statuses = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE queue = 'doomed'").fetchall()
+    assert statuses == [("queued",), ("queued",)]
+    purged = browser.post("/dashboard/dead-letters/doomed/purge", data={"csrf": csrf})
+    assert purged.status_code == 303 and purged.headers["location"].endswith("done=purged&n=0")

@@ -7,13 +7,17 @@ turns into a fixed sentence (a link cannot make it say anything else).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from queues.cancel import JobFinished, UnknownJob, acancel
+from queues.errors import QueueError
 from queues.jobs import parse_job_id
+from queues.names import validate_queue_name
+from queues.retry import apurge, areplay, aretry
 from web.dashboard.access import (
     NotAdmitted,
     check_csrf,
@@ -25,7 +29,8 @@ from web.dashboard.site import Dashboard
 from web.errors import ApiError
 
 # Which actions this build can do (the job page and the dead-letters page show their buttons).
-AVAILABLE: Final = {"cancel": True, "retry": False, "replay": False, "purge": False}
+AVAILABLE: Final = {"cancel": True, "retry": True, "replay": True, "purge": True}
+OLDER_THAN: Final = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7)}
 NOTICES: Final = {
     "cancelled": "Job cancelled.",
     "cancelling": "Cancellation requested: the worker running the job stops it within a heartbeat.",
@@ -60,6 +65,7 @@ def add(router: APIRouter, dash: Dashboard) -> None:
     """Register the actions on the dashboard's router."""
     _add_session(router, dash)
     _add_job_actions(router, dash)
+    _add_dead_letter_actions(router, dash)
 
 
 async def admitted_form(dash: Dashboard, request: Request) -> dict[str, str]:
@@ -132,3 +138,73 @@ def _add_job_actions(router: APIRouter, dash: Dashboard) -> None:
             except JobFinished as exc:
                 return refuse(dash, request, 409, "Already finished", str(exc))
         return back(f"/dashboard/jobs/{jid}", "cancelled" if done.immediate else "cancelling")
+
+    @router.post("/jobs/{job_id}/retry")
+    async def retry(job_id: str, request: Request) -> Response:
+        try:
+            await admitted_form(dash, request)
+        except (NotAdmitted, ApiError) as exc:
+            return dash.refused(request, exc)
+        jid = parse_job_id(job_id)
+        if jid is None:
+            return refuse(dash, request, 404, "No such job", f"no job {job_id[:80]!r}")
+        async with dash.jobs.pool.connection() as conn:
+            result = await aretry(conn, jid)
+        if not result.retried:
+            status = 404 if result.outcome == "unknown" else 409
+            return refuse(dash, request, status, "Not retried", result.reason())
+        return back(f"/dashboard/jobs/{jid}", "retried")
+
+
+def _add_dead_letter_actions(router: APIRouter, dash: Dashboard) -> None:
+    async def checked(queue: str, request: Request) -> dict[str, str] | Response:
+        try:
+            form = await admitted_form(dash, request)
+        except (NotAdmitted, ApiError) as exc:
+            return dash.refused(request, exc)
+        try:
+            validate_queue_name(queue)
+        except QueueError as exc:
+            return refuse(dash, request, 404, "No such queue", str(exc))
+        return form
+
+    @router.post("/dead-letters/{queue}/replay")
+    async def replay(queue: str, request: Request) -> Response:
+        form = await checked(queue, request)
+        if isinstance(form, Response):
+            return form
+        scope = form.get("scope", "")
+        ids: list[int] | None = None
+        error_type: str | None = None
+        if scope == "one":
+            text = form.get("msg_id", "")
+            if not (text.isascii() and text.isdigit() and len(text) < 19):
+                return refuse(dash, request, 400, "Bad request", "msg_id: a dead letter's message id")
+            ids = [int(text)]
+        elif scope == "error_type":
+            error_type = form.get("error_type", "")[:200]
+        elif scope != "all":
+            return refuse(dash, request, 400, "Bad request", "scope: one, all or error_type")
+        async with dash.jobs.pool.connection() as conn:
+            try:
+                sent = await areplay(conn, queue, ids, error_type=error_type)
+            except QueueError as exc:
+                return refuse(dash, request, 404, "No such queue", str(exc))
+        return back(f"/dashboard/dead-letters?queue={queue}", "replayed", len(sent))
+
+    @router.post("/dead-letters/{queue}/purge")
+    async def purge(queue: str, request: Request) -> Response:
+        form = await checked(queue, request)
+        if isinstance(form, Response):
+            return form
+        older: timedelta | None = None
+        if form.get("older_than"):
+            older = OLDER_THAN.get(form["older_than"])
+            if older is None:
+                return refuse(dash, request, 400, "Bad request", "older_than: 1h, 1d or 7d")
+        async with dash.jobs.pool.connection() as conn:
+            try:
+                gone = await apurge(conn, queue, older)
+            except QueueError as exc:
+                return refuse(dash, request, 404, "No such queue", str(exc))
+        return back(f"/dashboard/dead-letters?queue={queue}", "purged", gone)
