@@ -93,7 +93,9 @@ def dev(  # noqa: PLR0917  (click passes every option)
     try:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"  # noqa: S104
         _wait_for_web(web_process, url)
-        click.echo(f"\npgmq-worker dev: open {url}  (Ctrl-C stops the web process and the worker)\n")
+        click.echo(f"\npgmq-worker dev: open {url}  (Ctrl-C stops the web process and the worker)")
+        note = "open to this machine; elsewhere it needs the admin token"
+        click.echo(f"pgmq-worker dev: dashboard {url}dashboard  ({note})\n")
         freeze_startup_objects()
         worker = Worker(target, registry, settings, db_settings)
         with one_line_errors():
