@@ -16,11 +16,11 @@ ALTER TABLE pgmq_worker.jobs ADD COLUMN active_key text
 DROP INDEX pgmq_worker.jobs_active_idempotency_key;
 CREATE UNIQUE INDEX jobs_active_idempotency_key ON pgmq_worker.jobs (queue, active_key)
     WHERE active_key IS NOT NULL;
--- Room in each page for the row's next versions (running -> succeeded), so they stay HOT, and
--- vacuum early on a table that gains a dead version per write: storage parameters, visible in
--- \d+ pgmq_worker.jobs (docs/concepts/under-pressure.md).
+-- Vacuum early on a table that gains a dead version per write: storage parameters, visible in
+-- \d+ pgmq_worker.jobs (docs/concepts/under-pressure.md). No fillfactor below 100: the indexes of
+-- retention (0020, finished_at) and the dashboard (0021, status and error) make status changes
+-- non-HOT again, and room kept free in each page would only double the table.
 ALTER TABLE pgmq_worker.jobs SET (
-    fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_vacuum_insert_scale_factor = 0.05
 );
