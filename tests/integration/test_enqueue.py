@@ -354,3 +354,24 @@ def test_a_batch_makes_a_job_row_per_message(conn: psycopg.Connection[Any], queu
     stamped = {int(i.hex[:12], 16) for i in ids}
     assert len(stamped) == 1
     assert abs(stamped.pop() - time.time() * 1000) < 60_000
+
+
+def test_workers_starting_at_once_on_a_new_queue_create_it_once(db_url: str) -> None:
+    """ensure_queue from several connections at once: no UniqueViolation, one of them creates it."""
+    barrier = threading.Barrier(6)
+    results: list[bool | BaseException] = []
+
+    def start() -> None:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            barrier.wait(timeout=10)
+            try:
+                results.append(pgmq.ensure_queue(c, "fresh_queue"))
+            except BaseException as exc:  # reported by the assertion below
+                results.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(map(repr, results)) == sorted(["True"] + ["False"] * 5)
