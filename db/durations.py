@@ -93,4 +93,4 @@ def _from_setting(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_from_setting)]
-"""A duration setting: seconds as a number (`0.5`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""
+"""A duration setting: seconds (`0.5`), with a unit (`7d`, `12h`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""

@@ -31,6 +31,10 @@ class NoJobRows(QueueError):
     """The queue's handler runs without job rows (job_rows=False): send with pgmq.send, which makes no job."""
 
 
+class QueueStorageError(QueueError):
+    """A queue cannot be created as asked (a partitioned queue without pg_partman)."""
+
+
 class InvalidPayload(QueueError, ValueError):
     """The payload is not a JSON object that satisfies the queue's contract."""
 

@@ -20,12 +20,12 @@ from psycopg.types.json import Jsonb
 
 from db import storable
 from db.pgmq_install import PgmqFeatures, detect
+from queues import storage
 from queues.errors import InvalidPayload, UnknownQueue
 from queues.ids import uuid7, uuid7_batch
 from queues.names import dlq_name, table_name, validate_queue_name
 
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
-CREATE_QUEUE = "SELECT pgmq.create(%s)"
 LIST_QUEUES = "SELECT queue_name FROM pgmq.meta ORDER BY queue_name"
 # pgmq.drop_queue leaves the queue's job rows; a queue created again under that name hands out
 # message ids from 1, which those rows still hold (jobs is unique on (queue, msg_id)): enqueues
@@ -84,8 +84,7 @@ FROM numbered
 RETURNING msg_id
 """)
 ACTIVE_JOB = (
-    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND idempotency_key = %s"
-    " AND status IN ('queued', 'running', 'failed')"
+    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND active_key = %s"  # unfinished (0023)
 )
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
 # pgmq 1.4's metrics() has no visible count (PgmqFeatures.metrics_visible): counted as 1.5 counts it.
@@ -136,8 +135,9 @@ def _q(queue: str) -> sql.Identifier:
 # -- queues ---------------------------------------------------------------------------------
 
 
-def ensure_queue(conn: psycopg.Connection[Any], queue: str) -> bool:
-    """Create the queue and its dead-letter queue when missing; True when anything was created.
+def ensure_queue(conn: psycopg.Connection[Any], queue: str, *, partitioned: bool = False) -> bool:
+    """Create the queue (partitioned: with pg_partman) and its dead-letter queue when missing,
+    with queues.storage's settings; True when anything was created.
 
     Then move the queue's message ids past those of job rows left by an earlier queue of the same
     name (see STALE_JOB_IDS).
@@ -145,7 +145,7 @@ def ensure_queue(conn: psycopg.Connection[Any], queue: str) -> bool:
     created = False
     for name in (validate_queue_name(queue), dlq_name(queue)):
         if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is None:
-            conn.execute(CREATE_QUEUE, (name,))
+            storage.create_queue(conn, name, partitioned=partitioned and name == queue)
             created = True
     _skip_stale_job_ids(conn, queue)
     return created
@@ -386,4 +386,3 @@ async def aactive_job(conn: psycopg.AsyncConnection[Any], queue: str, key: str) 
 # The dead letters have a module of their own; worker/cli.py still finds them here.
 from queues.dead_letters import DeadLetterEntry as DeadLetterEntry  # noqa: E402, PLC0414
 from queues.dead_letters import dead_letters as dead_letters  # noqa: E402, PLC0414
-from queues.dead_letters import replay as replay  # noqa: E402, PLC0414

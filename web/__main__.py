@@ -25,6 +25,7 @@ from queues.catalog import load_catalog
 from queues.contract import describe_validation_error
 from queues.errors import QueueError
 from web.app import create_app
+from web.metrics import with_metrics
 from web.settings import DEFAULT_IMPORTS, WebSettings
 
 GRACEFUL_SHUTDOWN_S = 5  # open SSE streams are cut after this; browsers' EventSource reconnects
@@ -59,6 +60,11 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         raise click.ClickException(f"database error: {one_line(exc, secrets)}") from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
+    if settings.web_workers > 1 and settings.web_metrics_port is not None:
+        # Each worker process would bind the metrics port and count only its own requests.
+        raise click.ClickException(
+            "PGMQ_WORKER_WEB_METRICS_PORT works with one web worker: unset it or PGMQ_WORKER_WEB_WORKERS"
+        )
     # uvicorn re-raises the stop signal after its graceful shutdown; with this handler in place the
     # re-raised signal is a no-op, so a clean stop exits 0 (Fly and `dev` read the exit status).
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +81,8 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         access_log=False,
     )
     if settings.web_workers == 1:
-        serve(create_app(target, settings=settings, db_settings=db_settings, catalog=catalog))
+        served = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
+        serve(with_metrics(served, target, settings))  # its own /metrics port, when set (web.metrics)
         return
     # uvicorn starts several workers only from an import string: each builds its app in app_factory.
     os.environ[IMPORTS_VARIABLE] = ",".join(imports or DEFAULT_IMPORTS)

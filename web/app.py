@@ -31,10 +31,12 @@ from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
 from web.cancel import router as cancel_router
+from web.dashboard import dashboard_router
 from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
 from web.events import JobEvents
-from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers
-from web.security import Guard, inline_hashes, page_policy
+from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers, document
+from web.retry import router as retry_router
+from web.security import Guard, docs_policy, page_policy
 from web.settings import WebSettings
 from web.submit import accepted, check
 
@@ -130,7 +132,7 @@ class Jobs:
             return await aget_job(conn, job_id)
 
 
-def create_app(
+def create_app(  # noqa: PLR0915  the routes are declared inline; each router is one include line
     target: Target,
     *,
     settings: WebSettings | None = None,
@@ -154,6 +156,7 @@ def create_app(
     # token like every endpoint: Swagger UI's script comes from a CDN onto this origin.
     app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
@@ -255,6 +258,7 @@ def create_app(
         jobs.auth.owner(request.headers.get("authorization"))
         return [spec.describe() for spec in jobs.catalog]
 
+    app.include_router(retry_router)
     app.include_router(cancel_router)
     if jobs.settings.web_docs:
         _add_docs(app, jobs)
@@ -264,7 +268,8 @@ def create_app(
 
 
 def _add_health_and_page(app: FastAPI, jobs: Jobs) -> None:
-    """/healthz and the page, the two answers that need no token."""
+    """/healthz and the page, the two answers that need no token, and the dashboard (its own gate)."""
+    app.include_router(dashboard_router(jobs))
 
     @app.get(
         "/healthz",
@@ -311,14 +316,7 @@ def _add_docs(app: FastAPI, jobs: Jobs) -> None:
 
 def _with_docs_policy(page: HTMLResponse) -> HTMLResponse:
     """Swagger UI's page with a CSP that lets it load its CDN files and run its one inline script."""
-    html = bytes(page.body).decode()
-    cdn = "https://cdn.jsdelivr.net"
-    policy = (
-        f"default-src 'none'; script-src {cdn} {' '.join(inline_hashes(html, 'script'))};"
-        f" style-src {cdn}; img-src https://fastapi.tiangolo.com data:; connect-src 'self';"
-        " frame-ancestors 'none'; base-uri 'none'"
-    )
-    page.headers["Content-Security-Policy"] = policy
+    page.headers["Content-Security-Policy"] = docs_policy(bytes(page.body).decode())
     return page
 
 

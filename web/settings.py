@@ -57,6 +57,21 @@ class WebSettings(BaseSettings):
         "with its own database pool (`PGMQ_WORKER_POOL_MAX` connections apiece) and event listener. "
         "Above 1, uvicorn's supervisor process starts them and restarts one that dies.",
     )
+    web_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve `GET /metrics` (request counts and every queue's gauges) on this port of "
+        "its own, never on the app's port; unset: no metrics. See the metrics how-to.",
+    )
+    web_metrics_host: str = Field(
+        default="::",
+        description="Interface of the web metrics port (`::`: every IPv6 and IPv4 address).",
+    )
+    web_metrics_queue_cache: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How long the web process reuses the queue gauges between scrapes.",
+    )
 
     @field_validator("jwt_secret", "admin_token")
     @classmethod

@@ -1,8 +1,9 @@
 """The `pgmq-worker` command line: the group, with each command from its module in worker/commands/.
 
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
-list|replay (.inspect) · web, dev (.dev) · cancel (.cancel) · schedules (.schedules) · workers,
-stats (.observe). Shared edge work (settings, one-line errors, --import) is worker.commands.edge.
+list|replay|purge (.inspect) · retry, prune (.retention) · web, dev (.dev) · cancel (.cancel) ·
+schedules (.schedules) · workers, stats (.observe). Shared edge work (settings, one-line errors,
+--import) is worker.commands.edge.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from worker.commands.database import migrate, stop_embedded_server
 from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
 from worker.commands.observe import list_workers_command, stats
+from worker.commands.retention import prune, retry
 from worker.commands.run import run
 from worker.commands.schedules import list_schedules
 from worker.commands.send import send
@@ -33,14 +35,15 @@ for command in (
     send,
     list_queues,
     dlq,
+    retry,
+    prune,
     web,
     dev,
     stop_embedded_server,
-    cancel_jobs,
     list_schedules,
 ):
     main.add_command(command)
-for command in (list_workers_command, stats):
+for command in (cancel_jobs, list_workers_command, stats):
     main.add_command(command)
 
 

@@ -11,6 +11,7 @@ WorkerError
  ├─ HandlerRegistrationError  a @handler declaration that cannot work
  │   └─ ScheduleError       a schedule() declaration that cannot work (cron, timezone, payload)
  ├─ PoolerMisconfigured    an undeclared transaction pooler (seen at start, or prepared statements fail)
+ ├─ MetricsPortUnavailable the metrics endpoint cannot listen where the settings say
  └─ SideTaskFailed         lease renewal, the listener, the ack flusher...: died, so the worker stopped
 
 Raised by the worker elsewhere, each beside what raises it:
@@ -122,6 +123,10 @@ class PoolerMisconfigured(WorkerError):
     """DATABASE_URL goes through a transaction pooler: set PGMQ_WORKER_POOLER=transaction."""
 
 
+class MetricsPortUnavailable(WorkerError):
+    """The metrics endpoint cannot listen on PGMQ_WORKER_METRICS_HOST:PGMQ_WORKER_METRICS_PORT."""
+
+
 class SideTaskFailed(WorkerError):
     """A side task of the worker died unexpectedly: the worker released its messages and stopped."""
 
@@ -130,6 +135,7 @@ __all__ = [
     "HandlerRegistrationError",
     "InvalidPayload",
     "InvalidResult",
+    "MetricsPortUnavailable",
     "Permanent",
     "PoolerMisconfigured",
     "RateLimited",

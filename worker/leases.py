@@ -48,6 +48,8 @@ class Leases:
         self._pool = pool
         self._interval = interval
         self._held: dict[tuple[str, int], Lease] = {}
+        self.renewals = 0  # leases renewed, and found taken by another delivery (worker.metrics)
+        self.lost = 0
 
     def hold(self, message: Message, vt_s: float, on_lost: Callable[[], object]) -> Lease:
         """Start tracking a delivery just read with visibility vt_s."""
@@ -95,8 +97,10 @@ class Leases:
                 for lease in leases:
                     if lease.message.msg_id in renewed:
                         lease.expires_at = started + vt_s
+                        self.renewals += 1
                     elif lease.key in self._held:
                         lease.lost = True
+                        self.lost += 1
                         log.warning(
                             "lease.lost",
                             queue=queue,

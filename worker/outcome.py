@@ -77,6 +77,7 @@ class Handoffs:
 # Each outcome says what it records, logs and announces: the job status its settle writes, the
 # event (and level) of its log line with the fields that line carries, and the fields its webhook
 # adds. `announced` False: no webhook (a parent waiting for its children is still running).
+# `metric`: its `outcome` label on pgmq_worker_jobs_total (None: not counted, not finished).
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Succeeded:
     event: ClassVar[str] = "job.succeeded"
     level: ClassVar[str] = "info"
     announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "succeeded"
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""
@@ -111,6 +113,7 @@ class RetryLater:
     event: ClassVar[str] = "job.retry_scheduled"
     level: ClassVar[str] = "warning"
     announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "retried"
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""
@@ -132,6 +135,7 @@ class Deferred:
     event: ClassVar[str] = "job.deferred"
     level: ClassVar[str] = "info"
     announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "deferred"
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""
@@ -153,6 +157,7 @@ class DeadLetter:
     event: ClassVar[str] = "job.dead_lettered"
     level: ClassVar[str] = "error"
     announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "dead_lettered"
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""
@@ -174,6 +179,7 @@ class Waiting:
     event: ClassVar[str] = "job.waiting"
     level: ClassVar[str] = "info"
     announced: ClassVar[bool] = False
+    metric: ClassVar[str | None] = None
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""
@@ -194,6 +200,7 @@ class Abandoned:
     event: ClassVar[str] = "job.released"
     level: ClassVar[str] = "info"
     announced: ClassVar[bool] = True
+    metric: ClassVar[str | None] = "released"
 
     def log_fields(self) -> dict[str, Any]:
         """What its log line says besides the event and the duration."""

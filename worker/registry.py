@@ -61,6 +61,7 @@ class HandlerSpec:
     steps: tuple[str, ...] = ()  # declared step names, in order: progress percentages
     job_rows: bool = True  # False: no pgmq_worker.jobs row is created or updated for this queue
     summary: str = ""  # the first line of the handler's docstring (the web's queue list)
+    partitioned: bool = False  # the worker creates the queue with pgmq.create_partitioned (pg_partman)
     priority: int = 0  # higher-priority queues are read first (worker/reading_order.py)
     concurrency: int | None = None  # at most this many of the queue's deliveries run at once per process
 
@@ -174,6 +175,7 @@ def handler(
     archive: bool = False,
     steps: Sequence[str] = (),
     job_rows: bool = True,
+    partitioned: bool = False,
     priority: int = 0,
     concurrency: int | None = None,
     registry: Registry | None = None,
@@ -191,6 +193,9 @@ def handler(
         pgmq's alone (the fastest drain). Nothing then records status, progress, steps, results,
         webhooks, fan-out or rate-limit deferrals for its messages (RateLimited counts as a failed
         attempt); retries, dead-lettering, leases and timeouts work as ever.
+    partitioned: True creates the queue, when the worker finds it missing, with pgmq's
+        create_partitioned (10,000 message ids a partition; needs the pg_partman extension and its
+        maintenance to add partitions: docs/concepts/under-pressure.md).
     """
     name = queue_of(queue)
     if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -203,6 +208,8 @@ def handler(
         raise HandlerRegistrationError(f"steps must be distinct non-empty names, got {steps!r}")
     if not isinstance(job_rows, bool):
         raise HandlerRegistrationError(f"job_rows must be True or False, got {job_rows!r}")
+    if not isinstance(partitioned, bool):
+        raise HandlerRegistrationError(f"partitioned must be True or False, got {partitioned!r}")
     if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
         raise HandlerRegistrationError(
             f"@handler({name!r}): priority must be an integer from {PRIORITIES.start} to "
@@ -245,6 +252,7 @@ def handler(
             name=f"{fn.__module__}.{fn.__qualname__}",
             steps=declared,
             job_rows=job_rows,
+            partitioned=partitioned,
             summary=(inspect.getdoc(fn) or "").split("\n", 1)[0],
             priority=priority,
             concurrency=concurrency,

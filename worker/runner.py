@@ -5,8 +5,10 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
-`Presence` (this worker's row in the registry) and `SideTasks` (the lease heartbeat, the registry
-heartbeat, the listener and the ack flusher, supervised: one that dies stops the worker).
+`Cancels` (cancel requests for the jobs it holds), `Presence` (this worker's row in the
+registry), `Scheduler` (the ticks of its queues' schedules), `Pruner` (retention of finished
+rows) and `SideTasks`, which supervises whatever runs beside the loop (those four, the lease
+heartbeat, the listener and the ack flusher): one that dies stops the worker.
 `_lifespan` makes and closes them all, in one `async with`.
 """
 
@@ -28,11 +30,13 @@ from worker.attempt import Attempts
 from worker.cancels import Cancels
 from worker.context import Runtime
 from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
+from worker.health import Monitoring
 from worker.leases import Leases
 from worker.loop import loop_name
 from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
+from worker.retention import Pruner
 from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
@@ -41,6 +45,7 @@ from worker.signals import Stop
 from worker.slots import Slots
 from worker.store import deliveries
 from worker.store.deliveries import Message
+from worker.store.read_marks import ReadMarks
 from worker.threads import HandlerThreads
 from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble
 from worker.wakeup import BURST_WAIT_S, Announcements, Wakeup
@@ -70,12 +75,14 @@ class Worker:
         self.burst = burst
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
+        self.pruner: Pruner | None = None  # made in _lifespan when retention is on
         # The last read took fewer than a queue may have offered: its threads or its own slots
         # (`concurrency=`) were busy, and a slot that frees may start one before the next
         # notification or poll.
         self._held_back = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
+        self._marks = ReadMarks()  # where each queue's next read starts (worker/store/read_marks.py)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -134,7 +141,13 @@ class Worker:
                         []
                         if wanted <= 0
                         else await deliveries.read(
-                            conn, queue, spec.read_vt, wanted, job_rows=spec.job_rows, stamps=self._stamps
+                            conn,
+                            queue,
+                            spec.read_vt,
+                            wanted,
+                            job_rows=spec.job_rows,
+                            stamps=self._stamps,
+                            marks=self._marks,
                         )
                     )
                     if not spec.is_async:
@@ -256,20 +269,8 @@ class Worker:
                 cancels=self.cancels,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
-            side_tasks.start(leases.run(self.stops.stopping), "leases")
-            side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
-            side_tasks.start(self.presence.run(self.stops.stopping), "presence")
-            self._start_scheduler(side_tasks)
-            if listening:
-                side_tasks.start(
-                    self.wakeup.listen(
-                        self.target,
-                        self.queues,
-                        self.stops.stopping,
-                        self.settings.reconnect_max.total_seconds(),
-                    ),
-                    "listener",
-                )
+            self._monitor(stack, side_tasks, leases, hooks, listening=listening)
+            self._start_side_tasks(side_tasks, leases, listening=listening)
             self._log_started(listening=listening)
             self.announcements.enabled = listening
             try:
@@ -280,6 +281,46 @@ class Worker:
                 await self.announcements.withdraw()
                 await self.presence.withdraw()
                 log.info("worker.stopped")
+
+    def _monitor(
+        self,
+        stack: AsyncExitStack,
+        side_tasks: SideTasks,
+        leases: Leases,
+        hooks: Webhooks,
+        *,
+        listening: bool,
+    ) -> None:
+        """/metrics /livez /readyz, served from a thread, when PGMQ_WORKER_METRICS_PORT is set."""
+        if self.settings.metrics_port is None:
+            return
+        assert self.features is not None  # noqa: S101  detected before the parts are made
+        monitoring = Monitoring(self.settings, self.target, self.queues, self.stops)
+        wakeup = "listen+poll" if listening else "poll"
+        monitoring.watch(self.settle, self.slots, leases, self.trouble, hooks, self.features.version, wakeup)
+        monitoring.start()  # MetricsPortUnavailable: the worker does not start
+        stack.callback(monitoring.close)
+        side_tasks.start(monitoring.loop.run(), "loop_watch")
+
+    def _start_side_tasks(self, side_tasks: SideTasks, leases: Leases, *, listening: bool) -> None:
+        """The parts that run beside the loop, supervised: one that dies stops the worker."""
+        side_tasks.start(leases.run(self.stops.stopping), "leases")
+        side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+        side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+        self._start_scheduler(side_tasks)
+        self.pruner = Pruner.when_kept(self.pool, self.settings)  # None: retention 0, keep all
+        if self.pruner is not None:
+            side_tasks.start(self.pruner.run(self.stops.stopping), "retention")
+        if listening:
+            side_tasks.start(
+                self.wakeup.listen(
+                    self.target,
+                    self.queues,
+                    self.stops.stopping,
+                    self.settings.reconnect_max.total_seconds(),
+                ),
+                "listener",
+            )
 
     def _webhooks(self, side_tasks: SideTasks) -> Webhooks:
         """The job webhooks' sender, its deliveries watched as side tasks."""
@@ -340,7 +381,7 @@ class Worker:
             features = detect(conn)
             notifying = True
             for queue in self.queues:
-                pgmq.ensure_queue(conn, queue)
+                pgmq.ensure_queue(conn, queue, partitioned=self.registry.get(queue).partitioned)
                 if self._listen_wanted() and not pgmq.ensure_insert_trigger(conn, queue):
                     log.warning("worker.notify_unavailable", queue=queue, note="not the table owner; polling")
                     notifying = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.durations import Duration
@@ -82,6 +82,24 @@ class WorkerSettings(BaseSettings):
     )
     webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
     webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
+    retention: Duration = Field(
+        default=timedelta(days=7),
+        description="How long finished jobs (succeeded, dead, cancelled: their rows, steps and "
+        "artifacts) and archived messages are kept before the workers' pruner deletes them "
+        "(`7d`, `12h`, seconds, ISO 8601). `0` keeps everything. The dashboard and `GET /jobs/{id}` "
+        "can only show what is kept.",
+    )
+    retention_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How often a worker tries to prune; one worker of the fleet holds the pruning "
+        "lease at a time, another takes over within two intervals once it is gone.",
+    )
+    retention_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Rows per pruning statement, each its own short transaction.",
+    )
     registry_heartbeat: Duration = Field(
         default=timedelta(seconds=5),
         gt=timedelta(0),
@@ -110,6 +128,47 @@ class WorkerSettings(BaseSettings):
         "`--loop auto`: it comes with `uvicorn[standard]` on Linux and macOS; else asyncio's), "
         "`uvloop` (an error at start if it is missing) or `asyncio`. `worker.started` logs which runs.",
     )
+
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve `GET /metrics` (Prometheus), `/livez` and `/readyz` on this port "
+        "(`--metrics-port`); unset: no endpoint. With `--processes N` the i-th process (from 0) "
+        "serves on this port + i. See the metrics how-to.",
+    )
+    metrics_host: str = Field(
+        default="::",
+        description="Interface of the metrics endpoint: `::` answers on every IPv6 and IPv4 address "
+        "(Fly's scraper and machine checks reach the machine's private IPv6 address); `0.0.0.0` "
+        "for IPv4 only, `127.0.0.1` to keep it on the machine.",
+    )
+    metrics_queue_cache: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How long the queue gauges (every queue's depth, one statement) are reused "
+        "between scrapes.",
+    )
+    loop_block_threshold: Duration = Field(
+        default=timedelta(seconds=10),
+        description="`/livez` answers 503 once the event loop has not answered for this long (a "
+        "`def` handler holding the GIL, a blocking call in `async def` code).",
+    )
+    process_index: int = Field(
+        default=0,
+        ge=0,
+        le=63,
+        description="Set by `--processes N` for each worker process (0 to N-1): its metrics port is "
+        "`metrics_port` + this. Not set by hand.",
+    )
+
+    @field_validator("retention", "retention_interval")
+    @classmethod
+    def _not_negative(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"{info.field_name} must not be negative")
+        if info.field_name == "retention_interval" and value <= timedelta(0):
+            raise ValueError("retention_interval must be positive")
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

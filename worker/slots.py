@@ -68,6 +68,13 @@ class Slots:
         """Deliveries whose task has not ended."""
         return len(self._tasks)
 
+    def in_flight_by_queue(self) -> dict[str, int]:
+        """in_flight() by queue; safe from another thread (the metrics exporter's)."""
+        counts: dict[str, int] = {}
+        for queue, _msg_id in tuple(self._tasks):  # one C-level copy: the loop may add keys meanwhile
+            counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
     def start(self, message: Message, spec: HandlerSpec, run: Coroutine[Any, Any, None]) -> None:
         """Run the delivery's coroutine in a task of its own, holding a slot until it ends."""
         task = asyncio.create_task(run, name=f"{message.queue}:{message.msg_id}")

@@ -66,9 +66,12 @@ class DatabaseTrouble:
         self._stop = stop
         self._cap_s = reconnect_max_s
         self.failures = 0  # in a row, of the read loop's statements
+        self.reconnects = 0  # times the read loop got through again after failing (worker.metrics)
 
     def recovered(self) -> None:
         """A read loop statement worked again: the next failure waits the shortest delay."""
+        if self.failures:
+            self.reconnects += 1
         self.failures = 0
 
     async def wait_out(self, exc: BaseException) -> None:

@@ -90,6 +90,53 @@ def test_fly_gives_the_worker_longer_than_its_shutdown_grace() -> None:
     assert grace + 5 <= seconds(config["kill_timeout"]) <= 300
 
 
+def test_fly_checks_the_worker_on_livez_and_readyz_and_scrapes_both_groups() -> None:
+    """The worker group's top-level checks probe /livez and /readyz on its metrics port; [[metrics]]
+    names each group's port, as the settings in [env] set them (the web's never its app port)."""
+    config = fly()
+    env = config["env"]
+    assert isinstance(env, dict)
+    worker = WorkerSettings(
+        **{k.removeprefix("PGMQ_WORKER_").lower(): v for k, v in env.items() if "WEB" not in k}
+    )
+    worker_port = int(env["PGMQ_WORKER_METRICS_PORT"])
+    web_port = int(env["PGMQ_WORKER_WEB_METRICS_PORT"])
+    assert worker.metrics_port == worker_port and worker.metrics_host == "::"  # the settings accept them
+    checks = config["checks"]
+    assert isinstance(checks, dict)
+    probed = {(c["path"], c["port"], c["type"], tuple(c["processes"])) for c in checks.values()}
+    assert probed == {
+        ("/livez", worker_port, "http", ("worker",)),
+        ("/readyz", worker_port, "http", ("worker",)),
+    }
+    for check in checks.values():
+        assert seconds(check["timeout"]) < seconds(check["interval"])
+    metrics = config["metrics"]
+    assert isinstance(metrics, list)
+    assert {(m["port"], m["path"], tuple(m["processes"])) for m in metrics} == {
+        (worker_port, "/metrics", ("worker",)),
+        (web_port, "/metrics", ("web",)),
+    }
+    service = config["http_service"]
+    assert isinstance(service, dict)
+    assert web_port != service["internal_port"]  # never public on the app's port
+
+
+def test_the_autoscaler_app_scales_the_worker_group_of_this_app() -> None:
+    """deploy/autoscaler/fly.toml: fly-autoscaler's image, this app and its worker group, a query on
+    an exported series, a started-machine count that names the metric, and no token in the file."""
+    autoscaler = tomllib.loads((ROOT / "deploy" / "autoscaler" / "fly.toml").read_text(encoding="utf-8"))
+    assert str(autoscaler["build"]["image"]).startswith("flyio/fly-autoscaler:")  # type: ignore[index]
+    env = autoscaler["env"]
+    assert isinstance(env, dict)
+    assert env["FAS_APP_NAME"] == fly()["app"]
+    assert env["FAS_PROCESS_GROUP"] == "worker"
+    assert env["FAS_PROMETHEUS_ADDRESS"].startswith("https://api.fly.io/prometheus/")
+    assert "pgmq_worker_queue_messages" in env["FAS_PROMETHEUS_QUERY"]
+    assert env["FAS_PROMETHEUS_METRIC_NAME"] in env["FAS_STARTED_MACHINE_COUNT"]
+    assert not {"FAS_API_TOKEN", "FAS_PROMETHEUS_TOKEN"} & set(env)  # secrets, never in the file
+
+
 def test_the_dockerfile_runs_unprivileged_in_exec_form() -> None:
     """python:3.11-slim, a non-root USER before the command, and a JSON-array CMD (signals reach it)."""
     lines = [line.strip() for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()]

@@ -153,4 +153,12 @@ def test_job_rows_carry_only_the_indexes_pgmq_worker_asks_by(conn: psycopg.Conne
         "jobs_owner_created_idx",  # an owner's jobs, newest first (partial: owner set)
         "jobs_active_idempotency_key",  # one unfinished job per key (partial: key set)
         "jobs_parent_idx",  # a fan-out's children (partial: parent set)
+        "jobs_finished_idx",  # retention's batches, oldest finished first (partial: finished)
+        # The dashboard's job list (migration 0021, measured by bench/dashboard_pages.py):
+        "jobs_created_idx",  # newest first, and a time range
+        "jobs_queue_created_idx",  # a queue's jobs, newest first
+        "jobs_status_created_idx",  # a status's jobs (partial: not succeeded)
+        "jobs_errored_created_idx",  # text in the error, newest errored rows (partial: error set)
+        "jobs_errored_queue_created_idx",  # the same within a queue (partial: error set)
+        "jobs_error_text_idx",  # text in the error, trigrams (partial: error set; with pg_trgm)
     }

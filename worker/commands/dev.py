@@ -23,6 +23,7 @@ from worker.commands.edge import (
     freeze_startup_objects,
     imports_option,
     load_registry,
+    metrics_port_option,
     one_line_errors,
     require_handlers,
     secrets,
@@ -60,12 +61,22 @@ def web(host: str, port: int, imports: tuple[str, ...]) -> None:
 @imports_option
 @concurrency_option
 @threads_option
-def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None, threads: int | None) -> None:
+@metrics_port_option
+def dev(  # noqa: PLR0917  (click passes every option)
+    host: str,
+    port: int,
+    imports: tuple[str, ...],
+    concurrency: int | None,
+    threads: int | None,
+    metrics_port: int | None,
+) -> None:
     """Everything in one command: database, migrations, the web process and a worker.
 
     Uses the embedded PostgreSQL unless DATABASE_URL is set. Ctrl-C stops it all.
     """
-    settings = settings_from_env(WorkerSettings, concurrency=concurrency, threads=threads)
+    settings = settings_from_env(
+        WorkerSettings, concurrency=concurrency, threads=threads, metrics_port=metrics_port
+    )
     db_settings = settings_from_env(DatabaseSettings)
     configure_logging(settings.log_format, settings.log_level, secrets())
     registry = load_registry(imports)
@@ -82,7 +93,9 @@ def dev(host: str, port: int, imports: tuple[str, ...], concurrency: int | None,
     try:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"  # noqa: S104
         _wait_for_web(web_process, url)
-        click.echo(f"\npgmq-worker dev: open {url}  (Ctrl-C stops the web process and the worker)\n")
+        click.echo(f"\npgmq-worker dev: open {url}  (Ctrl-C stops the web process and the worker)")
+        note = "open to this machine; elsewhere it needs the admin token"
+        click.echo(f"pgmq-worker dev: dashboard {url}dashboard  ({note})\n")
         freeze_startup_objects()
         worker = Worker(target, registry, settings, db_settings)
         with one_line_errors():

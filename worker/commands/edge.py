@@ -10,12 +10,14 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
 import psycopg
 from pydantic import ValidationError
 
+from db import durations
 from db.connect import Target, resolve
 from db.embedded import pgdata_path
 from db.errors import DatabaseError, one_line
@@ -97,12 +99,34 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+class Age(click.ParamType):  # type: ignore[type-arg]
+    """A duration flag, not negative: `7d`, `12h`, `1h30m`, seconds, ISO 8601 (db.durations.parse)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        """The flag's text as a timedelta; a usage error naming the flag otherwise."""
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return durations.non_negative(durations.parse(str(value), "the duration"), "the duration")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+AGE = Age()
+
 # Options more than one command takes, declared once.
 imports_option = click.option(
     "--import", "imports", multiple=True, metavar="MODULE", help="Handler module (repeatable)."
 )
 concurrency_option = click.option(
     "--concurrency", type=click.IntRange(1, 1000), help="Handlers running at once."
+)
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve /metrics, /livez and /readyz on this port (PGMQ_WORKER_METRICS_PORT).",
 )
 threads_option = click.option(
     "--threads", type=click.IntRange(1, 1000), help="`def` handlers running at once (their thread pool)."

@@ -1,8 +1,9 @@
-"""`pgmq-worker queues` and `pgmq-worker dlq list|replay`: look at the queues, replay dead letters."""
+"""`pgmq-worker queues` and `pgmq-worker dlq list|replay|purge`: look at the queues and the dead letters."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import click
 
@@ -10,9 +11,11 @@ from db.connect import connect
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues import pgmq
+from queues.depths import queue_depths
 from queues.errors import UnknownQueue
-from queues.names import dlq_name, is_dlq, validate_queue_name
-from worker.commands.edge import one_line_errors, settings_from_env, target_of
+from queues.names import dlq_name, validate_queue_name
+from queues.retry import purge, replay
+from worker.commands.edge import AGE, one_line_errors, settings_from_env, target_of
 
 
 @click.command(name="queues")
@@ -24,8 +27,7 @@ def list_queues(as_json: bool) -> None:
         target = target_of(db_settings)
         features = prepare_schema(target)
         with connect(target) as conn:
-            names = [q for q in pgmq.list_queues(conn) if not is_dlq(q)]
-            rows = [pgmq.metrics(conn, q, features) for q in names]
+            rows = queue_depths(conn, features)  # every queue in one statement, as the gauges read it
     if as_json:
         for r in rows:
             click.echo(
@@ -50,7 +52,7 @@ def list_queues(as_json: bool) -> None:
 
 @click.group()
 def dlq() -> None:
-    """Inspect and replay dead-lettered messages."""
+    """Inspect, replay and purge dead-lettered messages."""
 
 
 @dlq.command(name="list")
@@ -73,19 +75,46 @@ def dlq_list(queue: str, limit: int) -> None:
 
 @dlq.command(name="replay")
 @click.argument("queue")
-@click.option("--msg-id", "msg_ids", multiple=True, type=int, help="Dead letter ids (repeatable).")
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of QUEUE.")
-def dlq_replay(queue: str, msg_ids: tuple[int, ...], replay_all: bool) -> None:
-    """Send dead letters back to QUEUE as fresh messages (attempts start again at 1)."""
-    if not msg_ids and not replay_all:
-        raise click.UsageError("name dead letters with --msg-id, or pass --all")
+@click.option(
+    "--msg-id", "msg_ids", multiple=True, type=click.IntRange(1), help="Dead letter ids (repeatable)."
+)
+@click.option("--error-type", help="Only dead letters whose error has this type (e.g. TimeoutError).")
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter of QUEUE (or of --error-type).")
+def dlq_replay(queue: str, msg_ids: tuple[int, ...], error_type: str | None, replay_all: bool) -> None:
+    """Send dead letters back to QUEUE: a dead job runs again under its own id, attempts reset."""
+    if not msg_ids and not replay_all and error_type is None:
+        raise click.UsageError("name dead letters with --msg-id, pick them with --error-type, or pass --all")
+    if msg_ids and replay_all:
+        raise click.UsageError("--msg-id and --all exclude each other")
     db_settings = settings_from_env(DatabaseSettings)
     with one_line_errors():
         validate_queue_name(queue)
         target = target_of(db_settings)
         prepare_schema(target)
         with connect(target) as conn:
-            if not pgmq.queue_exists(conn, dlq_name(queue)):
-                raise UnknownQueue(f"queue {queue!r} has no dead-letter queue")
-            new_ids = pgmq.replay(conn, queue, None if replay_all else msg_ids)
-    click.echo(json.dumps({"queue": queue, "replayed": len(new_ids), "msg_ids": new_ids}))
+            replayed = replay(conn, queue, msg_ids or None, error_type=error_type)
+    click.echo(
+        json.dumps(
+            {
+                "queue": queue,
+                "replayed": len(replayed),
+                "msg_ids": [r.msg_id for r in replayed],
+                "job_ids": [str(r.job_id) for r in replayed if r.job_id is not None],
+            }
+        )
+    )
+
+
+@dlq.command(name="purge")
+@click.argument("queue")
+@click.option("--older-than", type=AGE, help="Only dead letters parked longer than this (7d, 12h, 30m).")
+def dlq_purge(queue: str, older_than: timedelta | None) -> None:
+    """Delete the dead letters of QUEUE (all, or those older than --older-than)."""
+    db_settings = settings_from_env(DatabaseSettings)
+    with one_line_errors():
+        validate_queue_name(queue)
+        target = target_of(db_settings)
+        prepare_schema(target)
+        with connect(target) as conn:
+            purged = purge(conn, queue, older_than)
+    click.echo(json.dumps({"queue": queue, "purged": purged}))

@@ -17,6 +17,7 @@ from worker.commands.edge import (
     freeze_startup_objects,
     imports_option,
     load_registry,
+    metrics_port_option,
     one_line_errors,
     require_handlers,
     secrets,
@@ -35,6 +36,7 @@ from worker.supervisor import Supervisor, child_argv, child_env
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only these queues (repeatable).")
 @concurrency_option
 @threads_option
+@metrics_port_option
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty and nothing is in flight.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), help="Seconds between polls.")
 @click.option(
@@ -49,6 +51,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     queues: tuple[str, ...],
     concurrency: int | None,
     threads: int | None,
+    metrics_port: int | None,
     burst: bool,
     poll_interval: float | None,
     processes: int,
@@ -58,6 +61,7 @@ def run(  # noqa: PLR0917  (click passes every option)
         WorkerSettings,
         concurrency=concurrency,
         threads=threads,
+        metrics_port=metrics_port,
         poll_interval=None if poll_interval is None else timedelta(seconds=poll_interval),
     )
     db_settings = settings_from_env(DatabaseSettings)
@@ -77,6 +81,8 @@ def run(  # noqa: PLR0917  (click passes every option)
             args += ["--concurrency", str(settings.concurrency), "--threads", str(settings.threads)]
             args += ["--poll-interval", str(settings.poll_interval.total_seconds())]
             args += ["--burst"] if burst else []
+            # Each process serves its own endpoint, on the port + its PGMQ_WORKER_PROCESS_INDEX.
+            args += ["--metrics-port", str(settings.metrics_port)] if settings.metrics_port else []
             supervisor = Supervisor(child_argv(args), processes, env=child_env(target.url), burst=burst)
             sys.exit(supervisor.run())
         worker = Worker(target, registry, settings, db_settings, queues=queues, burst=burst)

@@ -23,15 +23,16 @@ from psycopg import sql
 from db import storable
 from queues.ids import uuid7_bytes
 from queues.names import dlq_name, table_name
+from worker.store.read_marks import ReadMarks
 
 # Read: what pgmq.read does, as our own statement on the queue's table. pgmq.read builds this
 # UPDATE with format() and plans it again on every call (plpgsql EXECUTE); ours is prepared once
 # per connection. An idle worker's pickup is one cold read, and that planning was a quarter of it
 # (0.3-0.4 ms of 1.1-1.5, embedded PostgreSQL 18). pgmq 1.10+ also stamps last_read_at, where the
-# table has it: `{stamp}`.
+# table has it: `{stamp}`. `low`: where the index walk starts (worker/store/read_marks.py).
 LEASE = """
     WITH c AS (
-        SELECT msg_id FROM pgmq.{q} WHERE vt <= clock_timestamp()
+        SELECT msg_id FROM pgmq.{q} WHERE vt <= clock_timestamp() AND msg_id >= %(low)s::bigint
         ORDER BY msg_id LIMIT %(qty)s::integer FOR UPDATE SKIP LOCKED
     )
     UPDATE pgmq.{q} AS t
@@ -200,21 +201,28 @@ async def read(
     *,
     job_rows: bool = True,
     stamps: dict[str, bool] | None = None,
+    marks: ReadMarks | None = None,
 ) -> list[Message]:
     """What pgmq.read does: up to qty messages, invisible for vt_s, read_ct + 1; job rows `running`.
 
     job_rows=False: the read alone; the messages come without a job (job_id None). `stamps`: the
     caller's memory of which queue tables have last_read_at (pgmq 1.10+), for one database (the
-    worker's); without it the read asks every time.
+    worker's); without it the read asks every time. `marks`: where the read starts (the worker's
+    ReadMarks); without them, from the lowest id.
     """
     statement = await _read_statement(conn, queue, job_rows=job_rows, stamps=stamps)
+    low = 0 if marks is None else marks.low(queue)
     if not job_rows:
-        cur = await conn.execute(statement, {"vt": vt_s, "qty": qty})
-        return [Message(queue, r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
-    ids = uuid7_bytes(qty)  # for the job rows it creates (time-ordered, see queues.ids)
-    cur = await conn.execute(statement, {"queue": queue, "vt": vt_s, "qty": qty, "ids": ids})
-    # READ's columns are Message's fields in order (tuples: no dict per row on the hot path).
-    return [Message(queue, *r) for r in await cur.fetchall()]
+        cur = await conn.execute(statement, {"vt": vt_s, "qty": qty, "low": low})
+        found = [Message(queue, r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+    else:
+        ids = uuid7_bytes(qty)  # for the job rows it creates (time-ordered, see queues.ids)
+        cur = await conn.execute(statement, {"queue": queue, "vt": vt_s, "qty": qty, "ids": ids, "low": low})
+        # READ's columns are Message's fields in order (tuples: no dict per row on the hot path).
+        found = [Message(queue, *r) for r in await cur.fetchall()]
+    if marks is not None:
+        marks.saw(queue, [m.msg_id for m in found])
+    return found
 
 
 async def _read_statement(

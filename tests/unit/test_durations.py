@@ -1,0 +1,50 @@
+"""Durations with units (`7d`, `12h`) as --older-than (edge.AGE) and PGMQ_WORKER_RETENTION take them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.commands.edge import AGE
+from worker.settings import WorkerSettings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", timedelta(days=7)),
+        ("12h", timedelta(hours=12)),
+        ("1.5m", timedelta(seconds=90)),
+        (" 2W ", timedelta(weeks=2)),
+        ("45", timedelta(seconds=45)),
+        ("0", timedelta(0)),
+    ],
+)
+def test_units(text: str, expected: timedelta) -> None:
+    """Each unit means what it says; a bare number is seconds."""
+    assert AGE.convert(text, None, None) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=30) | st.from_regex(r"-?[0-9]{1,25}(\.[0-9]+)?[smhdwSMHDWxy]?", fullmatch=True))
+def test_an_age_is_a_non_negative_timedelta_or_a_usage_error(text: str) -> None:
+    """--older-than's type answers a timedelta >= 0 or a usage error, whatever the text."""
+    try:
+        value = AGE.convert(text, None, None)
+    except click.BadParameter:
+        return
+    assert value >= timedelta(0)
+
+
+def test_retention_setting_accepts_units_and_refuses_negatives() -> None:
+    """PGMQ_WORKER_RETENTION=7d is a week; 0 is off; negative ones and a zero interval are refused."""
+    assert WorkerSettings(retention="7d").retention == timedelta(days=7)  # type: ignore[arg-type]
+    assert WorkerSettings(retention="0").retention == timedelta(0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="negative"):
+        WorkerSettings(retention="-5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        WorkerSettings(retention_interval=0)  # type: ignore[arg-type]
