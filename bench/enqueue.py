@@ -20,12 +20,19 @@ without the trigger, to show what it costs.
   start barrier to the last client's finish. p50/p99 are per call.
 - batches, one client: raw `pgmq.send_batch` against our `enqueue_batch`, --batch-size messages
   a call, --batch-messages in all; p50/p99 are per batch call.
-- HTTP: `POST /jobs/text_stats` against a real `python -m web` subprocess (uvicorn, its access
-  log on, as it ships), from one httpx.AsyncClient with one keep-alive connection per client,
-  --requests in all; p50/p99 are per request as the client saw it.
+- HTTP: `POST /jobs/text_stats` against a real `python -m web` subprocess (uvicorn, as it
+  ships), from --clients client PROCESSES like the raw rows, each with one keep-alive HTTP/1.1
+  connection, --requests in all; p50/p99 are per request as the client saw it.
 
-Below the table, the CPU the benchmark's own clients (and the web server) used while timed: on a
-small machine they compete with the database for the same cores, httpx most of all.
+  The HTTP client is deliberately the thinnest one that is still honest HTTP/1.1: the request's
+  bytes are built once, written over an asyncio stream, and the answer read as its status line,
+  headers and `content-length` bytes of body (every status must be 202). A full client (httpx
+  in an earlier version of this row, all connections in one process) spent more CPU per request
+  than the server did; on a 2-core machine it took the cores the server and the database needed,
+  so the row measured the client. psycopg, which the raw rows use, is just as thin on its side.
+
+Below the table, the CPU the benchmark's own clients (and the web server, from /proc) used while
+timed, per message: on a small machine they compete with the database for the same cores.
 
 Each run starts on empty queues (pgmq.purge_queue, DELETE FROM pgmq_worker.jobs, VACUUM) and is
 checked afterwards: the queue must hold exactly what was sent and, for our API, one job row per
@@ -141,6 +148,7 @@ class ClientJob:
     queue: str
     count: int
     batch: int
+    port: int = 0  # the web server's, for the "http" kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,7 @@ class ClientResult:
     latencies_s: tuple[float, ...] = ()
     cpu_s: float = 0.0  # the client's own CPU time while timed
     error: str | None = None
+    statuses: tuple[tuple[int, int], ...] = ()  # (HTTP status, count) for the "http" kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,8 @@ def client_main(job: ClientJob, barrier: Any, results: Any) -> None:
 
 
 def _client_run(job: ClientJob, barrier: Any) -> ClientResult:
+    if job.kind == "http":
+        return asyncio.run(_http_client_run(job, barrier))
     body = {"text": TEXT}
     bodies = [{"text": TEXT, "top": i % 10 + 1} for i in range(job.batch)]
     with psycopg.connect(job.db_url, autocommit=True) as conn:
@@ -216,8 +227,21 @@ def _client_run(job: ClientJob, barrier: Any) -> ClientResult:
     return ClientResult(started, finished, tuple(latencies), cpu_s)
 
 
-def run_clients(kind: str, db_url: str, queue: str, *, clients: int, messages: int, batch: int) -> Run:
-    """Start `clients` processes, release them together, and time them to the last one's finish."""
+def run_clients(
+    kind: str,
+    db_url: str,
+    queue: str,
+    *,
+    clients: int,
+    messages: int,
+    batch: int,
+    port: int = 0,
+    server_pid: int | None = None,
+) -> Run:
+    """Start `clients` processes, release them together, and time them to the last one's finish.
+
+    `server_pid`: the web server's, whose CPU time from the release to the last report is noted.
+    """
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited connections
     barrier = ctx.Barrier(clients + 1)
     results = ctx.Queue()
@@ -225,24 +249,27 @@ def run_clients(kind: str, db_url: str, queue: str, *, clients: int, messages: i
     procs = [
         ctx.Process(
             target=client_main,
-            args=(ClientJob(kind, db_url, queue, share, batch), barrier, results),
+            args=(ClientJob(kind, db_url, queue, share, batch, port), barrier, results),
             daemon=True,
         )
         for share in shares
     ]
     outcomes: list[ClientResult] = []
     failures: list[str] = []
+    server_before = server_after = None
     try:
         for proc in procs:
             proc.start()
         with suppress(threading.BrokenBarrierError):  # a client failed: its error is in `results`
             barrier.wait(timeout=READY_TIMEOUT_S)
+        server_before = None if server_pid is None else _process_cpu_s(server_pid)
         for _ in procs:
             try:
                 outcomes.append(results.get(timeout=RUN_TIMEOUT_S))
             except queue_module.Empty:
                 failures.append(f"a client reported nothing within {RUN_TIMEOUT_S:g}s")
                 break
+        server_after = None if server_pid is None else _process_cpu_s(server_pid)
     finally:
         for proc in procs:
             proc.join(timeout=5)
@@ -256,7 +283,22 @@ def run_clients(kind: str, db_url: str, queue: str, *, clients: int, messages: i
     wall_s = max(o.finished for o in timed) - min(o.started for o in timed)
     latencies = tuple(x for o in timed for x in o.latencies_s)
     cpu_s = sum(o.cpu_s for o in timed)
-    return Run(kind, clients, sum(shares), wall_s, latencies, tuple(failures), client_cpu_s=cpu_s)
+    statuses: dict[int, int] = {}
+    for o in timed:
+        for code, n in o.statuses:
+            statuses[code] = statuses.get(code, 0) + n
+    failures += [f"{n} response(s) with status {code}" for code, n in sorted(statuses.items()) if code != 202]
+    server_cpu_s = None if server_before is None or server_after is None else server_after - server_before
+    return Run(
+        kind,
+        clients,
+        sum(shares),
+        wall_s,
+        latencies,
+        tuple(failures),
+        client_cpu_s=cpu_s,
+        server_cpu_s=server_cpu_s,
+    )
 
 
 def _split(total: int, parts: int, unit: int) -> list[int]:
@@ -275,8 +317,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def web_server(db_url: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """`python -m web` on the fresh database; yields its base URL and pid once /healthz answers 200."""
+def web_server(db_url: str, log_path: Path) -> Iterator[tuple[int, int]]:
+    """`python -m web` on the fresh database; yields its port and pid once /healthz answers 200."""
     port = _free_port()
     command = [sys.executable, "-m", "web", "--host", HOST, "--port", str(port), "--import", "handlers"]
     env = worker_env(db_url, {})
@@ -285,7 +327,7 @@ def web_server(db_url: str, log_path: Path) -> Iterator[tuple[str, int]]:
         try:
             base = f"http://{HOST}:{port}"
             _wait_healthy(base, proc, log_path)
-            yield base, proc.pid
+            yield port, proc.pid
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -306,9 +348,11 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: Path) -> N
     raise RuntimeError(f"python -m web was not healthy within {READY_TIMEOUT_S:g}s\n{log_tail(log_path)}")
 
 
-def run_http(base: str, server_pid: int, clients: int, requests: int) -> Run:
-    """POST /jobs/text_stats from `clients` concurrent loops, one keep-alive connection each."""
-    return asyncio.run(_post_all(base, server_pid, clients, requests))
+def run_http(db_url: str, port: int, server_pid: int, clients: int, requests: int) -> Run:
+    """POST /jobs/text_stats from `clients` processes, one keep-alive connection each."""
+    return run_clients(
+        "http", db_url, QUEUE, clients=clients, messages=requests, batch=1, port=port, server_pid=server_pid
+    )
 
 
 def _process_cpu_s(pid: int) -> float | None:
@@ -321,47 +365,56 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def _post_all(base: str, server_pid: int, clients: int, requests: int) -> Run:
-    content = json.dumps({"text": TEXT}).encode()
-    headers = {"content-type": "application/json"}
-    path = f"/jobs/{QUEUE}"
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+def post_request(queue: str, body: bytes) -> bytes:
+    """The bytes of one keep-alive `POST /jobs/{queue}` with a JSON body, built once per client."""
+    head = (
+        f"POST /jobs/{queue} HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """One HTTP/1.1 answer off the connection (status line, headers, content-length body): its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    length = 0
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(status_line.split(b" ", 2)[1])
+
+
+async def _http_client_run(job: ClientJob, barrier: Any) -> ClientResult:
+    request = post_request(job.queue, json.dumps({"text": TEXT}).encode())
+    reader, writer = await asyncio.open_connection(HOST, job.port)
     statuses: dict[int, int] = {}
 
-    async def loop(client: httpx.AsyncClient, count: int) -> list[float]:
+    async def post() -> None:
+        writer.write(request)
+        status = await read_response(reader)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    try:
+        for _ in range(SINGLE_WARMUP):  # the connection open and the server's pool grown
+            await post()
+        statuses.clear()
+        barrier.wait(timeout=READY_TIMEOUT_S)  # blocks this process's only loop: nothing else runs
         latencies = []
         clock = time.perf_counter
-        for _ in range(count):
+        cpu_before = time.process_time()
+        started = clock()
+        for _ in range(job.count):
             t0 = clock()
-            response = await client.post(path, content=content, headers=headers)
+            await post()
             latencies.append(clock() - t0)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-        return latencies
-
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        # Warm-up: open every connection and let the server's pool grow before the clock starts.
-        await asyncio.gather(*(loop(client, SINGLE_WARMUP) for _ in range(clients)))
-        statuses.clear()
-        shares = _split(requests, clients, 1)
-        server_before, client_before = _process_cpu_s(server_pid), time.process_time()
-        started = time.perf_counter()
-        per_client = await asyncio.gather(*(loop(client, n) for n in shares))
-        wall_s = time.perf_counter() - started
-        server_after, client_cpu_s = _process_cpu_s(server_pid), time.process_time() - client_before
-    bad = {code: n for code, n in statuses.items() if code != 202}
-    failures = [f"{n} response(s) with status {code}" for code, n in sorted(bad.items())]
-    latencies = tuple(x for share in per_client for x in share)
-    server_cpu_s = None if server_before is None or server_after is None else server_after - server_before
-    return Run(
-        "http",
-        clients,
-        sum(shares),
-        wall_s,
-        latencies,
-        tuple(failures),
-        client_cpu_s=client_cpu_s,
-        server_cpu_s=server_cpu_s,
-    )
+        finished = clock()
+        cpu_s = time.process_time() - cpu_before
+    finally:
+        writer.close()
+    return ClientResult(started, finished, tuple(latencies), cpu_s, statuses=tuple(statuses.items()))
 
 
 # -- the database between runs -------------------------------------------------------------------
@@ -430,10 +483,10 @@ def measure(db_url: str, sizes: Sizes) -> list[Run]:
         _progress(runs[-1])
     with tempfile.TemporaryDirectory(prefix="pgmqw-bench-") as tmp:
         log_path = Path(tmp) / "web.log"
-        with web_server(db_url, log_path) as (base, pid):
+        with web_server(db_url, log_path) as (port, pid):
             for clients in sizes.clients:
                 empty_queues(db_url)
-                run = run_http(base, pid, clients, sizes.requests)
+                run = run_http(db_url, port, pid, clients, sizes.requests)
                 warmup = clients * SINGLE_WARMUP
                 runs.append(check_counts(db_url, run, QUEUE, warmup=warmup, with_jobs=True))
                 _progress(runs[-1])

@@ -6,10 +6,12 @@ import ipaddress
 import os
 import signal
 import sys
+from functools import partial
 
 import click
 import psycopg
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from db.connect import resolve
@@ -27,6 +29,10 @@ from web.metrics import with_metrics
 from web.settings import DEFAULT_IMPORTS, WebSettings
 
 GRACEFUL_SHUTDOWN_S = 5  # open SSE streams are cut after this; browsers' EventSource reconnects
+# With PGMQ_WORKER_WEB_WORKERS > 1 each uvicorn worker process builds its own app from these: the
+# handler modules to import, and DATABASE_URL set to the target this process resolved (so the
+# workers share one embedded PostgreSQL, started here, instead of each starting its own).
+IMPORTS_VARIABLE = "PGMQ_WORKER_WEB_IMPORTS"
 
 
 @click.command()
@@ -54,8 +60,11 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
         raise click.ClickException(f"database error: {one_line(exc, secrets)}") from exc
     if target.embedded:
         click.echo(f"Using the embedded PostgreSQL in {pgdata_path(db_settings.data_dir)}", err=True)
-    served = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
-    app = with_metrics(served, target, settings)  # its own /metrics port, when set (web.metrics)
+    if settings.web_workers > 1 and settings.web_metrics_port is not None:
+        # Each worker process would bind the metrics port and count only its own requests.
+        raise click.ClickException(
+            "PGMQ_WORKER_WEB_METRICS_PORT works with one web worker: unset it or PGMQ_WORKER_WEB_WORKERS"
+        )
     # uvicorn re-raises the stop signal after its graceful shutdown; with this handler in place the
     # re-raised signal is a no-op, so a clean stop exits 0 (Fly and `dev` read the exit status).
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,14 +72,31 @@ def main(host: str, port: int, imports: tuple[str, ...]) -> None:
     # access_log=False: uvicorn's access log prints the query string in full, and the page's
     # EventSource and <img>/<audio> URLs carry ?access_token=; web/security.py logs each request
     # (`http.request`) with the token taken out.
-    uvicorn.run(
-        app,
+    serve = partial(
+        uvicorn.run,
         host=host,
         port=port,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         log_level="info",
         access_log=False,
     )
+    if settings.web_workers == 1:
+        served = create_app(target, settings=settings, db_settings=db_settings, catalog=catalog)
+        serve(with_metrics(served, target, settings))  # its own /metrics port, when set (web.metrics)
+        return
+    # uvicorn starts several workers only from an import string: each builds its app in app_factory.
+    os.environ[IMPORTS_VARIABLE] = ",".join(imports or DEFAULT_IMPORTS)
+    os.environ["DATABASE_URL"] = target.url
+    serve("web.__main__:app_factory", factory=True, workers=settings.web_workers)
+
+
+def app_factory() -> FastAPI:
+    """One uvicorn worker process's app (PGMQ_WORKER_WEB_WORKERS > 1), from what main() checked."""
+    configure_logging(secrets=environment_secrets(os.environ))
+    settings = WebSettings()
+    db_settings = DatabaseSettings()
+    catalog = load_catalog(tuple(os.environ[IMPORTS_VARIABLE].split(",")))
+    return create_app(resolve(db_settings), settings=settings, db_settings=db_settings, catalog=catalog)
 
 
 def is_loopback(host: str) -> bool:

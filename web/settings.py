@@ -49,6 +49,14 @@ class WebSettings(BaseSettings):
         ),
     )
 
+    web_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="How many uvicorn worker processes serve the web app (PGMQ_WORKER_WEB_WORKERS), each "
+        "with its own database pool (`PGMQ_WORKER_POOL_MAX` connections apiece) and event listener. "
+        "Above 1, uvicorn's supervisor process starts them and restarts one that dies.",
+    )
     web_metrics_port: int | None = Field(
         default=None,
         ge=1,

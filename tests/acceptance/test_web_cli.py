@@ -65,6 +65,29 @@ def test_web_serves_then_stops_cleanly_on_sigterm(db_url: str) -> None:
         assert proc.wait(30) == 0
 
 
+def test_web_serves_from_several_worker_processes(db_url: str, tmp_path: Path) -> None:
+    """PGMQ_WORKER_WEB_WORKERS=2: two app processes start (a `web.started` each), serve, stop on SIGTERM."""
+    port = free_port()
+    env = env_for(db_url, PGMQ_WORKER_WEB_WORKERS="2")
+    with (tmp_path / "web.log").open("wb") as out:
+        proc = subprocess.Popen([*CLI, "web", "--port", str(port)], env=env, stderr=out)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(base, proc)
+            deadline = time.monotonic() + 30
+            while (tmp_path / "web.log").read_text().count('"web.started"') < 2:
+                assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
+                time.sleep(0.1)
+            for _ in range(10):  # a fresh connection each: either worker may answer
+                assert httpx.post(f"{base}/jobs/text_stats", json={"text": "hi"}).status_code == 202
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM pgmq_worker.jobs WHERE queue = 'text_stats'").fetchone()
+    assert row is not None and row[0] == 10
+
+
 def test_web_refuses_a_short_jwt_secret(db_url: str) -> None:
     """A weak secret is a one-line configuration error, not an open or half-protected server."""
     result = subprocess.run(
