@@ -142,17 +142,18 @@ def ensure_queue(conn: psycopg.Connection[Any], queue: str, *, partitioned: bool
     Then move the queue's message ids past those of job rows left by an earlier queue of the same
     name (see STALE_JOB_IDS).
     """
+    names = (validate_queue_name(queue), dlq_name(queue))
+    missing = [n for n in names if conn.execute(QUEUE_EXISTS, (n,)).fetchone() is None]
     created = False
-    for name in (validate_queue_name(queue), dlq_name(queue)):
-        if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is not None:
-            continue
+    if missing:
         # Workers starting at once on a new queue would race in pgmq.create (a UniqueViolation on
-        # pgmq 1.4.4/1.5.1): one creates it under the lock, the others find it made.
+        # pgmq 1.4.4/1.5.1): one creates the pair under the lock, the others find it made.
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("pgmq.create " + name,))
-            if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is None:
-                storage.create_queue(conn, name, partitioned=partitioned and name == queue)
-                created = True
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("pgmq.create " + queue,))
+            for name in missing:
+                if conn.execute(QUEUE_EXISTS, (name,)).fetchone() is None:
+                    storage.create_queue(conn, name, partitioned=partitioned and name == queue)
+                    created = True
     _skip_stale_job_ids(conn, queue)
     return created
 

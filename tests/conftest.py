@@ -140,6 +140,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(line)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, the default in pyproject.toml), the acceptance layer
+    runs on one worker, one test after another, as it was written to: its tests start worker
+    processes and time them. The other worker takes the unit and integration layers.
+    """
+    for item in items:
+        if item.nodeid.startswith("tests/acceptance/"):
+            item.add_marker(pytest.mark.xdist_group("acceptance"))
+
+
 def _drop(server_url: str, name: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(
