@@ -18,6 +18,7 @@ from db.logs import get_logger
 from worker.errors import SideTaskFailed
 
 log = get_logger()
+STOP_RECANCEL_S = 1.0  # how long stop() waits before cancelling a task again
 
 
 class SideTasks:
@@ -48,9 +49,13 @@ class SideTasks:
     async def stop(self) -> None:
         """Cancel the long-running tasks and wait for them (their errors now are no failure)."""
         self._stopping = True
-        for task in self._long:
-            task.cancel()
-        await asyncio.gather(*self._long, return_exceptions=True)
+        pending = {task for task in self._long if not task.done()}
+        while pending:
+            # Cancelled again while it lasts: a cancel that lands as an awaited call completes can
+            # be swallowed (Python 3.11's wait_for, a pool checkout), and the task sleeps on.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL_S)
 
     def _long_ended(self, task: asyncio.Task[Any]) -> None:
         if self._stopping:

@@ -45,12 +45,6 @@ def run_beside(worker: Worker, body: Callable[[], None], timeout: float = 25) ->
             await asyncio.wait_for(probe, timeout)
         finally:
             worker.stop()
-            done2, _ = await asyncio.wait({task}, timeout=8)
-            if not done2:
-                import sys, faulthandler
-                for t in asyncio.all_tasks():
-                    t.print_stack(file=sys.stderr)
-                faulthandler.dump_traceback(file=sys.stderr)
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
 
     asyncio.run(go())
