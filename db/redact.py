@@ -25,6 +25,7 @@ SECRET_NAME = re.compile(r"(?:^|_)(?:SECRET|API_KEY|TOKEN|PASSWORD)$|^PGPASSWORD
 # an unescaped "@" is still all masked, although libpq would split it there and call the tail the host.
 URL_USERINFO = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:(?P<password>.*)@[^@]*$", re.DOTALL)
 URL_RESERVED = re.compile(r"[@/?#]")
+QUERY_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")  # a libpq URL parameter: name=value
 PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
 
@@ -59,8 +60,18 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for messages that must name it."""
     readings = _passwords(url)
     if readings:
-        url = url[: readings[0].start("password")] + MASK + url[readings[0].end("password") :]
+        reading = readings[0] if _query_at_sign(url) else readings[-1]
+        url = url[: reading.start("password")] + MASK + url[reading.end("password") :]
     return PASSWORD_PARAM.sub(lambda m: f"{m['key']}{MASK}", url)
+
+
+def _query_at_sign(url: str) -> bool:
+    """Whether the URL's last "@" is a query's (`?application_name=me@laptop`), not the end of a
+    password holding "?": the text after the first "?" reads `name=...` and no "/" follows the
+    last "@" (a host and database would). Else mask_url masks up to the last "@", the safe side.
+    """
+    query = url.partition("?")[2]
+    return QUERY_START.match(query) is not None and "/" not in url.rpartition("@")[2]
 
 
 def reserved_in_password(url: str) -> bool:

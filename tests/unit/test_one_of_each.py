@@ -10,7 +10,7 @@ import random
 from datetime import timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -30,9 +30,11 @@ def test_worker_exports_the_one_backoff() -> None:
 
 
 @given(failures=st.integers(min_value=1, max_value=10_000), cap=st.floats(min_value=0.01, max_value=3600))
+@example(failures=1, cap=0.0546875)
 def test_reconnect_delay_doubles_capped_and_half_jittered(failures: int, cap: float) -> None:
-    """The reconnect wait lies between half and all of min(cap, 0.25 s * 2**failures)."""
-    ceiling = min(cap, 0.25 * 2.0 ** min(failures, 64))
+    """The reconnect wait lies between half and all of min(cap, 0.25 s * 2**failures), the cap
+    taken to the microsecond as every duration setting is (0.0546875 s is 0.054688 s)."""
+    ceiling = min(timedelta(seconds=cap).total_seconds(), 0.25 * 2.0 ** min(failures, 64))
     delay = reconnect_delay(failures, cap)
     assert ceiling * 0.5 <= delay <= ceiling
     assert reconnect_backoff(timedelta(seconds=cap)).ceiling(failures) == pytest.approx(ceiling)
