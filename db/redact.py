@@ -33,10 +33,11 @@ def _passwords(url: str) -> list[re.Match[str]]:
     """Where a URL's password may be: up to the last "@" before the query, or the last "@" at all.
 
     A query may hold an "@" of its own (`application_name=me@laptop`), a password a "?": both
-    readings are kept, the first preferred, so neither hides a password.
+    readings are kept, so neither hides a password, the likelier first (see _query_at_sign).
     """
     head = url.partition("?")[0]
-    return [m for m in (URL_USERINFO.match(head), URL_USERINFO.match(url)) if m and m["password"]]
+    readings = [m for m in (URL_USERINFO.match(head), URL_USERINFO.match(url)) if m and m["password"]]
+    return readings if _query_at_sign(url) else readings[::-1]
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
@@ -60,15 +61,14 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for messages that must name it."""
     readings = _passwords(url)
     if readings:
-        reading = readings[0] if _query_at_sign(url) else readings[-1]
-        url = url[: reading.start("password")] + MASK + url[reading.end("password") :]
+        url = url[: readings[0].start("password")] + MASK + url[readings[0].end("password") :]
     return PASSWORD_PARAM.sub(lambda m: f"{m['key']}{MASK}", url)
 
 
 def _query_at_sign(url: str) -> bool:
     """Whether the URL's last "@" is a query's (`?application_name=me@laptop`), not the end of a
     password holding "?": the text after the first "?" reads `name=...` and no "/" follows the
-    last "@" (a host and database would). Else mask_url masks up to the last "@", the safe side.
+    last "@" (a host and database would). Else the reading up to the last "@" comes first, the safe side.
     """
     query = url.partition("?")[2]
     return QUERY_START.match(query) is not None and "/" not in url.rpartition("@")[2]
