@@ -11,11 +11,10 @@ from importlib import resources
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.connect import Target, async_pool, connect
@@ -26,19 +25,18 @@ from queues import pgmq
 from queues.artifacts import NAME as ARTIFACT_NAME
 from queues.artifacts import Artifact, aget_artifact
 from queues.catalog import Catalog
-from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
-from queues.errors import QueueError
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
 from web.cancel import router as cancel_router
 from web.dashboard import dashboard_router
-from web.errors import ApiError, artifact_not_found, database_unavailable, from_queue_error, job_not_found
+from web.errors import DB_ERRORS, ApiError, artifact_not_found, database_error, job_not_found
 from web.events import JobEvents
 from web.openapi import PAYLOAD_BODY, TOKEN_PARAMETER, Accepted, JobView, QueueView, answers, document
 from web.retry import router as retry_router
 from web.security import Guard, docs_policy, page_policy
 from web.settings import WebSettings
-from web.submit import accepted, check
+from web.submit_route import TEMPLATE, SubmitRoute, answer, read_body
+from web.submit_route import Request as SubmitRequest
 
 log = get_logger()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
@@ -68,8 +66,6 @@ INLINE_TYPES = frozenset(
 # the caller hears at once that it should retry, instead of after psycopg_pool's 30 s default
 # while requests pile up behind it.
 REQUEST_DB_TIMEOUT_S = 3.0
-RETRY_AFTER_S = 5
-DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 class Jobs:
@@ -132,7 +128,7 @@ class Jobs:
             return await aget_job(conn, job_id)
 
 
-def create_app(  # noqa: PLR0915  the routes are declared inline; each router is one include line
+def create_app(
     target: Target,
     *,
     settings: WebSettings | None = None,
@@ -157,18 +153,19 @@ def create_app(  # noqa: PLR0915  the routes are declared inline; each router is
     app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
+    # Starlette runs the middleware added last outermost: the Guard wraps the enqueue route too.
+    app.add_middleware(SubmitRoute, jobs=jobs, route=lambda: submit_route(app))
     app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
-    async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("web.database_unavailable", error=type(exc).__name__, detail=one_line(exc))
-        return await api_error(request, database_unavailable(RETRY_AFTER_S))
+    async def db_error(_request: Request, exc: Exception) -> JSONResponse:
+        return database_error(exc)
 
     for error in DB_ERRORS:
-        app.add_exception_handler(error, database_error)
+        app.add_exception_handler(error, db_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -183,33 +180,20 @@ def create_app(  # noqa: PLR0915  the routes are declared inline; each router is
         openapi_extra=PAYLOAD_BODY,
     )
     async def submit(queue: str, request: Request) -> JSONResponse:
-        """Enqueue the JSON body as a job on `queue`: 202 with the job id and its Location."""
-        owner = jobs.auth.owner(request.headers.get("authorization"))
-        key = request.headers.get("idempotency-key")
-        sub = check(
-            jobs.catalog,
+        """Enqueue the JSON body as a job on `queue`: 202 with the job id and its Location.
+
+        SubmitRoute (web/submit_route.py) answers these requests ahead of the router, with the
+        same `answer`: this declaration is the route's place in the OpenAPI document.
+        """
+        asked = SubmitRequest(
             queue,
-            await _body(request),
-            delay=request.query_params.get("delay"),
-            idempotency_key=key,
+            request.headers.get("authorization"),
+            request.headers.get("idempotency-key"),
+            request.query_params.get("delay"),
+            await read_body(request.receive) or b"",
         )
-        # Keys are per caller: another user's key must never hand back their job.
-        scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
-        try:
-            async with jobs.pool.connection() as conn:
-                sent = await aenqueue(
-                    conn,
-                    sub.queue,
-                    sub.body,
-                    delay=sub.delay,
-                    owner=owner,
-                    idempotency_key=scoped,
-                    catalog=jobs.catalog,
-                )
-        except QueueError as exc:
-            raise from_queue_error(exc) from exc
-        body, location = accepted(sent)
-        return JSONResponse(body, 202, headers={"Location": location})
+        status, body, headers = await answer(jobs, asked)
+        return JSONResponse(body, status, headers=headers)
 
     # response_model=None: the route returns Job.as_json() as is; JobView only describes it.
     @app.get(
@@ -332,14 +316,11 @@ def artifact_response(artifact: Artifact) -> Response:
     return Response(artifact.data, media_type=media_type, headers=headers)
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, read no further than one byte past the limit (check() answers 413)."""
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_PAYLOAD_BYTES:
-            break
-    return bytes(data)
+def submit_route(app: FastAPI) -> Any:
+    """The app's `POST /jobs/{queue}` route object (the metrics label it by its path)."""
+    return next(
+        r for r in app.routes if getattr(r, "path", None) == TEMPLATE and "POST" in getattr(r, "methods", ())
+    )
 
 
 # The stream is framed by hand rather than with sse-starlette: every event is one `id:` line

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+import psycopg
+from psycopg_pool import PoolTimeout
+from starlette.responses import JSONResponse
+
+from db.errors import one_line
+from db.logs import get_logger
 from queues.errors import InvalidPayload, InvalidQueueName, PayloadTooLarge, QueueError, UnknownQueue
+
+log = get_logger()
+# What a request that needs the database meets when it cannot have it: 503 with Retry-After.
+DB_ERRORS: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+RETRY_AFTER_S: Final = 5
 
 
 class ApiError(Exception):
@@ -41,6 +52,13 @@ def job_not_found(job_id: str) -> ApiError:
 def artifact_not_found(job_id: str, name: str) -> ApiError:
     """A job the caller may see has no file by that name."""
     return ApiError(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
+
+
+def database_error(exc: Exception) -> JSONResponse:
+    """The answer (and the log line) for one of DB_ERRORS: 503, retry after RETRY_AFTER_S."""
+    log.warning("web.database_unavailable", error=type(exc).__name__, detail=one_line(exc))
+    error = database_unavailable(RETRY_AFTER_S)
+    return JSONResponse(error.body(), error.status, headers=error.headers)
 
 
 def database_unavailable(retry_after_s: int) -> ApiError:

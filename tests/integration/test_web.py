@@ -137,6 +137,48 @@ def test_unknown_routes_and_methods_answer_json(client: TestClient) -> None:
     assert answer.status_code == 405 and answer.json()["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize(
+    ("query", "content", "status"),
+    [
+        ("", b'{"text": "x"}', 202),
+        ("?delay=5&delay=soon", b'{"text": "x"}', 400),  # the last ?delay= counts, on both ways
+        ("", b"{not json", 400),
+        ("", b'{"text": ""}', 422),
+    ],
+)
+def test_the_declared_route_answers_as_the_middleware_does(
+    target: Target, query: str, content: bytes, status: int
+) -> None:
+    """SubmitRoute answers POST /jobs/{queue} ahead of FastAPI; mounted under a prefix (root_path)
+    FastAPI's declared route answers instead, through the same `answer`: same status and body
+    shape, same headers."""
+    answers = []
+    for root in ("", "/api"):
+        with TestClient(app_on(target), root_path=root) as c:
+            answer = c.post(
+                f"{root}/jobs/text_stats{query}",
+                content=content,
+                headers={"Content-Type": "application/json"},
+            )
+        answers.append(answer)
+    fast, declared = answers
+    assert fast.status_code == declared.status_code == status
+    assert set(fast.headers) == set(declared.headers)
+    assert fast.json().keys() == declared.json().keys()
+    if status >= 400:
+        assert fast.json() == declared.json()
+
+
+def test_post_to_a_longer_path_is_not_the_enqueue_route(client: TestClient) -> None:
+    """/jobs/{queue}/more is not a queue name: the router's JSON 405/404, nothing enqueued."""
+    answer = client.post("/jobs/text_stats/more", json={"text": "x"})
+    assert answer.status_code in (404, 405) and answer.json()["error"]["code"] in (
+        "not_found",
+        "method_not_allowed",
+    )
+    assert client.post("/jobs/", json={"text": "x"}).status_code in (404, 405)
+
+
 def test_idempotency_key_returns_the_first_job(client: TestClient, conn: psycopg.Connection[Any]) -> None:
     """The same Idempotency-Key while the job is active returns it again; one message is sent."""
     headers = {"Idempotency-Key": "upload-42"}

@@ -41,11 +41,15 @@ def test_the_web_process_counts_requests_and_exports_queue_gauges_on_its_own_por
         for _ in range(3):
             assert client.get(f"/jobs/{uuid.uuid4()}").status_code == 404
         assert client.get("/healthz").status_code == 200
+        assert client.post("/jobs/text_stats", json={"text": "x"}).status_code == 202  # web/submit_route.py
+        assert client.post("/jobs/text_stats", json={"text": ""}).status_code == 422
         assert client.get("/metrics").status_code == 404  # the app's port shows no internals
         samples = scrape(port)
     requests = "pgmq_worker_web_requests_total"
     assert value(samples, requests, method="GET", route="/jobs/{job_id}", status="404") == 3
     assert value(samples, requests, method="GET", route="/healthz", status="200") == 1
+    assert value(samples, requests, method="POST", route="/jobs/{queue}", status="202") == 1
+    assert value(samples, requests, method="POST", route="/jobs/{queue}", status="422") == 1
     assert value(samples, requests, method="GET", route="unmatched", status="404") == 1
     assert value(samples, "pgmq_worker_queue_messages", queue="w_backlog", state="visible") == 3
     assert value(samples, "pgmq_worker_queue_messages", queue="w_backlog", state="invisible") == 1

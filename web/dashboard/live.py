@@ -17,10 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 from uuid import UUID
 
-import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from psycopg_pool import PoolTimeout
 
 from db.logs import get_logger
 from queues.jobs import aget_job, parse_job_id
@@ -28,13 +26,12 @@ from queues.overview import aoverview
 from queues.workers import alist_workers
 from web.dashboard.access import NotAdmitted
 from web.dashboard.site import Dashboard
-from web.errors import ApiError
+from web.errors import DB_ERRORS, ApiError
 
 log = get_logger()
 REFRESH_S: Final = 5.0  # the queues and workers pages' numbers (queues/stats.py reads the job rows)
 MAX_STREAM_S: Final = 300.0
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DB_ERRORS: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 RELOAD: Final = "event: reload\ndata: {}\n\n"
 
 
