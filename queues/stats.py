@@ -11,7 +11,7 @@ Besides the window: `stuck`, the running jobs whose lease passed without a renew
 (`pgmq_worker.stuck_jobs()`, migration 0018).
 
 Every queue in `pgmq.meta` has a row (zeros when nothing happened), and so has any other queue
-with job rows in the window. One statement that reads only the rows the window can count,
+whose job rows the window counts. One statement that reads only the rows the window can count,
 through the finished-time and status indexes (0020, 0021): on 1,000,000 job rows it reads the
 hour's few thousand, where a scan of the table took 160-220 ms (bench/dashboard_pages.py).
 """

@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from db.connect import Target
 from queues import enqueue, pgmq
@@ -238,3 +240,71 @@ def test_the_cli_prints_the_same_numbers(db_url: str, conn: psycopg.Connection[A
     assert bad.exit_code == 2
     assert "Invalid value for '--since'" in bad.output
     assert "positive" in bad.output
+
+
+STATUSES = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
+FINISHED = ("succeeded", "dead", "cancelled")
+# A row: queue, status, and minutes ago for created, started (None: never), a change after the
+# start, the webhook failure (None: none). The window is the last 60 minutes.
+ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(("st_p1", "st_p2")),
+        st.sampled_from(STATUSES),
+        st.integers(0, 180),
+        st.one_of(st.none(), st.integers(0, 180)),
+        st.integers(0, 180),
+        st.one_of(st.none(), st.integers(0, 180)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ROWS)
+def test_the_index_reads_count_what_the_definition_says(
+    conn: psycopg.Connection[Any], rows: list[tuple[str, str, int, int | None, int, int | None]]
+) -> None:
+    """Random job rows against the module's definitions computed here over all of them: the
+    statement reads only the finished-in-the-window and the running or failed rows, and must still
+    count exactly these (a queue with no pgmq queue has its row when the window counted any)."""
+    conn.execute("DELETE FROM pgmq_worker.jobs")
+    expected: dict[str, dict[str, Any]] = {}
+    for n, (queue, status, created, started, changed, hook) in enumerate(rows):
+        start = None if started is None else min(started, created)  # minutes ago: not before creation
+        updated = min(changed, created if start is None else start)
+        finished = updated if status in FINISHED else None
+        conn.execute(
+            "INSERT INTO pgmq_worker.jobs (id, queue, msg_id, status, created_at, started_at,"
+            " attempt_started_at, updated_at, finished_at, webhook_failures, webhook_failed_at)"
+            " SELECT gen_random_uuid(), %s, %s, %s, now() - make_interval(mins => %s),"
+            " now() - make_interval(mins => %s), now() - make_interval(mins => %s),"
+            " now() - make_interval(mins => %s), now() - make_interval(mins => %s), %s,"
+            " now() - make_interval(mins => %s)",
+            (queue, n, status, created, start, start, updated, finished, 0 if hook is None else 1, hook),
+        )
+        e = expected.setdefault(queue, dict.fromkeys((*FINISHED, "failed"), 0) | {"wait": [], "hooks": 0})
+        inside = lambda minutes: minutes is not None and minutes < 60  # noqa: E731
+        if status in FINISHED and inside(finished):
+            e[status] += 1
+        if status == "failed" and inside(updated):
+            e["failed"] += 1
+        counted = (status in FINISHED and inside(finished)) or (
+            status in ("running", "failed") and inside(updated)
+        )
+        if counted and inside(start):
+            e["wait"].append((created - start) * 60.0)
+        if counted and inside(hook):
+            e["hooks"] += 1
+    found = by_queue(queue_stats(conn, since=timedelta(hours=1)))
+    for queue, e in expected.items():
+        if queue not in found:  # not a pgmq queue here: listed when the window counted something
+            assert not any(e[k] for k in (*FINISHED, "failed", "wait", "hooks")), e
+            continue
+        got = found[queue]
+        assert (got.succeeded, got.dead, got.cancelled, got.failed, got.webhook_failures) == (
+            e["succeeded"], e["dead"], e["cancelled"], e["failed"], e["hooks"]
+        )  # fmt: skip
+        if e["wait"]:
+            assert got.wait_p50_ms == pytest.approx(percentile(e["wait"], 0.5) * 1000, abs=1.0)
+        else:
+            assert got.wait_p50_ms is None
