@@ -58,7 +58,8 @@ QUEUE = throughput.QUEUES["async"]
 JOBS = "pgmq_worker.jobs"
 SIZES = (
     "SELECT c.oid::regclass::text, coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0),"
-    " pg_total_relation_size(c.oid), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_hot_upd, 0)"
+    " pg_total_relation_size(c.oid), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_hot_upd, 0),"
+    " pg_relation_size(c.oid)"
     " FROM unnest(%s::regclass[]) AS t(r)"
     " JOIN pg_class AS c ON c.oid = t.r LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid"
 )
@@ -90,6 +91,7 @@ class TableSize:
     bytes: int
     updates: int
     hot_updates: int  # of those, heap-only (no new index entries)
+    heap_bytes: int  # the table's own pages: bytes less these is its indexes (and TOAST)
 
 
 def sizes(conn: psycopg.Connection[Any], queue: str) -> dict[str, TableSize]:
@@ -189,8 +191,9 @@ def print_round(r: Round, n: int, clean: float | None, base: dict[str, TableSize
     for key in ("queue", "jobs"):
         t = r.tables[key]
         grew = t.bytes - base[key].bytes
+        heap = t.heap_bytes - base[key].heap_bytes
         hot = f" HOT {t.hot_updates / t.updates:4.0%}" if t.updates else ""
-        cells.append(f"{key} {_mb(t.bytes):>9} (+{_mb(grew):>8}) dead {t.dead:>7,}{hot}")
+        cells.append(f"{key} {_mb(t.bytes):>9} (+{_mb(grew):>8}, heap +{_mb(heap)}) dead {t.dead:>7,}{hot}")
     print("  ".join(cells), flush=True)
 
 
