@@ -250,7 +250,7 @@ class Worker:
             )
             self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
             self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
-            self.presence.observe(self.settle, hooks)
+            self.presence.observe(self.settle)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,

@@ -1,8 +1,9 @@
 """Progress webhooks: POST a job's status changes to its callback URL, signed, never blocking it.
 
 Deliveries follow the Standard Webhooks scheme: headers `webhook-id`, `webhook-timestamp` and
-`webhook-signature` (worker.webhook_signing). A delivery is retried with backoff on connection errors, timeouts, 429 and 5xx, in the background:
-the job never waits for it. Redirects are not followed (a 3xx fails the delivery).
+`webhook-signature` (worker.webhook_signing). A delivery is retried with backoff on connection
+errors, timeouts, 429 and 5xx, in the background: the job never waits for it. Redirects are not
+followed (a 3xx fails the delivery).
 
 A user-supplied URL must not reach inside the network: a host that resolves to a private,
 loopback, link-local (cloud metadata), reserved or multicast address is refused unless
@@ -34,7 +35,7 @@ from db.errors import one_line
 from db.logs import get_logger
 from worker.outcome import Outcome
 from worker.store.deliveries import Message
-from worker.store.webhook_deliveries import Delivery
+from worker.store.webhook_deliveries import Delivery, error_text
 from worker.webhook_signing import secret_key, sign
 
 log = get_logger()
@@ -257,7 +258,7 @@ class Webhooks:
             body = storable.dumps_bytes({"type": event.type, "timestamp": time.time(), "data": event.data})
         except storable.Unstorable as exc:  # not expected: results and errors were checked before
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
-            delivery.error = str(exc)
+            delivery.error = error_text(str(exc))
             await self._ended(event, delivery, "refused")
             return
         for attempt in range(1, self.max_tries + 1):
@@ -270,7 +271,7 @@ class Webhooks:
                 "webhook-signature": sign(secret, msg_id, timestamp, body),
                 "accept-encoding": "identity",  # an answer's start is read raw, never inflated
             }
-            status: int | None = None
+            status, said = None, ""  # the answer's status and the start of its body
             try:
                 # Resolved and checked on every try, and sent to the address that was checked: a
                 # name that answered a public address first cannot point a retry at loopback.
@@ -287,7 +288,7 @@ class Webhooks:
                     return
                 retry = status in RETRY_STATUSES
                 why = f"HTTP {status}" + (" (redirects are not followed)" if response.is_redirect else "")
-                why += await answer_start(response)
+                said = await answer_start(response)  # for the row; the log keeps to the status
             except WebhookRefused as exc:
                 log.warning("webhook.refused", job_id=event.job_id, tries=attempt, error=str(exc))
                 delivery.tried(started, _ms_since(clock), None, str(exc))
@@ -295,7 +296,7 @@ class Webhooks:
                 return
             except httpx.HTTPError as exc:
                 retry, why = True, f"{type(exc).__name__}: {exc}"
-            delivery.tried(started, _ms_since(clock), status, why)
+            delivery.tried(started, _ms_since(clock), status, why + said)
             if not retry or attempt == self.max_tries:
                 log.warning(
                     "webhook.failed", job_id=event.job_id, status=event.status, tries=attempt, error=why

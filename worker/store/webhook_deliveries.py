@@ -1,7 +1,8 @@
 """The worker's statement on pgmq_worker.webhook_deliveries: one row per webhook event, per try.
 
 A row is upserted after each try of its event (keyed by the event's webhook-id), so the job page
-shows an event being retried as `pending` with its last answer. The error text comes from
+shows an event being retried as `pending` with its last answer; the job's counter of failed
+deliveries goes up with the write of a failed or refused end. The error text comes from
 outside (an exception's message, the start of a receiver's answer): it is made one line,
 masked of the process's secrets, and storable and bounded by db.storable.safe_text.
 """
@@ -25,18 +26,26 @@ _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _READ_CHARS: Final = 8 * MAX_ERROR_CHARS
 
 # Only for a job that still exists: one deleted since its event (pruned, or by hand) has no row
-# to hang the delivery on, and the foreign key would refuse it.
+# to hang the delivery on, and the foreign key would refuse it. A delivery that ended failed or
+# refused also counts on its job row (webhook_failures, for `pgmq-worker stats`), in the same
+# statement: its final result is written once. The job's updated_at is left alone.
 RECORD = """
-INSERT INTO pgmq_worker.webhook_deliveries AS d (
-    webhook_id, job_id, event, result, tries, status_code, error, first_tried_at, last_tried_at, duration_ms
+WITH recorded AS (
+    INSERT INTO pgmq_worker.webhook_deliveries AS d (
+        webhook_id, job_id, event, result, tries, status_code, error, first_tried_at, last_tried_at,
+        duration_ms
+    )
+    SELECT %(webhook_id)s::text, j.id, %(event)s::text, %(result)s::text, %(tries)s::integer,
+        %(status_code)s::integer, %(error)s::text, %(first_tried_at)s::timestamptz,
+        %(last_tried_at)s::timestamptz, %(duration_ms)s::double precision
+    FROM pgmq_worker.jobs AS j WHERE j.id = %(job_id)s::uuid
+    ON CONFLICT (webhook_id) DO UPDATE SET result = EXCLUDED.result, tries = EXCLUDED.tries,
+        status_code = EXCLUDED.status_code, error = EXCLUDED.error, last_tried_at = EXCLUDED.last_tried_at,
+        duration_ms = EXCLUDED.duration_ms
+    RETURNING d.job_id
 )
-SELECT %(webhook_id)s::text, j.id, %(event)s::text, %(result)s::text, %(tries)s::integer,
-    %(status_code)s::integer, %(error)s::text, %(first_tried_at)s::timestamptz,
-    %(last_tried_at)s::timestamptz, %(duration_ms)s::double precision
-FROM pgmq_worker.jobs AS j WHERE j.id = %(job_id)s::uuid
-ON CONFLICT (webhook_id) DO UPDATE SET result = EXCLUDED.result, tries = EXCLUDED.tries,
-    status_code = EXCLUDED.status_code, error = EXCLUDED.error, last_tried_at = EXCLUDED.last_tried_at,
-    duration_ms = EXCLUDED.duration_ms
+UPDATE pgmq_worker.jobs AS j SET webhook_failures = j.webhook_failures + 1, webhook_failed_at = now()
+FROM recorded WHERE j.id = recorded.job_id AND %(result)s::text IN ('failed', 'refused')
 """
 
 
@@ -62,17 +71,19 @@ class Delivery:
     error: str | None = None
     duration_ms: float | None = None
 
-    def tried(self, started: datetime, duration_ms: float, status_code: int | None, error: str | None) -> None:
+    def tried(self, started: datetime, duration_ms: float, status: int | None, error: str | None) -> None:
         """One more try, started at `started`: its answer's status (None: no answer) and error."""
+        if not self.tries:
+            self.first_tried_at = started
         self.tries += 1
         self.last_tried_at = started
         self.duration_ms = duration_ms
-        self.status_code = status_code
+        self.status_code = status
         self.error = None if error is None else error_text(error)
 
 
 async def record(conn: psycopg.AsyncConnection[Any], delivery: Delivery) -> None:
-    """Upsert the delivery's row (nothing when its job is gone)."""
+    """Upsert the delivery's row (nothing when its job is gone); one that failed counts on its job."""
     await conn.execute(
         RECORD,
         {
