@@ -3,8 +3,9 @@
 Each try of a webhook event upserts its row of pgmq_worker.webhook_deliveries (the dashboard's
 job page lists them) on a connection of the worker's pool, from the delivery's own background
 task: the job never waits for it. A row that cannot be written (the database is away, the pool
-has no connection within CONNECT_TIMEOUT_S, the job was deleted under it) is logged by the
+has no connection within CONNECT_TIMEOUT_S, the role may not write the table) is logged by the
 sender (`webhook.not_recorded`) and the delivery goes on: nothing a delivery does stops a worker.
+An event of a job deleted meanwhile writes no row (worker.store.webhook_deliveries).
 """
 
 from __future__ import annotations

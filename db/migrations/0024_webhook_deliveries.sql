@@ -11,8 +11,9 @@
 --
 -- The rows go with their job (ON DELETE CASCADE: retention's prune_jobs deletes jobs in batches,
 -- and the index below, which leads with job_id, is what the cascade's delete looks rows up with).
--- The jobs' counters of failed deliveries (webhook_failures, webhook_failed_at: 0018) stay as
--- they are for `pgmq-worker stats`.
+-- The jobs' counters of failed deliveries (webhook_failures, webhook_failed_at: 0018) keep their
+-- meaning for `pgmq-worker stats`; the worker now adds to them in the statement that records a
+-- delivery's failed or refused end, no longer at its next heartbeat.
 --
 -- Grants: a `worker` role writes the rows, a `web` role reads them (the dashboard's job page);
 -- through a trigger on pgmq_worker.access (0017) for roles granted later, and here for the roles
