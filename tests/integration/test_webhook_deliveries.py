@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from db import storable
+from db.backoff import Backoff
 from db.connect import Target, async_pool
 from queues import enqueue, pgmq
 from queues.retention import prune
@@ -131,6 +132,34 @@ def test_an_event_of_a_job_that_is_gone_is_delivered_and_not_recorded(target: Ta
         asyncio.run(go())
     assert len(receiver.received) == 1
     assert [e["event"] for e in logs] == []
+
+
+def test_an_event_between_two_tries_is_pending_with_its_last_answer(
+    target: Target, conn: psycopg.Connection[Any], receiver: Any
+) -> None:
+    """After a 503 and before the retry (a long backoff), the row says pending, 1 try, the 503."""
+    receiver.answers = [503]
+    receiver.answer_body = b"busy"
+    pgmq.ensure_queue(conn, "pending_hooks")
+    job_id = enqueue(conn, "pending_hooks", {}, webhook_url=receiver.url).job_id
+
+    async def go() -> None:
+        async with async_pool(target, min_size=1, max_size=1) as pool:
+            hooks = Webhooks(
+                SECRET, allow_private=True, backoff=Backoff(30.0, cap=30.0, jitter=0),
+                record=DeliveryRecords(pool).record,
+            )  # fmt: skip
+            hooks.send(Event(receiver.url, str(job_id), "running", {}))
+            for _ in range(100):
+                if rows(conn, job_id):
+                    break
+                await asyncio.sleep(0.05)
+            await hooks.close(grace_s=0)  # dropped before its second try
+
+    asyncio.run(go())
+    [row] = rows(conn, job_id)
+    assert (row["result"], row["tries"], row["status_code"]) == ("pending", 1, 503)
+    assert row["error"] == "HTTP 503: busy"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
