@@ -125,8 +125,14 @@ def check_text(text: str) -> str:
     return text
 
 
-def safe_text(text: str) -> str:
-    """Text made storable rather than refused (error messages): NUL and lone surrogates escaped."""
+def safe_text(text: str, limit: int | None = None) -> str:
+    """Text made storable rather than refused (error messages): NUL and lone surrogates escaped.
+
+    With `limit`, at most that many characters: a longer text is cut and ends in an ellipsis.
+    """
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[:limit]  # before escaping: a huge text is not walked whole
     if "\x00" in text:
         text = text.replace("\x00", "\\u0000")
     if not text.isascii():
@@ -134,6 +140,8 @@ def safe_text(text: str) -> str:
             text.encode()
         except UnicodeEncodeError:
             text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if limit is not None and (cut or len(text) > limit):  # cut above, or escapes lengthened it
+        text = text[: max(limit - 1, 0)] + _ELLIPSIS[:limit]
     return text
 
 
@@ -172,6 +180,7 @@ def _too_deep(text: str) -> bool:
 
 # -- how ---------------------------------------------------------------------------------------
 
+_ELLIPSIS: Final = "\u2026"
 _NUL: Final = "contains NUL (U+0000), which Postgres text and jsonb cannot hold"
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')

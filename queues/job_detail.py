@@ -2,7 +2,8 @@
 
 Its payload (from the live message, the archive, or the dead letter), the full row's policy
 columns, its steps with outputs and timings, its artifacts' names and sizes (not their bytes),
-its fan-outs and their children.
+its fan-outs and their children, its webhook deliveries (the newest MAX_WEBHOOK_DELIVERIES, and
+how many there are).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from psycopg.rows import class_row, dict_row
 from queues.names import dlq_name, table_name
 
 MAX_CHILDREN: Final = 200
+MAX_WEBHOOK_DELIVERIES: Final = 50
 
 EXTRA = (
     "SELECT deferrals, webhook_url, parent_id, fan_out, child_index, timeout_s, max_attempts,"
@@ -40,6 +42,12 @@ CHILDREN = (
     "SELECT id, queue, status, progress, fan_out, child_index, error->>'type' AS error_type"
     " FROM pgmq_worker.jobs WHERE parent_id = %s ORDER BY fan_out, child_index LIMIT %s"
 )
+# Newest first, walking webhook_deliveries_job_idx backwards (migration 0024).
+WEBHOOK_DELIVERIES = (
+    "SELECT webhook_id, event, result, tries, status_code, error, first_tried_at, last_tried_at, duration_ms"
+    " FROM pgmq_worker.webhook_deliveries WHERE job_id = %s ORDER BY first_tried_at DESC, webhook_id LIMIT %s"
+)
+WEBHOOK_DELIVERY_COUNT = "SELECT count(*) FROM pgmq_worker.webhook_deliveries WHERE job_id = %s"
 # The payload is in the message while it lives, in pgmq's archive after an archiving ack, and in
 # the dead letter's record after dead-lettering; an acked-and-deleted message's payload is gone.
 LIVE_PAYLOAD = sql.SQL("SELECT message FROM pgmq.{q} WHERE msg_id = %s")
@@ -110,6 +118,21 @@ class Child:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One webhook event of the job and what became of it (its last try's answer)."""
+
+    webhook_id: str
+    event: str
+    result: str  # pending (still being tried) | delivered | failed | refused
+    tries: int
+    status_code: int | None
+    error: str | None
+    first_tried_at: datetime
+    last_tried_at: datetime
+    duration_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class JobDetail:
     """What the job page shows besides the job row."""
 
@@ -120,12 +143,19 @@ class JobDetail:
     artifacts: list[ArtifactInfo] = field(default_factory=list)
     fan_outs: list[FanOut] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
+    webhook_deliveries: list[WebhookDelivery] = field(default_factory=list)  # newest first
+    webhook_delivery_count: int = 0  # all of them, beyond the newest shown
 
 
 async def _rows(conn: psycopg.AsyncConnection[Any], kind: type[Any], query: str, *args: Any) -> list[Any]:
     async with conn.cursor(row_factory=class_row(kind)) as cur:
         await cur.execute(query, args)
         return await cur.fetchall()
+
+
+async def _delivery_count(conn: psycopg.AsyncConnection[Any], job_id: UUID) -> int:
+    row = await (await conn.execute(WEBHOOK_DELIVERY_COUNT, (job_id,))).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _exists(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
@@ -157,6 +187,8 @@ async def aget_detail(conn: psycopg.AsyncConnection[Any], job_id: UUID, queue: s
         await cur.execute(EXTRA, (job_id,))
         extra = await cur.fetchone() or {}
     payload, found = await apayload(conn, queue, msg_id)
+    hooks = await _rows(conn, WebhookDelivery, WEBHOOK_DELIVERIES, job_id, MAX_WEBHOOK_DELIVERIES)
+    hooks_count = len(hooks) if len(hooks) < MAX_WEBHOOK_DELIVERIES else await _delivery_count(conn, job_id)
     return JobDetail(
         extra=extra,
         payload=payload,
@@ -165,4 +197,6 @@ async def aget_detail(conn: psycopg.AsyncConnection[Any], job_id: UUID, queue: s
         artifacts=await _rows(conn, ArtifactInfo, ARTIFACTS, job_id),
         fan_outs=await _rows(conn, FanOut, FAN_OUTS, job_id),
         children=await _rows(conn, Child, CHILDREN, job_id, MAX_CHILDREN),
+        webhook_deliveries=hooks,
+        webhook_delivery_count=hooks_count,
     )

@@ -3,9 +3,7 @@
 A side task upserts the row every `registry_heartbeat` with what changes (status, in flight from
 `Slots`, the counts the settle's observer keeps), and writes `draining` at once when the stop
 starts; it keeps beating through the drain, and the worker deletes the row once it has stopped.
-The same heartbeat deletes rows of workers gone long ago (any worker's; queues.workers says when)
-and adds the job webhooks that failed since the last one to their job rows, in one statement per
-job batch rather than one per failure.
+The same heartbeat deletes rows of workers gone long ago (any worker's; queues.workers says when).
 
 The registry is for people and dashboards: the worker never waits for it. A heartbeat that fails
 (the database is away, the role may not write the table) is logged once, tried again at the next
@@ -21,7 +19,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from uuid import UUID
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -36,13 +33,11 @@ from worker.store import presence
 from worker.store.deliveries import Message
 from worker.store.presence import Card, Tally
 from worker.trouble import TRANSIENT
-from worker.webhooks import Event, Webhooks
 
 log = get_logger()
 
 COUNTED = frozenset({"succeeded", "failed", "dead"})  # job statuses of an attempt's end
 FAILED = frozenset({"failed", "dead"})
-MAX_WEBHOOK_JOBS = 10_000  # jobs with failures waiting for a heartbeat; beyond it, only the log has them
 CONNECT_TIMEOUT_S = 5.0  # a heartbeat (or the last delete) waits this long for a connection
 
 
@@ -90,13 +85,11 @@ class Presence:
         self.processed = 0
         self.failed = 0
         self.draining = False
-        self._webhook_failures: dict[UUID, int] = {}
         self._failing = False  # the last heartbeat failed: logged once until one works again
 
-    def observe(self, settle: Settle, hooks: Webhooks) -> None:
-        """Count what the settle writes and which webhook deliveries fail."""
+    def observe(self, settle: Settle) -> None:
+        """Count what the settle writes."""
         settle.observe(self.settled)
-        hooks.observe(self.webhook_ended)
 
     def settled(self, message: Message, outcome: Outcome, duration_ms: float) -> None:
         """Settle's observer: count an attempt that ended (succeeded, failed or dead-lettered)."""
@@ -105,14 +98,6 @@ class Presence:
             self.processed += 1
             if status in FAILED:
                 self.failed += 1
-
-    def webhook_ended(self, event: Event, result: str) -> None:
-        """Webhooks' observer: a delivery that failed or was refused is counted on its job row."""
-        if result == "delivered":
-            return
-        job_id = UUID(event.job_id)
-        if job_id in self._webhook_failures or len(self._webhook_failures) < MAX_WEBHOOK_JOBS:
-            self._webhook_failures[job_id] = self._webhook_failures.get(job_id, 0) + 1
 
     def tally(self) -> Tally:
         """What the next heartbeat writes."""
@@ -135,16 +120,11 @@ class Presence:
                 await sleep_or_stop(stopping, every)
 
     async def beat(self) -> None:
-        """Write the row (and the webhook failures gathered); database trouble is logged, not raised."""
-        failures, self._webhook_failures = self._webhook_failures, {}
+        """Write the row; database trouble is logged, not raised."""
         try:
             async with self.pool.connection(timeout=self._connect_timeout_s) as conn:
                 await presence.beat(conn, self.card, self.tally())
-                if failures:
-                    await presence.add_webhook_failures(conn, failures)
         except (*TRANSIENT, psycopg.Error) as exc:
-            for job_id, n in failures.items():  # not committed: the next heartbeat tries them again
-                self._webhook_failures[job_id] = self._webhook_failures.get(job_id, 0) + n
             if not self._failing:
                 log.warning("registry.heartbeat_failed", error=one_line(exc), note="tried each interval")
             self._failing = True
@@ -157,8 +137,6 @@ class Presence:
         """The worker stopped: delete its row (best effort: else it goes stale, and is removed later)."""
         try:
             async with self.pool.connection(timeout=self._connect_timeout_s) as conn:
-                if self._webhook_failures:
-                    await presence.add_webhook_failures(conn, self._webhook_failures)
                 await presence.withdraw(conn, self.card.id)
         except (*TRANSIENT, psycopg.Error) as exc:
             log.warning("registry.withdraw_failed", error=one_line(exc), note="the row goes stale")

@@ -49,6 +49,7 @@ from worker.store.read_marks import ReadMarks
 from worker.threads import HandlerThreads
 from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble
 from worker.wakeup import BURST_WAIT_S, Announcements, Wakeup
+from worker.webhook_records import job_webhooks
 from worker.webhooks import Webhooks
 
 log = get_logger()
@@ -221,7 +222,7 @@ class Worker:
             )
             await self.pool.open(wait=False)
             stack.push_async_callback(self.pool.close)
-            hooks = self._webhooks(side_tasks)
+            hooks = job_webhooks(self.settings, self.pool, side_tasks.watch)  # recorded as rows
             stack.push_async_callback(hooks.close)
             self.trouble = DatabaseTrouble(self.pool, self.stops, self.settings.reconnect_max.total_seconds())
             self.settle = Settle(
@@ -249,7 +250,7 @@ class Worker:
             )
             self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
             self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
-            self.presence.observe(self.settle, hooks)
+            self.presence.observe(self.settle)
             runtime = Runtime(
                 pool=self.pool,
                 executor=threads,
@@ -321,17 +322,6 @@ class Worker:
                 ),
                 "listener",
             )
-
-    def _webhooks(self, side_tasks: SideTasks) -> Webhooks:
-        """The job webhooks' sender, its deliveries watched as side tasks."""
-        secret = self.settings.webhook_secret
-        return Webhooks(
-            secret.get_secret_value() if secret else None,
-            allow_private=self.settings.webhook_allow_private,
-            timeout_s=self.settings.webhook_timeout.total_seconds(),
-            max_tries=self.settings.webhook_max_tries,
-            watch=side_tasks.watch,
-        )
 
     def _log_started(self, *, listening: bool) -> None:
         """worker.started, with what the worker serves and how it wakes."""

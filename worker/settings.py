@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.durations import Duration
 from worker.loop import EventLoop, uvloop_installed
-from worker.webhooks import secret_key
+from worker.webhook_signing import secret_key
 
 
 class WorkerSettings(BaseSettings):

@@ -1,47 +1,47 @@
 """Progress webhooks: POST a job's status changes to its callback URL, signed, never blocking it.
 
 Deliveries follow the Standard Webhooks scheme: headers `webhook-id`, `webhook-timestamp` and
-`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed with the
-base64-decoded secret `whsec_<base64>` (at least 24 bytes, as the specification advises). A
-delivery is retried with backoff on connection errors, timeouts, 429 and 5xx, in the background:
-the job never waits for it. Redirects are not followed (a 3xx fails the delivery).
+`webhook-signature` (worker.webhook_signing). A delivery is retried with backoff on connection
+errors, timeouts, 429 and 5xx, in the background: the job never waits for it. Redirects are not
+followed (a 3xx fails the delivery).
 
 A user-supplied URL must not reach inside the network: a host that resolves to a private,
 loopback, link-local (cloud metadata), reserved or multicast address is refused unless
 PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE=true, and so is an IPv6 address that embeds such an IPv4
 address (mapped, IPv4-compatible, NAT64, 6to4, Teredo). The name is resolved and checked on every
 try, and the connection goes to the address that was checked (DNS rebinding cannot swap it).
+
+Each event's delivery is recorded after each try (the `record` callable: worker.webhook_records
+writes pgmq_worker.webhook_deliveries); recording that fails is logged, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import ipaddress
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from db import storable
 from db.backoff import Backoff
+from db.errors import one_line
 from db.logs import get_logger
 from worker.outcome import Outcome
 from worker.store.deliveries import Message
+from worker.store.webhook_deliveries import Delivery, error_text
+from worker.webhook_signing import secret_key, sign
 
 log = get_logger()
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_ADDRESSES = 3  # of a name's checked addresses, tried in turn within one try
-WHSEC = "whsec_"
-MIN_SECRET_BYTES = 24  # the Standard Webhooks specification: "between 24 bytes and 64 bytes"
-MAKE_ONE = "python -c 'import base64,os; print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())'"
+MAX_ANSWER_BYTES = 2048  # of a non-2xx answer's body, read for the delivery's record
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d (deprecated, RFC 4291)
@@ -64,34 +64,6 @@ NON_PUBLIC = tuple(
 
 class WebhookRefused(ValueError):
     """The URL may not be called (a private address, or not http(s))."""
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret; ValueError (never echoing it) for anything else."""
-    if not secret.startswith(WHSEC):
-        raise ValueError(f"must be whsec_ followed by base64 (Standard Webhooks); make one with: {MAKE_ONE}")
-    text = secret.removeprefix(WHSEC).strip()  # a newline pasted in with it is not part of the key
-    try:  # padding optional, as the reference implementation reads it; anything else not base64 is refused
-        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
-        raise ValueError(f"the part after whsec_ is not base64; make one with: {MAKE_ONE}") from None
-    if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"decodes to {len(key)} bytes, fewer than {MIN_SECRET_BYTES}; make one with: {MAKE_ONE}"
-        )
-    return key
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value for one delivery."""
-    # Hand-written rather than standardwebhooks.Webhook.sign: it is one HMAC over bytes we already
-    # hold, where the package's sign takes the body as str and the time as a datetime (a naive one
-    # is silently read as UTC), and it would be a runtime dependency of every worker for four lines.
-    # The package is the receiving side's reference: tests/integration/test_webhooks.py verifies
-    # real deliveries with it, so any drift from the specification fails there.
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -187,6 +159,11 @@ class Event:
     status: str
     data: dict[str, Any]
 
+    @property
+    def type(self) -> str:
+        """The body's `type`: `job.<status>`."""
+        return f"job.{self.status}"
+
 
 # Told as each delivery ends: the event and `delivered`, `failed` (given up) or `refused`.
 WebhookObserver = Callable[[Event, str], object]
@@ -204,6 +181,7 @@ class Webhooks:
         max_tries: int = 5,
         backoff: Backoff | None = None,
         watch: Callable[[asyncio.Task[None]], object] | None = None,
+        record: Callable[[Delivery], Awaitable[None]] | None = None,
     ) -> None:
         if secret is not None:
             secret_key(secret)  # a malformed secret fails here, at start, not inside each delivery
@@ -218,6 +196,7 @@ class Webhooks:
         self.delivered = 0
         self._warned = False
         self._observers: list[WebhookObserver] = []
+        self._record = record
 
     def observe(self, observer: WebhookObserver) -> None:
         """Call `observer(event, result)` as each delivery ends: `delivered`, `failed` or `refused`.
@@ -226,12 +205,23 @@ class Webhooks:
         """
         self._observers.append(observer)
 
-    def _ended(self, event: Event, result: str) -> None:
+    async def _ended(self, event: Event, delivery: Delivery, result: str) -> None:
+        delivery.result = result
         for observer in self._observers:
             try:
                 observer(event, result)
             except Exception:  # an observer's bug must not fail the delivery (its task would stop the worker)
                 log.exception("webhook.observer_failed")
+        await self._recorded(delivery)
+
+    async def _recorded(self, delivery: Delivery) -> None:
+        """Record the delivery as it stands; any failure (the database, a bug) is only logged."""
+        if self._record is None:
+            return
+        try:
+            await self._record(delivery)
+        except Exception as exc:  # a delivery's task that raises would stop the worker
+            log.warning("webhook.not_recorded", job_id=delivery.job_id, error=one_line(exc))
 
     def send(self, event: Event | None) -> None:
         """Deliver in the background (never awaited by the job); None: nothing to send."""
@@ -262,22 +252,26 @@ class Webhooks:
 
     async def _deliver(self, event: Event, secret: str) -> None:
         msg_id = f"msg_{uuid.uuid4().hex}"
+        now = datetime.now(UTC)
+        delivery = Delivery(msg_id, event.job_id, event.type, first_tried_at=now, last_tried_at=now)
         try:  # the one encoder: the result in the body reads as the job row holds it
-            body = storable.dumps_bytes(
-                {"type": f"job.{event.status}", "timestamp": time.time(), "data": event.data}
-            )
+            body = storable.dumps_bytes({"type": event.type, "timestamp": time.time(), "data": event.data})
         except storable.Unstorable as exc:  # not expected: results and errors were checked before
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
-            self._ended(event, "refused")
+            delivery.error = error_text(str(exc))
+            await self._ended(event, delivery, "refused")
             return
         for attempt in range(1, self.max_tries + 1):
+            started, clock = datetime.now(UTC), time.monotonic()
             timestamp = int(time.time())
             headers = {
                 "content-type": "application/json",
                 "webhook-id": msg_id,
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": sign(secret, msg_id, timestamp, body),
+                "accept-encoding": "identity",  # an answer's start is read raw, never inflated
             }
+            status, said = None, ""  # the answer's status and the start of its body
             try:
                 # Resolved and checked on every try, and sent to the address that was checked: a
                 # name that answered a public address first cannot point a retry at loopback.
@@ -285,39 +279,47 @@ class Webhooks:
                     event.url, allow_private=self.allow_private, timeout_s=self.timeout_s
                 )
                 response = await self._post(destination, body, headers)
-                if response.status_code < 300:
+                status = response.status_code
+                if status < 300:
+                    await response.aclose()
+                    delivery.tried(started, _ms_since(clock), status, None)
                     self.delivered += 1
-                    self._ended(event, "delivered")
+                    await self._ended(event, delivery, "delivered")
                     return
-                retry = response.status_code in RETRY_STATUSES
-                why = f"HTTP {response.status_code}"
-                if response.is_redirect:
-                    why += " (redirects are not followed)"
+                retry = status in RETRY_STATUSES
+                why = f"HTTP {status}" + (" (redirects are not followed)" if response.is_redirect else "")
+                said = await answer_start(response)  # for the row; the log keeps to the status
             except WebhookRefused as exc:
                 log.warning("webhook.refused", job_id=event.job_id, tries=attempt, error=str(exc))
-                self._ended(event, "refused")
+                delivery.tried(started, _ms_since(clock), None, str(exc))
+                await self._ended(event, delivery, "refused")
                 return
             except httpx.HTTPError as exc:
                 retry, why = True, f"{type(exc).__name__}: {exc}"
+            delivery.tried(started, _ms_since(clock), status, why + said)
             if not retry or attempt == self.max_tries:
                 log.warning(
                     "webhook.failed", job_id=event.job_id, status=event.status, tries=attempt, error=why
                 )
-                self._ended(event, "failed")
+                await self._ended(event, delivery, "failed")
                 return
+            await self._recorded(delivery)  # pending: the page shows the retry coming
             await asyncio.sleep(self.backoff.delay(attempt))
 
     async def _post(self, destination: Destination, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        """POST to the checked addresses in turn until one connects (httpx alone would try them all)."""
+        """POST to the checked addresses in turn until one connects (httpx alone would try them all).
+
+        The answer is streamed: its body is not read (the caller reads its start, then closes it).
+        """
         client = self._client or self._new_client()
         self._client = client
         *others, last = destination.pinned
         for pinned in others:
             try:
-                return await client.send(destination.request(client, pinned, body, headers))
+                return await client.send(destination.request(client, pinned, body, headers), stream=True)
             except httpx.ConnectError:
                 continue
-        return await client.send(destination.request(client, last, body, headers))
+        return await client.send(destination.request(client, last, body, headers), stream=True)
 
     def _new_client(self) -> httpx.AsyncClient:
         # No keep-alive: the pool keys connections by origin, here the pinned IP, so a connection
@@ -332,6 +334,26 @@ class Webhooks:
             verify=httpx.create_ssl_context(),
             limits=httpx.Limits(max_keepalive_connections=0),
         )
+
+
+async def answer_start(response: httpx.Response) -> str:
+    """`: ` and the start of a refused answer's body (at most MAX_ANSWER_BYTES read), closing it."""
+    start = bytearray()
+    try:
+        async for chunk in response.aiter_raw():  # raw: a compressed answer is not inflated here
+            start += chunk
+            if len(start) >= MAX_ANSWER_BYTES:
+                break
+    except httpx.HTTPError:
+        pass  # what arrived is enough to show
+    finally:
+        await response.aclose()
+    text = bytes(start[:MAX_ANSWER_BYTES]).decode("utf-8", "replace").strip()  # any bytes at all
+    return f": {text}" if text else ""
+
+
+def _ms_since(clock: float) -> float:
+    return (time.monotonic() - clock) * 1000
 
 
 def started(message: Message) -> Event | None:

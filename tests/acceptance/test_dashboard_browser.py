@@ -24,6 +24,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from queues import enqueue
 from tests.acceptance.test_browser import CHROMIUM, Dev, _wait_for_url, screenshot
+from tests.integration.test_webhooks import SECRET as WEBHOOK_SECRET
+from tests.integration.test_webhooks import receiver
 from tests.support.dashboard_handlers import FLAKY, GREET, SLOW
 from tests.support.ports import free_port
 
@@ -32,6 +34,7 @@ ADMIN_TOKEN = "browser-dashboard-admin-token-42"
 STOP_TIMEOUT_S = 30.0
 JOB_TIMEOUT_S = 30.0
 FINISHED = ("succeeded", "dead", "cancelled")
+__all__ = ["receiver"]  # the fixture, used by name
 # Every form control must have an accessible name (a <label for>, aria-label, or its text).
 UNLABELLED_JS = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
     .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
@@ -48,6 +51,8 @@ def dev(db_url: str, tmp_path: Path) -> Iterator[Dev]:
         PGMQ_WORKER_LOG_FORMAT="json",
         PGMQ_WORKER_POLL_INTERVAL="0.2",
         PGMQ_WORKER_ADMIN_TOKEN=ADMIN_TOKEN,
+        PGMQ_WORKER_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        PGMQ_WORKER_WEBHOOK_ALLOW_PRIVATE="true",  # the test's receiver is on loopback
     )
     argv = [
         sys.executable, "-m", "worker.cli", "dev", "--port", str(free_port()),
@@ -328,3 +333,33 @@ def test_replay_a_dead_letter_and_watch_its_job_succeed(
         assert wait_finished(conn, [job]) == {str(job): "succeeded"}
         tab.goto(f"{dev.url}dashboard/jobs/{job}")
         expect(tab.locator("[data-testid=job-live] [data-testid=status]")).to_have_text("succeeded")
+
+
+def test_a_job_page_shows_its_webhook_deliveries(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], receiver: Any, tmp_path: Path
+) -> None:
+    """A job whose receiver answers one event 410 with a message: the page's webhook table shows that
+    event failed with the answer, the other delivered, each with its tries; the section is screenshot."""
+    receiver.answers = [410]  # not retried: that event fails at its first try
+    receiver.answer_body = b"Gone: this endpoint moved to /v2/hooks \x1b[0m"
+    job = enqueue(conn, GREET, {"name": "hooked"}, webhook_url=receiver.url).job_id
+    wait_finished(conn, [job])
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    final = "SELECT count(*) FROM pgmq_worker.webhook_deliveries WHERE job_id = %s AND result <> 'pending'"
+    while conn.execute(final, (job,)).fetchone() != (2,):
+        assert time.monotonic() < deadline, "the two deliveries were not recorded"
+        time.sleep(0.1)
+    with shot_on_failure(tab, tmp_path, "webhooks"):
+        tab.goto(f"{dev.url}dashboard/jobs/{job}")
+        table = tab.locator("[data-testid=webhook-deliveries]")
+        expect(table.locator("tbody tr")).to_have_count(2)
+        assert sorted(table.locator("[data-testid=status]").all_inner_texts()) == ["delivered", "failed"]
+        expect(table.locator("[data-testid=webhook-error]")).to_have_text(
+            "HTTP 410: Gone: this endpoint moved to /v2/hooks \\x1b[0m"
+        )
+        section = tab.locator("section[aria-labelledby=h-webhook]")
+        section.scroll_into_view_if_needed()
+        shot = tmp_path / "webhooks.png"
+        section.screenshot(path=str(shot), animations="disabled")
+        assert shot.stat().st_size > 5_000  # a rendered table, not a blank box
+        screenshot(tab, "dashboard-job-webhooks")

@@ -22,6 +22,7 @@ from psycopg import conninfo, sql
 from db.connect import Target
 from queues import enqueue, job_list, load_catalog, pgmq
 from queues.job_list import JobFilter
+from tests.integration.test_webhooks import hooked_job, receiver
 from tests.support.fixtures import BurstWorker
 from tests.support.tokens import SECRET, token
 from web import create_app
@@ -41,6 +42,7 @@ PAGES = [
     "/dashboard/schedules",
 ]
 ALICE, BOB = uuid.UUID(int=1), uuid.UUID(int=2)
+__all__ = ["receiver"]  # the fixture, used by name
 
 
 class Clients:
@@ -480,3 +482,42 @@ def test_replay_by_error_type_and_purge_from_the_page(
     assert statuses == [("queued",), ("queued",)]
     purged = browser.post("/dashboard/dead-letters/doomed/purge", data={"csrf": csrf})
     assert purged.status_code == 303 and purged.headers["location"].endswith("done=purged&n=0")
+
+
+def test_the_job_page_lists_its_webhook_deliveries_escaped(
+    clients: Clients, target: Target, conn: psycopg.Connection[Any], receiver: Any
+) -> None:
+    """A receiver that answers 500 with markup: each event's row shows failed, its tries and the
+    answer's start as text (escaped, never markup)."""
+    receiver.answers = [500] * 4
+    receiver.answer_body = b"<script>alert(1)</script> down for maintenance"
+    sent = hooked_job(target, conn, receiver.url, webhook_max_tries=2)
+    page = clients.at(LOOPBACK).get(f"/dashboard/jobs/{sent.job_id}")
+    assert page.status_code == 200, page.text[-800:]
+    table = page.text.split('data-testid="webhook-deliveries"')[1].split("</table>")[0]
+    assert table.count("<tr>") == 3  # the head and two events
+    assert "job.running" in table and "job.succeeded" in table
+    assert table.count('data-testid="status">failed<') == 2
+    assert "HTTP 500: &lt;script&gt;alert(1)&lt;/script&gt; down for maintenance" in table
+    assert "<script>" not in table
+    assert 'data-testid="webhook-deliveries-shown"' not in page.text  # all of them are shown
+
+
+def test_the_job_page_shows_the_newest_webhook_deliveries_of_many(
+    clients: Clients, conn: psycopg.Connection[Any]
+) -> None:
+    """A job with 60 recorded events: the newest 50, and a line saying how many there are."""
+    pgmq.ensure_queue(conn, "many_hooks")
+    job_id = enqueue(conn, "many_hooks", {}, webhook_url="https://example.com/hook").job_id
+    conn.execute(
+        "INSERT INTO pgmq_worker.webhook_deliveries (webhook_id, job_id, event, result, tries, status_code,"
+        " first_tried_at, last_tried_at) SELECT 'msg_' || g, %s, 'job.running', 'delivered', 1, 200,"
+        " now() - make_interval(secs => g), now() - make_interval(secs => g)"
+        " FROM generate_series(1, 60) AS g",
+        (job_id,),
+    )
+    page = clients.at(LOOPBACK).get(f"/dashboard/jobs/{job_id}")
+    assert page.status_code == 200, page.text[-800:]
+    assert "The newest 50 of 60 events." in page.text
+    shown = re.findall(r'title="webhook-id">(msg_\d+)<', page.text)
+    assert shown == [f"msg_{g}" for g in range(1, 51)]  # newest first

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -93,17 +94,23 @@ def test_enqueue_refuses_bad_webhook_urls(conn: psycopg.Connection[Any], url: st
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """Records each POST (headers and body); answers the status codes the server was told to."""
+    """Records each POST (headers and body); answers the status codes the server was told to,
+    with `answer_body` as the body of each answer that is not a 2xx."""
 
     def do_POST(self) -> None:
         server: Any = self.server
         body = self.rfile.read(int(self.headers["content-length"]))
         time.sleep(server.delay_s)
         server.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(server.answers.pop(0) if server.answers else 200)
+        code = server.answers.pop(0) if server.answers else 200
+        said = server.answer_body if code >= 300 else b""
+        self.send_response(code)
         if server.location:
             self.send_header("location", server.location)
+        self.send_header("content-length", str(len(said)))
         self.end_headers()
+        with contextlib.suppress(ConnectionError):  # the worker reads an answer's start, then hangs up
+            self.wfile.write(said)
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -115,6 +122,7 @@ def serve(tls: ssl.SSLContext | None = None) -> Any:
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.received, server.answers, server.delay_s, server.location = [], [], 0.0, None
+    server.answer_body = b""
     server.port = server.server_address[1]
     server.url = f"http://127.0.0.1:{server.port}/hook"
     threading.Thread(target=server.serve_forever, daemon=True).start()

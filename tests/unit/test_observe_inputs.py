@@ -20,7 +20,6 @@ from worker.cli import main
 from worker.outcome import DeadLetter, ErrorInfo, RetryLater, Succeeded, Waiting
 from worker.presence import Presence, card_for
 from worker.settings import WorkerSettings
-from worker.webhooks import Event
 
 UNITS = st.sampled_from(sorted(durations.UNITS))
 
@@ -121,7 +120,7 @@ def test_the_fly_machine_comes_from_flys_own_variables(monkeypatch: pytest.Monke
 
 def test_the_tallies_count_attempts_that_ended() -> None:
     """Succeeded, retried and dead-lettered attempts are processed; the latter two failed; a
-    waiting parent is neither. Failed and refused webhooks are kept per job; delivered ones not."""
+    waiting parent is neither."""
     presence = Presence(None, card_for(["q"], WorkerSettings()), lambda: 3)  # type: ignore[arg-type]
     error = ErrorInfo("E", "e", "")
     for outcome in [
@@ -133,10 +132,6 @@ def test_the_tallies_count_attempts_that_ended() -> None:
         presence.settled(None, outcome, 1.0)  # type: ignore[arg-type]
     tally = presence.tally()
     assert (tally.processed, tally.failed, tally.in_flight, tally.status) == (3, 2, 3, "running")
-    job = "0190a0c8-7d2e-7000-8000-000000000001"
-    for result in ("failed", "refused", "delivered"):
-        presence.webhook_ended(Event("http://x", job, "running", {}), result)
-    assert list(presence._webhook_failures.values()) == [2]
 
 
 def test_the_success_rate_is_of_the_finished_jobs() -> None:

@@ -217,6 +217,20 @@ def test_safe_text_always_gives_storable_text_and_keeps_storable_text_as_it_is(t
 
 
 @settings(max_examples=300)
+@given(st.text(ANY_CHAR, max_size=300), st.integers(0, 200))
+def test_bounded_safe_text_fits_its_limit_and_marks_a_cut(text: str, limit: int) -> None:
+    """With a limit: storable, at most `limit` characters; unchanged when it fits, else a prefix of
+    the unbounded form cut short with an ellipsis."""
+    bounded, whole = storable.safe_text(text, limit), storable.safe_text(text)
+    assert storable.check_text(bounded) == bounded
+    assert len(bounded) <= limit
+    if len(whole) <= limit and len(text) <= limit:
+        assert bounded == whole
+    elif limit:
+        assert bounded.endswith("\u2026") and whole.startswith(bounded[:-1])
+
+
+@settings(max_examples=300)
 @given(
     st.one_of(
         st.binary(max_size=40),

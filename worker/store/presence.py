@@ -1,12 +1,10 @@
-"""The worker's statements on its registry row (pgmq_worker.workers) and its jobs' webhook failures."""
+"""The worker's statements on its registry row (pgmq_worker.workers)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
@@ -32,12 +30,6 @@ ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, in_flight = EXCLUDED.in
     last_seen = now()
 """
 WITHDRAW = "DELETE FROM pgmq_worker.workers WHERE id = %s"
-# Job webhooks that failed since the last heartbeat, per job (updated_at is left alone: the job
-# itself did not change).
-WEBHOOK_FAILURES = """
-UPDATE pgmq_worker.jobs AS j SET webhook_failures = j.webhook_failures + f.n, webhook_failed_at = now()
-FROM unnest(%s::uuid[], %s::integer[]) AS f(id, n) WHERE j.id = f.id
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +86,3 @@ async def beat(conn: psycopg.AsyncConnection[Any], card: Card, tally: Tally) -> 
 async def withdraw(conn: psycopg.AsyncConnection[Any], worker_id: str) -> None:
     """Delete this worker's row (a clean stop)."""
     await conn.execute(WITHDRAW, (worker_id,))
-
-
-async def add_webhook_failures(conn: psycopg.AsyncConnection[Any], failures: Mapping[UUID, int]) -> None:
-    """Count failed webhook deliveries on their job rows (job id -> failures)."""
-    await conn.execute(WEBHOOK_FAILURES, (list(failures), list(failures.values())))
