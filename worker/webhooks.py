@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -35,6 +35,9 @@ from db.backoff import Backoff
 from db.logs import get_logger
 from worker.outcome import Outcome
 from worker.store.deliveries import Message
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
 
 log = get_logger()
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -218,6 +221,18 @@ class Webhooks:
         self.delivered = 0
         self._warned = False
         self._observers: list[WebhookObserver] = []
+
+    @classmethod
+    def for_worker(cls, settings: WorkerSettings, watch: Callable[[asyncio.Task[None]], object]) -> Webhooks:
+        """The worker's sender, from its settings; `watch` supervises each delivery (SideTasks.watch)."""
+        secret = settings.webhook_secret
+        return cls(
+            secret.get_secret_value() if secret else None,
+            allow_private=settings.webhook_allow_private,
+            timeout_s=settings.webhook_timeout.total_seconds(),
+            max_tries=settings.webhook_max_tries,
+            watch=watch,
+        )
 
     def observe(self, observer: WebhookObserver) -> None:
         """Call `observer(event, result)` as each delivery ends: `delivered`, `failed` or `refused`.
