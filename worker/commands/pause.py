@@ -17,16 +17,19 @@ from typing import Any
 import click
 
 from db.connect import connect
+from db.logs import configure_logging
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
 from queues.errors import InvalidQueueName, UnknownQueue
 from queues.pauses import MAX_BY, InvalidPauseNote, Pause, check_pause, pause, resume
-from worker.commands.edge import one_line_errors, settings_from_env, target_of
+from worker.commands.edge import one_line_errors, secrets, settings_from_env, target_of
 
 
 @click.group(name="queue")
 def queue_group() -> None:
     """Pause and resume a queue for the whole fleet (every worker process on every machine)."""
+    # What was done is the command's output; stdout stays that alone (`--json` pipes), warnings on stderr.
+    configure_logging("auto", "warning", secrets())
 
 
 def operator() -> str:
