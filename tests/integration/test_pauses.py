@@ -18,20 +18,26 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from db.connect import Target, aconnect
 from queues import enqueue, pgmq
 from queues.errors import InvalidQueueName, UnknownQueue
 from queues.exporter import QueueGauges
 from queues.pauses import InvalidPauseNote, apause, aresume, pause, paused, resume
+from tests.integration.test_dashboard import BASE, REMOTE, Clients, clients, csrf_of, local_browser, logged_in
 from tests.support.helpers import captured, make_worker, run_burst
 from tests.support.roles import login_roles
+from web.dashboard.access import CSRF_COOKIE
 from worker import Context, Registry, handler
 from worker.cli import main
 from worker.runner import Worker
 
 POLL = timedelta(milliseconds=100)  # the tests' poll interval (tests/support/helpers.py)
 PAST_THE_BOUND_S = 1.0  # ten poll intervals
+ORIGIN = {"Origin": BASE}
+__all__ = ["clients"]  # the dashboard's fixture, used here
 
 
 def counted(reg: Registry, queue: str, *, slow: threading.Event | None = None) -> list[Any]:
@@ -56,8 +62,8 @@ def queued(conn: psycopg.Connection[Any], queue: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def until(check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 15
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
@@ -83,7 +89,9 @@ def test_a_pause_holds_for_two_workers_and_a_resume_lets_both_drain(
     slow = threading.Event()
     seen = counted(reg, "held", slow=slow)
     pgmq.ensure_queue(conn, "held")
-    workers = [make_worker(target, reg, burst=False, concurrency=2, listen=listen) for listen in (True, False)]
+    workers = [
+        make_worker(target, reg, burst=False, concurrency=2, listen=listen) for listen in (True, False)
+    ]
     enqueue(conn, "held", {"n": -1, "slow": True})
 
     async def act() -> None:
@@ -160,7 +168,9 @@ def test_a_burst_run_over_paused_queues_ends_and_leaves_their_messages(
     assert queued(conn, "held_burst") == (3, 0)
 
 
-def test_pause_and_resume_are_idempotent_and_refuse_what_they_cannot_do(conn: psycopg.Connection[Any]) -> None:
+def test_pause_and_resume_are_idempotent_and_refuse_what_they_cannot_do(
+    conn: psycopg.Connection[Any],
+) -> None:
     """Pause twice keeps the first pause; resume of an unpaused queue is None; unknown queues,
     dead-letter queues and bad notes are refused before anything is written; sends go on."""
     pgmq.ensure_queue(conn, "calm")
@@ -188,7 +198,9 @@ def test_pause_and_resume_are_idempotent_and_refuse_what_they_cannot_do(conn: ps
     assert paused(conn) == {}
 
 
-def test_the_cli_pauses_and_resumes_and_exits_2_for_bad_input(db_url: str, conn: psycopg.Connection[Any]) -> None:
+def test_the_cli_pauses_and_resumes_and_exits_2_for_bad_input(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
     """`queue pause|resume`: one line (or JSON) saying what happened; a bad queue or reason is exit 2."""
     pgmq.ensure_queue(conn, "cli_q")
     runner = CliRunner()
@@ -227,7 +239,9 @@ def test_the_gauge_says_which_queues_are_paused(target: Target, conn: psycopg.Co
     assert values == {"gauge_on": 1, "gauge_off": 0}
 
 
-def test_a_web_role_pauses_and_a_worker_role_only_reads_pauses(db_url: str, conn: psycopg.Connection[Any]) -> None:
+def test_a_web_role_pauses_and_a_worker_role_only_reads_pauses(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
     """The least-privilege roles (0017): `web` (the dashboard) writes pauses, `worker` reads them,
     `sender` sees none."""
     pgmq.ensure_queue(conn, "roles_q")
@@ -238,8 +252,78 @@ def test_a_web_role_pauses_and_a_worker_role_only_reads_pauses(db_url: str, conn
             assert set(paused(worker)) == {"roles_q"}
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 resume(worker, "roles_q")
-        with psycopg.connect(urls["sender"], autocommit=True) as sender:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                paused(sender)
+        with (
+            psycopg.connect(urls["sender"], autocommit=True) as sender,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            paused(sender)
         with psycopg.connect(urls["web"], autocommit=True) as web:
             assert resume(web, "roles_q") is not None
+
+
+# ------------------------------------------------------------------------------------ dashboard
+
+
+def test_the_dashboard_pauses_and_resumes_a_queue_for_an_admin_with_the_csrf_token(
+    clients: Clients, conn: psycopg.Connection[Any]
+) -> None:
+    """POST /dashboard/queues/pause|resume: 401 without the admin credential, 403 without the CSRF
+    token, then a redirect to the Queues page, which shows the queue paused (and its reason)."""
+    pgmq.ensure_queue(conn, "dash_q")
+    stranger = clients.at(REMOTE)
+    csrf = csrf_of(stranger)
+    refused = stranger.post("/dashboard/queues/pause", data={"csrf": csrf, "queue": "dash_q"}, headers=ORIGIN)
+    assert refused.status_code == 401 and paused(conn) == {}
+    browser = logged_in(clients)
+    csrf = browser.cookies[CSRF_COOKIE]
+    no_token = browser.post("/dashboard/queues/pause", data={"queue": "dash_q"}, headers=ORIGIN)
+    assert no_token.status_code == 403 and paused(conn) == {}
+    form = {"csrf": csrf, "queue": "dash_q", "reason": "payment provider down"}
+    done = browser.post("/dashboard/queues/pause", data=form, headers=ORIGIN)
+    assert done.status_code == 303 and done.headers["location"] == "/dashboard?done=paused"
+    assert paused(conn)["dash_q"].paused_by == "dashboard"
+    page = browser.get(done.headers["location"]).text
+    assert "Queue paused" in page and 'data-testid="paused"' in page and "payment provider down" in page
+    assert 'data-testid="resume"' in page
+    again = browser.post("/dashboard/queues/pause", data=form, headers=ORIGIN)
+    assert again.headers["location"] == "/dashboard?done=already_paused"
+    back = browser.post("/dashboard/queues/resume", data={"csrf": csrf, "queue": "dash_q"}, headers=ORIGIN)
+    assert back.status_code == 303 and back.headers["location"] == "/dashboard?done=resumed"
+    assert paused(conn) == {}
+    twice = browser.post("/dashboard/queues/resume", data={"csrf": csrf, "queue": "dash_q"}, headers=ORIGIN)
+    assert twice.headers["location"] == "/dashboard?done=not_paused"
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "says"),
+    [
+        ({"queue": "nope_q"}, 404, "no queue"),
+        ({"queue": "Bad-Name"}, 404, "lowercase"),
+        ({"queue": "dash_bad_dlq"}, 404, "dead-letter"),
+        ({}, 404, "non-empty"),
+        ({"queue": "dash_bad", "reason": "x" * 501}, 400, "at most 500"),
+        ({"queue": "dash_bad", "reason": "a\x00b"}, 400, "NUL"),
+    ],
+)
+def test_bad_pauses_are_4xx_pages_that_say_why(
+    clients: Clients, conn: psycopg.Connection[Any], form: dict[str, str], status: int, says: str
+) -> None:
+    """An unknown, invalid or dead-letter queue is a 404 page; a bad reason a 400; nothing is paused."""
+    pgmq.ensure_queue(conn, "dash_bad")
+    browser = logged_in(clients)
+    answer = browser.post(
+        "/dashboard/queues/pause", data={"csrf": browser.cookies[CSRF_COOKIE], **form}, headers=ORIGIN
+    )
+    assert answer.status_code == status and says in answer.text, answer.text[-400:]
+    assert paused(conn) == {}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(queue=st.text(max_size=50), reason=st.text(max_size=600))
+def test_any_pause_form_gets_a_redirect_or_a_4xx_never_a_5xx(
+    clients: Clients, queue: str, reason: str
+) -> None:
+    """Whatever the form holds, the pause answers 303, 400 or 404."""
+    browser, csrf = local_browser(clients)
+    answer = browser.post("/dashboard/queues/pause", data={"csrf": csrf, "queue": queue, "reason": reason})
+    assert answer.status_code in (303, 400, 404), (queue, reason, answer.text[-300:])
