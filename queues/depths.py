@@ -4,7 +4,8 @@
 age; 1.5 added the visible count. On 1.4 (`PgmqFeatures.metrics_visible` false) the visible
 counts are read in one more statement over every queue table at once, counted as 1.5 counts
 them (`vt <= now()`). A queue's dead letters are the length of its `<queue>_dlq`, from the same
-rows. Dead-letter queues are not listed as queues of their own.
+rows. Dead-letter queues are not listed as queues of their own. Whether a queue is paused
+(queues.pauses) is read beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from psycopg import sql
 
 from db.pgmq_install import PgmqFeatures
 from queues.names import dlq_name, is_dlq, table_name
+from queues.pauses import paused
 from queues.pgmq import QueueMetrics
 
 ALL_METRICS = (
@@ -41,6 +43,7 @@ def queue_depths(conn: psycopg.Connection[Any], features: PgmqFeatures) -> list[
         )
         visible = {str(name): int(n) for name, n in conn.execute(counts).fetchall()}
     lengths = {str(r[0]): int(r[1]) for r in rows}
+    pauses = paused(conn)
     found: list[QueueMetrics] = []
     for name, depth, _visible, oldest in rows:
         queue = str(name)
@@ -55,6 +58,7 @@ def queue_depths(conn: psycopg.Connection[Any], features: PgmqFeatures) -> list[
                 in_flight=int(depth) - seen,
                 oldest_age_s=None if oldest is None else int(oldest),
                 dead=lengths.get(dlq_name(queue), 0),
+                paused=queue in pauses,
             )
         )
     return found

@@ -146,7 +146,7 @@ class Exporter:
 
 
 class QueueGauges(Collector):
-    """pgmq_worker_queue_messages / _queue_oldest_seconds / _dead_letters for every queue."""
+    """pgmq_worker_queue_messages / _queue_oldest_seconds / _dead_letters / _queue_paused for every queue."""
 
     def __init__(self, target: Target, *, cache_s: float) -> None:
         self._target = target
@@ -186,7 +186,7 @@ class QueueGauges(Collector):
             self._lock.release()
 
     def collect(self) -> Iterator[Metric]:
-        """The three queue gauges (none at all when the database did not answer this scrape)."""
+        """The four queue gauges (none at all when the database did not answer this scrape)."""
         depths = self.depths()
         if depths is None:
             return
@@ -203,12 +203,18 @@ class QueueGauges(Collector):
         dead = GaugeMetricFamily(
             "pgmq_worker_dead_letters", "Messages in each queue's dead-letter queue.", labels=["queue"]
         )
+        paused = GaugeMetricFamily(
+            "pgmq_worker_queue_paused",
+            "1 while a queue is paused (no worker reads it), else 0.",
+            labels=["queue"],
+        )
         for q in depths:
             messages.add_metric([q.queue, "visible"], q.visible)
             messages.add_metric([q.queue, "invisible"], q.in_flight)
             oldest.add_metric([q.queue], q.oldest_age_s or 0)
             dead.add_metric([q.queue], q.dead)
-        yield from (messages, oldest, dead)
+            paused.add_metric([q.queue], int(q.paused))
+        yield from (messages, oldest, dead, paused)
 
     def close(self) -> None:
         """Close the connection (after the exporter stopped)."""

@@ -3,7 +3,8 @@
 Messages (ready, delayed, leased, oldest ready age, dead letters) come from pgmq's tables, read
 the same on pgmq 1.4.4, 1.5.1 and the 1.13 SQL; in flight, throughput, failure rate and
 durations come from the job rows: the chart's buckets here (`jobs_finished_idx`, migration 0020),
-the rates, percentiles and stuck jobs from queues/stats.py (what `pgmq-worker stats` prints).
+the rates, percentiles and stuck jobs from queues/stats.py (what `pgmq-worker stats` prints);
+a queue's pause from queues/pauses.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from queues.names import DLQ_SUFFIX, is_dlq, table_name
+from queues.pauses import Pause, apaused
 from queues.stats import aqueue_stats
 
 BUCKETS: Final = 12  # the chart: 5-minute buckets over the hour
@@ -63,6 +65,7 @@ class QueueOverview:
     p95_ms: float | None = None
     success_rate: float | None = None  # queues/stats.py: succeeded / (succeeded + dead)
     stuck: int = 0  # running past their lease with no renewal
+    pause: Pause | None = None  # paused: no worker reads it
 
     @property
     def finished(self) -> int:
@@ -89,6 +92,7 @@ class QueueOverview:
             "p50_ms": self.p50_ms,
             "p95_ms": self.p95_ms,
             "stuck": self.stuck,
+            "pause": None if self.pause is None else self.pause.as_json(),
             "succeeded": self.succeeded,
             "failed": self.failed,
         }
@@ -117,6 +121,9 @@ async def aoverview(conn: psycopg.AsyncConnection[Any]) -> list[QueueOverview]:
                 q.oldest_s = None if oldest is None else float(oldest)
             elif is_dlq(name) and name.removesuffix(DLQ_SUFFIX) in found:
                 found[name.removesuffix(DLQ_SUFFIX)].dead_letters = int(ready) + int(delayed) + int(leased)
+    for queue, pause in (await apaused(conn)).items():
+        if queue in found:
+            found[queue].pause = pause
     for queue, running in await (await conn.execute(RUNNING)).fetchall():
         if queue in found:
             found[queue].in_flight = int(running)

@@ -113,6 +113,7 @@ class QueueMetrics:
     in_flight: int
     oldest_age_s: int | None
     dead: int
+    paused: bool = False  # queues.pauses: no worker reads it
 
 
 def _json(value: Any) -> Jsonb:

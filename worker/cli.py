@@ -2,8 +2,8 @@
 
 run (worker.commands.run) · migrate, stop-embedded (.database) · send (.send) · queues, dlq
 list|replay|purge (.inspect) · retry, prune (.retention) · web, dev (.dev) · cancel (.cancel) ·
-schedules (.schedules) · workers, stats (.observe). Shared edge work (settings, one-line errors,
---import) is worker.commands.edge.
+schedules (.schedules) · workers, stats (.observe) · queue pause|resume (.pause). Shared edge
+work (settings, one-line errors, --import) is worker.commands.edge.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from worker.commands.database import migrate, stop_embedded_server
 from worker.commands.dev import dev, web
 from worker.commands.inspect import dlq, list_queues
 from worker.commands.observe import list_workers_command, stats
+from worker.commands.pause import queue_group
 from worker.commands.retention import prune, retry
 from worker.commands.run import run
 from worker.commands.schedules import list_schedules
@@ -43,7 +44,7 @@ for command in (
     list_schedules,
 ):
     main.add_command(command)
-for command in (cancel_jobs, list_workers_command, stats):
+for command in (cancel_jobs, list_workers_command, stats, queue_group):
     main.add_command(command)
 
 

@@ -12,11 +12,14 @@ lower levels from the one just below the top. On such a turn the promoted level 
 and the others follow in priority order, so a lower queue with a backlog gets at least `share` of
 the reads (and, when slots free one at a time, of the deliveries started) however busy the
 higher ones are. `share = 0`: strict, no guard.
+
+A paused queue (worker/pauses.py) is left out of the read, its turns going on as if it were
+asked, so a resumed queue comes back to its place in the rotation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 __all__ = ["SHARE_RESOLUTION", "ReadingOrder"]
 
@@ -48,8 +51,9 @@ class ReadingOrder:
         """No guard: a lower level is only asked with what the higher ones leave."""
         return self._step == 0
 
-    def next(self) -> list[str]:
-        """The queues for the next read, first to ask first; advances the rotation and the guard."""
+    def next(self, skip: Container[str] = frozenset()) -> list[str]:
+        """The queues for the next read, first to ask first, less those in `skip` (paused); advances
+        the rotation and the guard."""
         rotated = []
         for i, level in enumerate(self._levels):
             turn = self._turns[i]
@@ -58,7 +62,7 @@ class ReadingOrder:
         self.promoted = self._guard_turn()
         if self.promoted is not None:
             rotated.insert(0, rotated.pop(self.promoted))
-        return [queue for level in rotated for queue in level]
+        return [queue for level in rotated for queue in level if queue not in skip]
 
     def _guard_turn(self) -> int | None:
         """The lower level this read starts with, when the guard's turn has come."""

@@ -5,9 +5,10 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `Attempts` (one delivery, top to bottom), `Settle` (the one way outcomes are written),
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
+`Pauses` (which of its queues are paused: the reading order skips them),
 `Cancels` (cancel requests for the jobs it holds), `Presence` (this worker's row in the
 registry), `Scheduler` (the ticks of its queues' schedules), `Pruner` (retention of finished
-rows) and `SideTasks`, which supervises whatever runs beside the loop (those four, the lease
+rows) and `SideTasks`, which supervises whatever runs beside the loop (those five, the lease
 heartbeat, the listener and the ack flusher): one that dies stops the worker.
 `_lifespan` makes and closes them all, in one `async with`.
 """
@@ -33,6 +34,7 @@ from worker.errors import PoolerMisconfigured, SideTaskFailed, UnknownQueue
 from worker.health import Monitoring
 from worker.leases import Leases
 from worker.loop import loop_name
+from worker.pauses import Pauses
 from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
@@ -131,7 +133,7 @@ class Worker:
         self._held_back = False
         try:
             async with self.pool.connection() as conn:
-                for queue in self.order.next():
+                for queue in self.order.next(skip=self.pauses.paused):
                     room = free - len(found)
                     if room <= 0:
                         break
@@ -190,7 +192,7 @@ class Worker:
         """Burst mode: no message left in any of our queues (delayed and held ones count)."""
         try:
             async with self.pool.connection() as conn:
-                for queue in self.queues:
+                for queue in self.pauses.unpaused(self.queues):  # a paused queue's messages wait
                     if await deliveries.has_messages(conn, queue):
                         return False
         except TRANSIENT as exc:
@@ -242,6 +244,8 @@ class Worker:
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
             priorities = {queue: self.registry.get(queue).priority for queue in self.queues}
             self.order = ReadingOrder(priorities, self.settings.priority_share)
+            self.pauses = Pauses(self.pool, self.queues, interval_s=poll, on_resumed=self.wakeup.notify)
+            await self.pauses.refresh()  # before the first read: a queue paused now is not read
             self.cancels = Cancels(
                 self.pool,
                 interval_s=self.settings.heartbeat_interval.total_seconds(),
@@ -308,6 +312,7 @@ class Worker:
         side_tasks.start(leases.run(self.stops.stopping), "leases")
         side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
         side_tasks.start(self.presence.run(self.stops.stopping), "presence")
+        side_tasks.start(self.pauses.run(self.stops.stopping), "pauses")
         self._start_scheduler(side_tasks)
         self.pruner = Pruner.when_kept(self.pool, self.settings)  # None: retention 0, keep all
         if self.pruner is not None:
@@ -319,6 +324,7 @@ class Worker:
                     self.queues,
                     self.stops.stopping,
                     self.settings.reconnect_max.total_seconds(),
+                    self.pauses,
                 ),
                 "listener",
             )
@@ -336,6 +342,7 @@ class Worker:
             wakeup="listen+poll" if listening else "poll",
             database=self.target.describe(),
             burst=self.burst,
+            paused=sorted(self.pauses.paused) or None,
             loop=loop_name(),
         )
 

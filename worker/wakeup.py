@@ -33,6 +33,8 @@ from db.errors import one_line
 from db.listen import listen
 from db.logs import get_logger
 from queues.names import table_name
+from worker.pauses import CHANNEL as PAUSES
+from worker.pauses import Pauses
 from worker.store import waiters
 from worker.trouble import TRANSIENT, DatabaseTrouble
 
@@ -114,21 +116,35 @@ class Wakeup:
             self._pending = False
 
     async def listen(
-        self, target: Target, queues: Sequence[str], stopping: asyncio.Event, reconnect_max: float
+        self,
+        target: Target,
+        queues: Sequence[str],
+        stopping: asyncio.Event,
+        reconnect_max: float,
+        pauses: Pauses,
     ) -> None:
-        """Hold a LISTEN connection for the queues' insert channels, reconnecting with backoff."""
+        """Hold a LISTEN connection for the queues' insert channels and for pauses (worker/pauses.py),
+        reconnecting with backoff. An insert into a paused queue wakes nobody."""
+        queue_of = {channel(q): q for q in queues}
+
+        def heard(name: str, _payload: str) -> None:
+            if name == PAUSES:
+                pauses.changed()
+            elif queue_of.get(name) not in pauses.paused:
+                self.notify()
 
         def connected(up: bool) -> None:
             self.listening = up
             self._announced_until = 0.0  # announce again before the next wait
             if up:
                 self.notify()  # anything sent while we were not listening
+                pauses.changed()  # and any pause or resume
 
         try:
             await listen(
                 target,
-                [channel(q) for q in queues],
-                on_notify=lambda _channel, _payload: self.notify(),
+                [*queue_of, PAUSES],
+                on_notify=heard,
                 on_connect=connected,
                 stopping=stopping,
                 reconnect_max=reconnect_max,

@@ -363,3 +363,38 @@ def test_a_job_page_shows_its_webhook_deliveries(
         section.screenshot(path=str(shot), animations="disabled")
         assert shot.stat().st_size > 5_000  # a rendered table, not a blank box
         screenshot(tab, "dashboard-job-webhooks")
+
+
+def test_pause_a_queue_its_jobs_wait_and_resume_runs_them(
+    tab: Page, dev: Dev, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Pause with a reason from the Queues page: the row says paused (and why), a job sent then
+    waits queued; Resume in the row and the dev worker runs it."""
+    enqueue(conn, GREET, {"name": "before"})  # the queue exists and shows on the page
+    with shot_on_failure(tab, tmp_path, "pause"):
+        tab.goto(f"{dev.url}dashboard")
+        row = tab.locator(f"tr[data-queue={GREET}]")
+        expect(row).to_have_count(1)
+        tab.select_option("[data-testid=pause-queue]", GREET)
+        tab.fill("[data-testid=pause-reason]", "provider maintenance")
+        tab.click("[data-testid=pause-with-reason]")
+        expect(tab.locator("[data-testid=notice]")).to_contain_text("Queue paused")
+        expect(row.locator("[data-testid=paused]")).to_have_text("paused")
+        expect(row).to_contain_text("provider maintenance")
+        time.sleep(1.0)  # past the dev worker's poll interval (0.2 s): the pause holds everywhere
+        job = enqueue(conn, GREET, {"name": "held"}).job_id
+        time.sleep(1.5)
+        held = conn.execute("SELECT status FROM pgmq_worker.jobs WHERE id = %s", (job,)).fetchone()
+        assert held == ("queued",)
+        expect(row.locator("[data-field=ready]")).to_have_text("1", timeout=10_000)  # the live rows
+        tab.screenshot(path=str(tmp_path / "paused.png"), full_page=True)
+        screenshot(tab, "dashboard-queue-paused")
+        row.locator("[data-testid=resume]").click()
+        expect(tab.locator("[data-testid=notice]")).to_contain_text("Queue resumed")
+        expect(row.locator("[data-testid=paused]")).to_have_count(0)
+        assert wait_finished(conn, [job]) == {str(job): "succeeded"}
+        tab.on("dialog", lambda dialog: dialog.accept())  # the row's Pause asks first
+        row.locator("[data-testid=pause]").click()
+        expect(row.locator("[data-testid=paused]")).to_have_text("paused")
+        tab.screenshot(path=str(tmp_path / "paused-again.png"), full_page=True)
+    print(f"screenshots: {tmp_path}")

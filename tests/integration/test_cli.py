@@ -54,6 +54,7 @@ def test_send_then_run_burst_processes_the_reference_handler(
         "in_flight": 0,
         "oldest_age_s": stats["oldest_age_s"],
         "dead": 0,
+        "paused": False,
     }
     ran = cli(db_url, "run", "--burst", "--concurrency", "2")
     assert ran.exit_code == 0, ran.output
@@ -71,8 +72,8 @@ def test_queues_shows_depth_in_flight_and_dead_letters(db_url: str, conn: psycop
     result = cli(db_url, "queues")
     assert result.exit_code == 0, result.output
     [line] = [ln for ln in result.stdout.splitlines() if ln.startswith("alpha")]
-    name, depth, in_flight, _oldest, dead_count = line.split()
-    assert (name, depth, in_flight, dead_count) == ("alpha", "3", "1", "1")
+    name, depth, in_flight, _oldest, dead_count, state = line.split()
+    assert (name, depth, in_flight, dead_count, state) == ("alpha", "3", "1", "1", "-")
 
 
 @pytest.mark.parametrize("reported", [True, False], ids=["pgmq reports visible", "counted by us"])

@@ -1,8 +1,9 @@
 """The dashboard's actions: every one a POST from its own pages, CSRF-checked, answered with a redirect.
 
 Log in and out; cancel and retry a job; replay dead letters (one, all, or by error type) and purge
-them. Each redirects back to the page it came from with `?done=<what>&n=<how many>`, which the page
-turns into a fixed sentence (a link cannot make it say anything else).
+them; pause and resume a queue. Each redirects back to the page it came from with
+`?done=<what>&n=<how many>`, which the page turns into a fixed sentence (a link cannot make it
+say anything else).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from queues.cancel import JobFinished, UnknownJob, acancel
 from queues.errors import QueueError
 from queues.jobs import parse_job_id
 from queues.names import validate_queue_name
+from queues.pauses import InvalidPauseNote, apause, aresume
 from queues.retry import apurge, areplay, aretry
 from web.dashboard.access import (
     NotAdmitted,
@@ -25,11 +27,11 @@ from web.dashboard.access import (
     read_form,
     set_session,
 )
-from web.dashboard.site import Dashboard
+from web.dashboard.site import Dashboard, privileged
 from web.errors import ApiError
 
 # Which actions this build can do (the job page and the dead-letters page show their buttons).
-AVAILABLE: Final = {"cancel": True, "retry": True, "replay": True, "purge": True}
+AVAILABLE: Final = {"cancel": True, "retry": True, "replay": True, "purge": True, "pause": True}
 OLDER_THAN: Final = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7)}
 NOTICES: Final = {
     "cancelled": "Job cancelled.",
@@ -37,6 +39,10 @@ NOTICES: Final = {
     "retried": "Job sent again: a new delivery of the same job.",
     "replayed": "{n} dead letter(s) sent back to the queue.",
     "purged": "{n} dead letter(s) purged.",
+    "paused": "Queue paused: workers stop reading it within a poll interval; running jobs finish.",
+    "already_paused": "The queue was paused already.",
+    "resumed": "Queue resumed: workers read it again.",
+    "not_paused": "The queue was not paused.",
     "logged_out": "Logged out.",
 }
 
@@ -66,6 +72,7 @@ def add(router: APIRouter, dash: Dashboard) -> None:
     _add_session(router, dash)
     _add_job_actions(router, dash)
     _add_dead_letter_actions(router, dash)
+    _add_queue_actions(router, dash)
 
 
 async def admitted_form(dash: Dashboard, request: Request) -> dict[str, str]:
@@ -156,21 +163,27 @@ def _add_job_actions(router: APIRouter, dash: Dashboard) -> None:
         return back(f"/dashboard/jobs/{jid}", "retried")
 
 
-def _add_dead_letter_actions(router: APIRouter, dash: Dashboard) -> None:
-    async def checked(queue: str, request: Request) -> dict[str, str] | Response:
-        try:
-            form = await admitted_form(dash, request)
-        except (NotAdmitted, ApiError) as exc:
-            return dash.refused(request, exc)
-        try:
-            validate_queue_name(queue)
-        except QueueError as exc:
-            return refuse(dash, request, 404, "No such queue", str(exc))
-        return form
+async def queue_form(
+    dash: Dashboard, request: Request, queue: str | None = None
+) -> dict[str, str] | Response:
+    """An admitted, CSRF-checked form about `queue` (None: the form's `queue` field, put in the
+    result as `queue`); the refusal (404 for a bad name) otherwise."""
+    try:
+        form = await admitted_form(dash, request)
+    except (NotAdmitted, ApiError) as exc:
+        return dash.refused(request, exc)
+    name = form.get("queue", "") if queue is None else queue
+    try:
+        validate_queue_name(name)
+    except QueueError as exc:
+        return refuse(dash, request, 404, "No such queue", str(exc))
+    return form | {"queue": name}
 
+
+def _add_dead_letter_actions(router: APIRouter, dash: Dashboard) -> None:
     @router.post("/dead-letters/{queue}/replay")
     async def replay(queue: str, request: Request) -> Response:
-        form = await checked(queue, request)
+        form = await queue_form(dash, request, queue)
         if isinstance(form, Response):
             return form
         scope = form.get("scope", "")
@@ -194,7 +207,7 @@ def _add_dead_letter_actions(router: APIRouter, dash: Dashboard) -> None:
 
     @router.post("/dead-letters/{queue}/purge")
     async def purge(queue: str, request: Request) -> Response:
-        form = await checked(queue, request)
+        form = await queue_form(dash, request, queue)
         if isinstance(form, Response):
             return form
         older: timedelta | None = None
@@ -208,3 +221,35 @@ def _add_dead_letter_actions(router: APIRouter, dash: Dashboard) -> None:
             except QueueError as exc:
                 return refuse(dash, request, 404, "No such queue", str(exc))
         return back(f"/dashboard/dead-letters?queue={queue}", "purged", gone)
+
+
+def _add_queue_actions(router: APIRouter, dash: Dashboard) -> None:
+    """Pause and resume: the queue is a field of the form (the Queues page's select picks it)."""
+
+    @router.post("/queues/pause")
+    @privileged(dash)
+    async def pause(request: Request) -> Response:
+        form = await queue_form(dash, request)
+        if isinstance(form, Response):
+            return form
+        async with dash.jobs.pool.connection() as conn:
+            try:
+                done = await apause(conn, form["queue"], by="dashboard", reason=form.get("reason"))
+            except InvalidPauseNote as exc:
+                return refuse(dash, request, 400, "Bad request", str(exc))
+            except QueueError as exc:  # a dead-letter queue, or no such queue
+                return refuse(dash, request, 404, "No such queue", str(exc))
+        return back("/dashboard", "already_paused" if done.already else "paused")
+
+    @router.post("/queues/resume")
+    @privileged(dash)
+    async def resume(request: Request) -> Response:
+        form = await queue_form(dash, request)
+        if isinstance(form, Response):
+            return form
+        async with dash.jobs.pool.connection() as conn:
+            try:
+                lifted = await aresume(conn, form["queue"])
+            except QueueError as exc:
+                return refuse(dash, request, 404, "No such queue", str(exc))
+        return back("/dashboard", "not_paused" if lifted is None else "resumed")

@@ -24,7 +24,7 @@ from db.logs import get_logger
 from queues.jobs import aget_job, parse_job_id
 from queues.overview import aoverview
 from queues.workers import alist_workers
-from web.dashboard.access import NotAdmitted
+from web.dashboard.access import NotAdmitted, csrf_token
 from web.dashboard.site import Dashboard
 from web.errors import DB_ERRORS, ApiError
 
@@ -78,7 +78,10 @@ def add(router: APIRouter, dash: Dashboard) -> None:
         async def rows() -> str:
             async with dash.jobs.pool.connection() as conn:
                 found = await aoverview(conn)
-            return dash.pages.env.get_template("queue_rows.html").render(queues=found)
+            # The rows' Pause and Resume forms carry the token the page set (its cookie).
+            return dash.pages.env.get_template("queue_rows.html").render(queues=found, csrf=csrf)
+
+        csrf = csrf_token(request)[0]
 
         return stream(refreshing(rows, "queue-rows", REFRESH_S, keepalive))
 

@@ -21,7 +21,7 @@ from worker.commands.edge import AGE, one_line_errors, settings_from_env, target
 @click.command(name="queues")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per queue.")
 def list_queues(as_json: bool) -> None:
-    """Each queue with its depth, in-flight count, oldest message age and dead-letter depth."""
+    """Each queue with its depth, in-flight count, oldest message age, dead-letter depth and pause."""
     db_settings = settings_from_env(DatabaseSettings)
     with one_line_errors():
         target = target_of(db_settings)
@@ -39,15 +39,17 @@ def list_queues(as_json: bool) -> None:
                         "in_flight": r.in_flight,
                         "oldest_age_s": r.oldest_age_s,
                         "dead": r.dead,
+                        "paused": r.paused,
                     }
                 )
             )
         return
-    header = f"{'queue':<32} {'depth':>8} {'in_flight':>9} {'oldest_s':>9} {'dead':>6}"
+    header = f"{'queue':<32} {'depth':>8} {'in_flight':>9} {'oldest_s':>9} {'dead':>6}  state"
     click.echo(header)
     for r in rows:
         oldest = "-" if r.oldest_age_s is None else str(r.oldest_age_s)
-        click.echo(f"{r.queue:<32} {r.depth:>8} {r.in_flight:>9} {oldest:>9} {r.dead:>6}")
+        state = "paused" if r.paused else "-"
+        click.echo(f"{r.queue:<32} {r.depth:>8} {r.in_flight:>9} {oldest:>9} {r.dead:>6}  {state}")
 
 
 @click.group()
