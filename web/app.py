@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from db.connect import Target, async_pool, connect
 from db.errors import one_line
@@ -128,6 +130,22 @@ class Jobs:
             return await aget_job(conn, job_id)
 
 
+class WebApp(FastAPI):
+    """FastAPI behind the Guard and the enqueue route: `front` is what answers every request.
+
+    `front` = Guard (security headers, size caps, the request log) around SubmitRoute (answers
+    `POST /jobs/{queue}`) around FastAPI's own stack, so the enqueue path skips FastAPI's
+    middleware and router (web/submit_route.py), and the Guard also sees the 500 that Starlette's
+    ServerErrorMiddleware sends for an error no handler took.
+    """
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve through `front`."""
+        await self.front(scope, receive, send)
+
+
 def create_app(
     target: Target,
     *,
@@ -150,12 +168,10 @@ def create_app(
 
     # The schema and Swagger UI are served only when asked for (web_docs), and then behind the
     # token like every endpoint: Swagger UI's script comes from a CDN onto this origin.
-    app = FastAPI(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = WebApp(title="pgmq-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
-    # Starlette runs the middleware added last outermost: the Guard wraps the enqueue route too.
-    app.add_middleware(SubmitRoute, jobs=jobs, route=lambda: submit_route(app))
-    app.add_middleware(Guard)
+    app.front = Guard(SubmitRoute(partial(FastAPI.__call__, app), jobs=jobs, route=lambda: submit_route(app)))
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -3,10 +3,11 @@
 `answer` is the route: the caller, the checked body (web/submit.py), the enqueue, the 202. The
 route is declared in FastAPI (web/app.py) for the OpenAPI document and calls `answer`; the
 `SubmitRoute` middleware, which sits inside the app's Guard (security headers, size caps, the
-request log) and metrics, calls `answer` itself for a request it recognises and passes every
-other request on. FastAPI's router, exception middleware, dependency solving and Response class
-took about a fifth of the web process's CPU per enqueue under load (py-spy, docs/benchmarks.md),
-and none of them decides anything for this route.
+request log) and metrics but in front of FastAPI's whole stack (web/app.py's WebApp), calls
+`answer` itself for a request it recognises and passes every other request on. FastAPI's
+middleware, router, dependency solving and Response class took about a quarter of the web
+process's CPU per enqueue under load (py-spy, docs/benchmarks.md), and none of them decides
+anything for this route.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class SubmitRoute:
         self.app = app
         self.jobs = jobs
         self.route = route  # FastAPI's route object, looked up once the app has declared it
+        self._route: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the enqueue route, or pass the request on unchanged."""
@@ -96,7 +98,9 @@ class SubmitRoute:
         if queue is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route()  # what FastAPI's router would set: web/metrics.py labels by it
+        if self._route is None:
+            self._route = self.route()
+        scope["route"] = self._route  # what FastAPI's router would set: web/metrics.py labels by it
         raw = await read_body(receive)
         if raw is None:
             return
