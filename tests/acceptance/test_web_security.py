@@ -308,14 +308,35 @@ def test_the_page_and_the_api_send_security_headers(authed: TestClient) -> None:
         authed.get(job["status_url"], headers=bearer(ALICE)),
         authed.get(job["status_url"]),  # 401
         authed.get("/nope"),  # 404
+        authed.post("/jobs/text_stats", json={"text": "x"}, headers=bearer(ALICE)),  # web/submit_route.py
+        authed.post("/jobs/text_stats", json={"text": ""}, headers=bearer(ALICE)),  # 422 from there
     ]
-    assert [a.status_code for a in answers] == [200, 200, 200, 401, 404]
+    assert [a.status_code for a in answers] == [200, 200, 200, 401, 404, 202, 422]
     for answer in answers:
         assert answer.headers["x-frame-options"] == "DENY", answer.request.url
         assert answer.headers["referrer-policy"] == "no-referrer"
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
     assert answers[2].headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_an_unhandled_error_is_a_500_with_the_headers_and_a_log_line(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a route (here: loading a job raises) answers Starlette's 500 through the Guard: the
+    security headers are on it and the request log says 500."""
+
+    async def broken(_self: Any, _job_id: uuid.UUID) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("web.app.Jobs.load", broken)
+    with TestClient(app_on(target), raise_server_exceptions=False) as client, capture_logs() as logs:
+        answer = client.get(f"/jobs/{uuid.uuid4()}")
+    assert answer.status_code == 500
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["x-frame-options"] == "DENY"
+    [line] = [e for e in logs if e["event"] == "http.request"]
+    assert line["status"] == 500
 
 
 def test_docs_are_off_by_default_and_behind_the_token_when_on(target: Target) -> None:
