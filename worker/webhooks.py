@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,6 +158,9 @@ class Event:
     job_id: str
     status: str
     data: dict[str, Any]
+    # When the status changed: the body's `timestamp`. Each event is delivered (and retried) on its
+    # own, so a receiver may get a job's events out of order; this orders them.
+    at: float = field(default_factory=time.time)
 
     @property
     def type(self) -> str:
@@ -255,7 +258,7 @@ class Webhooks:
         now = datetime.now(UTC)
         delivery = Delivery(msg_id, event.job_id, event.type, first_tried_at=now, last_tried_at=now)
         try:  # the one encoder: the result in the body reads as the job row holds it
-            body = storable.dumps_bytes({"type": event.type, "timestamp": time.time(), "data": event.data})
+            body = storable.dumps_bytes({"type": event.type, "timestamp": event.at, "data": event.data})
         except storable.Unstorable as exc:  # not expected: results and errors were checked before
             log.warning("webhook.refused", job_id=event.job_id, error=str(exc))
             delivery.error = error_text(str(exc))

@@ -421,7 +421,7 @@ def test_a_webhook_says_job_cancelled(target: Target, conn: psycopg.Connection[A
     finally:
         receiver.shutdown()
         receiver.server_close()
-    events = [verified(h, b) for h, b in receiver.received]
+    events = sorted((verified(h, b) for h, b in receiver.received), key=lambda e: e["timestamp"])
     assert [e["type"] for e in events] == ["job.running", "job.cancelled"]
     assert events[1]["data"]["status"] == "cancelled" and events[1]["data"]["reason"] == "requested"
 
