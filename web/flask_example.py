@@ -64,13 +64,14 @@ def jobs_blueprint(
     @bp.post("/jobs/<queue>")
     def submit(queue: str) -> tuple[Response, int, dict[str, str]]:
         """Enqueue the JSON body as a job on `queue`: 202 with the job id and its Location."""
-        owner = access.owner(request.headers.get("Authorization"))
-        key = request.headers.get("Idempotency-Key")
         sub = check(
-            known, queue, _body(MAX_PAYLOAD_BYTES), delay=request.args.get("delay"), idempotency_key=key
+            known,
+            queue,
+            _body(MAX_PAYLOAD_BYTES),
+            delay=request.args.get("delay"),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+            owner=access.owner(request.headers.get("Authorization")),
         )
-        # Keys are per caller, as in web/app.py: another user's key must never hand back their job.
-        scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
         try:
             with pool.connection() as conn:
                 sent = enqueue(
@@ -78,8 +79,8 @@ def jobs_blueprint(
                     sub.queue,
                     sub.body,
                     delay=sub.delay,
-                    owner=owner,
-                    idempotency_key=scoped,
+                    owner=sub.owner,
+                    idempotency_key=sub.idempotency_key,
                     catalog=known,
                 )
         except QueueError as exc:

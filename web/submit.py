@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from db import storable
 from queues.catalog import Catalog
@@ -31,13 +32,23 @@ class Submission:
     queue: str
     body: dict[str, Any]
     delay: float
-    idempotency_key: str | None
+    idempotency_key: str | None  # scoped to the caller: another user's key never hands back their job
+    owner: UUID | None = None
 
 
 def check(
-    catalog: Catalog, queue: str, raw: bytes, *, delay: str | None = None, idempotency_key: str | None = None
+    catalog: Catalog,
+    queue: str,
+    raw: bytes,
+    *,
+    delay: str | None = None,
+    idempotency_key: str | None = None,
+    owner: UUID | None = None,
 ) -> Submission:
-    """Validate everything that needs no database; ApiError (4xx) for the first problem found."""
+    """Validate everything that needs no database; ApiError (4xx) for the first problem found.
+
+    `owner`: the caller (None when auth is off), whose jobs alone its Idempotency-Key finds.
+    """
     try:
         validate_queue_name(queue)
     except QueueError as exc:
@@ -58,7 +69,9 @@ def check(
         raise _refused(exc) from exc
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise ApiError(400, "bad_request", "Idempotency-Key must be 1-200 characters")
-    return Submission(name, body, _delay(delay), idempotency_key)
+    key = idempotency_key
+    scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
+    return Submission(name, body, _delay(delay), scoped, owner)
 
 
 def _refused(exc: QueueError) -> ApiError:

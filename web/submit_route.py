@@ -46,11 +46,14 @@ class Request:
 
 async def answer(jobs: Jobs, request: Request) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Enqueue the body as a job: (202, its description, Location); ApiError for a client's mistake."""
-    owner = jobs.auth.owner(request.authorization)
-    key = request.idempotency_key
-    sub = check(jobs.catalog, request.queue, request.body, delay=request.delay, idempotency_key=key)
-    # Keys are per caller: another user's key must never hand back their job.
-    scoped = None if key is None else (f"{owner}:{key}" if owner is not None else key)
+    sub = check(
+        jobs.catalog,
+        request.queue,
+        request.body,
+        delay=request.delay,
+        idempotency_key=request.idempotency_key,
+        owner=jobs.auth.owner(request.authorization),
+    )
     try:
         async with jobs.pool.connection() as conn:
             sent = await aenqueue(
@@ -58,8 +61,8 @@ async def answer(jobs: Jobs, request: Request) -> tuple[int, dict[str, Any], dic
                 sub.queue,
                 sub.body,
                 delay=sub.delay,
-                owner=owner,
-                idempotency_key=scoped,
+                owner=sub.owner,
+                idempotency_key=sub.idempotency_key,
                 catalog=jobs.catalog,
             )
     except QueueError as exc:
