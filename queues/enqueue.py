@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from db import durations, storable
 from db.durations import Seconds
-from queues import pgmq
+from queues import job_sends
 from queues.catalog import Catalog
 from queues.contract import Contract, QueueRef, queue_of
 from queues.errors import InvalidPayload, NoJobRows, PayloadTooLarge, UnknownQueue
@@ -174,8 +174,11 @@ def _key(key: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Send:
-    """One enqueue's checked parameters, built before any statement is sent (sync or async)."""
+class Outgoing:
+    """One enqueue's checked parameters, built before any statement is sent (sync or async).
+
+    `Outgoing.of` makes every check; `aenqueue_each` sends many of them in one statement.
+    """
 
     queue: str
     body: str
@@ -195,7 +198,7 @@ class _Send:
         key: str | None,
         hook: str | None,
         catalog: Catalog | None,
-    ) -> _Send:
+    ) -> Outgoing:
         """Every check enqueue and aenqueue make, in the order they have always made them."""
         queue, body = queue_of(ref), encode(ref, payload)
         _with_job_rows(catalog, queue)
@@ -250,17 +253,17 @@ def enqueue(
     With a webhook_url, the worker POSTs the job's status changes there (signed). With a catalog
     (the process's declared queues), a queue declared without job rows is refused (NoJobRows).
     """
-    s = _Send.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
+    s = Outgoing.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
     if s.key is None:  # one statement, one round trip
-        return s.sent(pgmq.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
-    if (found := pgmq.active_job(conn, s.queue, s.key)) is not None:
+        return s.sent(job_sends.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
+    if (found := job_sends.active_job(conn, s.queue, s.key)) is not None:
         return s.existing(found)
     try:
         with conn.transaction():  # a savepoint: a lost race must not abort the caller's transaction
-            sent = pgmq.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
+            sent = job_sends.send_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
     except psycopg.errors.UniqueViolation:
         # A concurrent enqueue with the same key won; ours (message included) was rolled back.
-        if (found := pgmq.active_job(conn, s.queue, s.key)) is None:
+        if (found := job_sends.active_job(conn, s.queue, s.key)) is None:
             raise
         return s.existing(found)
     return s.sent(sent)
@@ -277,17 +280,17 @@ async def aenqueue(
     webhook_url: str | None = None,
     catalog: Catalog | None = None,
 ) -> Enqueued:
-    """The async twin of enqueue, for FastAPI: the same checks (_Send), awaited statements."""
-    s = _Send.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
+    """The async twin of enqueue, for FastAPI: the same checks (Outgoing), awaited statements."""
+    s = Outgoing.of(ref, payload, delay, owner, key=idempotency_key, hook=webhook_url, catalog=catalog)
     if s.key is None:
-        return s.sent(await pgmq.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
-    if (found := await pgmq.aactive_job(conn, s.queue, s.key)) is not None:
+        return await asend(conn, s)
+    if (found := await job_sends.aactive_job(conn, s.queue, s.key)) is not None:
         return s.existing(found)
     try:
         async with conn.transaction():
-            sent = await pgmq.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
+            sent = await job_sends.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=s.key))
     except psycopg.errors.UniqueViolation:
-        if (found := await pgmq.aactive_job(conn, s.queue, s.key)) is None:
+        if (found := await job_sends.aactive_job(conn, s.queue, s.key)) is None:
             raise
         return s.existing(found)
     return s.sent(sent)
@@ -309,7 +312,35 @@ def enqueue_batch(
     if not payloads:
         return []
     _with_job_rows(catalog, queue)
-    sent = pgmq.send_job_batch(conn, queue, bodies, len(payloads), delay_s=delay_s, owner=who)
+    sent = job_sends.send_job_batch(conn, queue, bodies, len(payloads), delay_s=delay_s, owner=who)
+    if not sent:
+        raise _unknown(queue)
+    return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]
+
+
+async def asend(conn: psycopg.AsyncConnection[Any], s: Outgoing) -> Enqueued:
+    """One checked enqueue without an idempotency key: one statement, one round trip."""
+    if s.key is not None:
+        raise ValueError("asend takes an unkeyed enqueue: aenqueue handles idempotency keys")
+    return s.sent(await job_sends.asend_job(conn, s.queue, s.body, s.delay_s, **s.params(key=None)))
+
+
+async def aenqueue_each(conn: psycopg.AsyncConnection[Any], sends: Sequence[Outgoing]) -> list[Enqueued]:
+    """Many checked, unkeyed enqueues of one queue (`Outgoing.of`) in one statement, in order.
+
+    Each keeps its own delay and owner; the statement commits or fails for all of them. The web
+    process sends concurrent `POST /jobs` requests this way (web/coalesce.py). UnknownQueue if
+    the queue does not exist.
+    """
+    if not sends:
+        return []
+    queue = sends[0].queue
+    if any(s.queue != queue or s.key is not None or s.webhook is not None for s in sends):
+        raise ValueError("aenqueue_each takes unkeyed enqueues of one queue, without webhooks")
+    bodies = "[" + ",".join(s.body for s in sends) + "]"
+    sent = await job_sends.asend_job_batch(
+        conn, queue, bodies, len(sends), delays=[s.delay_s for s in sends], owners=[s.owner for s in sends]
+    )
     if not sent:
         raise _unknown(queue)
     return [Enqueued(queue, msg_id, job_id) for job_id, msg_id in sent]

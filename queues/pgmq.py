@@ -8,11 +8,9 @@ is in worker/store.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -21,8 +19,7 @@ from psycopg.types.json import Jsonb
 from db import storable
 from db.pgmq_install import PgmqFeatures, detect
 from queues import storage
-from queues.errors import InvalidPayload, UnknownQueue
-from queues.ids import uuid7, uuid7_batch
+from queues.errors import InvalidPayload
 from queues.names import dlq_name, table_name, validate_queue_name
 
 QUEUE_EXISTS = "SELECT 1 FROM pgmq.meta WHERE queue_name = %s"
@@ -42,50 +39,11 @@ SKIP_STALE_JOB_IDS = (
 )
 SEND = "SELECT * FROM pgmq.send(%s, %s, %s::integer)"
 SEND_BATCH = "SELECT * FROM pgmq.send_batch(%s, %s::jsonb[], %s::integer)"
-# Enqueue: the message and its job row in one statement, so neither exists without the other.
-# The message goes straight into the queue's table, the INSERT pgmq.send runs inside (vt, message;
-# the other columns keep their defaults on every pgmq version): pgmq.send builds and plans that
-# INSERT in plpgsql on every call, and this statement, prepared once, costs 1.6x less at 8
-# producers. A missing table fails at parse time, aborting the caller's transaction, so a queue
-# is looked up in pgmq.meta first when the caller has a transaction open (`_alone`).
-SEND_JOB = sql.SQL("""
-WITH sent AS (
-    INSERT INTO pgmq.{q} (vt, message)
-    VALUES (clock_timestamp() + make_interval(secs => %(delay)s::integer), %(body)s::jsonb)
-    RETURNING msg_id
-)
-INSERT INTO pgmq_worker.jobs (id, queue, msg_id, status, owner, idempotency_key, webhook_url)
-SELECT %(id)s, %(queue)s, sent.msg_id, 'queued', %(owner)s, %(key)s, %(webhook)s FROM sent
-RETURNING msg_id
-""")
 SEND_IF_EXISTS = """
 SELECT s.msg_id
 FROM pgmq.meta AS q, LATERAL pgmq.send(q.queue_name, %(body)s::jsonb, %(delay)s::integer) AS s(msg_id)
 WHERE q.queue_name = %(queue)s
 """
-# The bodies travel as one JSON array, split on the server: a jsonb[] parameter costs the client a
-# quoting pass over every element (40% of a 1000-message enqueue_batch). They are inserted in
-# array order, as pgmq.send_batch inserts its array, so the n-th lowest msg_id is the n-th body.
-# The job ids (queues.ids: time-ordered, made by the client) travel as one bytea of 16 bytes each,
-# the n-th for the n-th body, so the caller need not parse ids back.
-SEND_JOB_BATCH = sql.SQL("""
-WITH sent AS (
-    INSERT INTO pgmq.{q} (vt, message)
-    SELECT d.vt, b.body
-    FROM (SELECT clock_timestamp() + make_interval(secs => %(delay)s::integer) AS vt) AS d,
-        jsonb_array_elements(%(bodies)s::jsonb) WITH ORDINALITY AS b(body, n)
-    ORDER BY b.n
-    RETURNING msg_id
-), numbered AS (SELECT msg_id, row_number() OVER (ORDER BY msg_id) AS n FROM sent)
-INSERT INTO pgmq_worker.jobs (id, queue, msg_id, status, owner)
-SELECT encode(substring(%(ids)s::bytea FROM (numbered.n::integer - 1) * 16 + 1 FOR 16), 'hex')::uuid,
-    %(queue)s, numbered.msg_id, 'queued', %(owner)s
-FROM numbered
-RETURNING msg_id
-""")
-ACTIVE_JOB = (
-    "SELECT id, msg_id FROM pgmq_worker.jobs WHERE queue = %s AND active_key = %s"  # unfinished (0023)
-)
 METRICS = "SELECT queue_length, queue_visible_length, oldest_msg_age_sec FROM pgmq.metrics(%s)"
 # pgmq 1.4's metrics() has no visible count (PgmqFeatures.metrics_visible): counted as 1.5 counts it.
 METRICS_COUNTING_VISIBLE = sql.SQL(
@@ -243,108 +201,6 @@ def send_batch(
     return [int(r[0]) for r in rows]
 
 
-def _alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    """Whether a failed statement would take nothing of the caller's with it.
-
-    True when no transaction is open: on an autocommit connection the statement is its own
-    transaction; otherwise it opens one, which we roll back. Then the send is tried as is, and
-    a missing table answers UnknownQueue. Inside the caller's transaction the queue is looked up in pgmq.meta
-    first (one more round trip), since a missing table would abort that transaction.
-    """
-    return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-
-
-def _check_missing(exc: psycopg.errors.UndefinedTable, queue: str, *, alone: bool) -> None:
-    """After a send found no table: re-raise unless it is the queue's; UnknownQueue inside a
-    transaction of the caller's (the queue was dropped between the lookup and the send)."""
-    if table_name(queue) not in str(exc):
-        raise exc
-    if not alone:
-        raise UnknownQueue(
-            f"no queue named {queue!r} any more (it was dropped): create it again; the statement "
-            "failed, and so has the transaction it ran in"
-        ) from exc
-
-
-def _job_params(
-    queue: str, body: str, delay_s: int, *, owner: UUID | None, key: str | None, webhook: str | None
-) -> dict[str, Any]:
-    """SEND_JOB's parameters, with a new job id."""
-    return {
-        "id": uuid7(),
-        "queue": queue,
-        "body": body,
-        "delay": delay_s,
-        "owner": owner,
-        "key": key,
-        "webhook": webhook,
-    }
-
-
-@functools.lru_cache(maxsize=512)
-def _send_statement(queue: str, *, batch: bool) -> str:
-    """SEND_JOB (or SEND_JOB_BATCH) for one queue's table, rendered once."""
-    return (SEND_JOB_BATCH if batch else SEND_JOB).format(q=_q(queue)).as_string()
-
-
-def send_job(
-    conn: psycopg.Connection[Any],
-    queue: str,
-    body: str,
-    delay_s: int,
-    *,
-    owner: UUID | None,
-    key: str | None,
-    webhook: str | None = None,
-) -> tuple[UUID, int] | None:
-    """The message and its job row (status queued): (job id, message id); None if no such queue.
-
-    `body` is the message as JSON object text (queues.enqueue.encode): encoded once, checked once.
-    Inside the caller's transaction the queue is looked up first (see `_alone`); one dropped
-    between that lookup and the send raises UnknownQueue (the transaction has failed).
-    """
-    alone = _alone(conn)
-    if not alone and not queue_exists(conn, queue):
-        return None
-    params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
-    try:
-        row = conn.execute(_send_statement(queue, batch=False), params).fetchone()
-    except psycopg.errors.UndefinedTable as exc:
-        _check_missing(exc, queue, alone=alone)
-        if not conn.autocommit:
-            conn.rollback()  # the transaction held only our statement
-        return None
-    assert row is not None  # noqa: S101  one message, one job row
-    return params["id"], int(row[0])
-
-
-async def asend_job(
-    conn: psycopg.AsyncConnection[Any],
-    queue: str,
-    body: str,
-    delay_s: int,
-    *,
-    owner: UUID | None,
-    key: str | None,
-    webhook: str | None = None,
-) -> tuple[UUID, int] | None:
-    """send_job on an async connection."""
-    alone = _alone(conn)
-    if not alone and not await aqueue_exists(conn, queue):
-        return None
-    params = _job_params(queue, body, delay_s, owner=owner, key=key, webhook=webhook)
-    try:
-        cur = await conn.execute(_send_statement(queue, batch=False), params)
-    except psycopg.errors.UndefinedTable as exc:
-        _check_missing(exc, queue, alone=alone)
-        if not conn.autocommit:
-            await conn.rollback()
-        return None
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101  one message, one job row
-    return params["id"], int(row[0])
-
-
 async def asend_if_exists(
     conn: psycopg.AsyncConnection[Any], queue: str, body: str, delay_s: int = 0
 ) -> int | None:
@@ -353,42 +209,6 @@ async def asend_if_exists(
     cur = await conn.execute(SEND_IF_EXISTS, {"queue": queue, "body": body, "delay": delay_s})
     row = await cur.fetchone()
     return None if row is None else int(row[0])
-
-
-def send_job_batch(
-    conn: psycopg.Connection[Any], queue: str, bodies: str, n: int, *, delay_s: int, owner: UUID | None
-) -> list[tuple[UUID, int]]:
-    """The n messages in `bodies` (a JSON array of objects) and a job row for each, in order.
-
-    Returns (job id, msg_id) per body; empty if the queue does not exist (see send_job for one
-    dropped since).
-    """
-    alone = _alone(conn)
-    if not alone and not queue_exists(conn, queue):
-        return []
-    raw, ids = uuid7_batch(n)
-    params = {"queue": queue, "bodies": bodies, "ids": raw, "delay": delay_s, "owner": owner}
-    try:
-        rows = conn.execute(_send_statement(queue, batch=True), params).fetchall()
-    except psycopg.errors.UndefinedTable as exc:
-        _check_missing(exc, queue, alone=alone)
-        if not conn.autocommit:
-            conn.rollback()
-        return []
-    return list(zip(ids, sorted(int(r[0]) for r in rows), strict=True))
-
-
-def active_job(conn: psycopg.Connection[Any], queue: str, key: str) -> tuple[UUID, int] | None:
-    """The unfinished job enqueued with this idempotency key, if any."""
-    row = conn.execute(ACTIVE_JOB, (queue, key)).fetchone()
-    return None if row is None else (row[0], int(row[1]))
-
-
-async def aactive_job(conn: psycopg.AsyncConnection[Any], queue: str, key: str) -> tuple[UUID, int] | None:
-    """active_job on an async connection."""
-    cur = await conn.execute(ACTIVE_JOB, (queue, key))
-    row = await cur.fetchone()
-    return None if row is None else (row[0], int(row[1]))
 
 
 # The dead letters have a module of their own; worker/cli.py still finds them here.

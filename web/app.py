@@ -30,6 +30,7 @@ from queues.catalog import Catalog
 from queues.jobs import Job, aget_job, parse_job_id
 from web.auth import Auth, Caller
 from web.cancel import router as cancel_router
+from web.coalesce import Coalescer
 from web.dashboard import dashboard_router
 from web.errors import DB_ERRORS, ApiError, artifact_not_found, database_error, job_not_found
 from web.events import JobEvents
@@ -88,6 +89,7 @@ class Jobs:
             timeout=REQUEST_DB_TIMEOUT_S,
         )
         self.events = JobEvents(target, self.pool, reconnect_max=db.connect_timeout)
+        self.coalescer = Coalescer(self.pool)  # POST /jobs without an Idempotency-Key goes through it
 
     async def open(self) -> None:
         """Create the catalog's queues (as the worker would), open the pool, start listening."""

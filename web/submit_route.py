@@ -21,7 +21,7 @@ import orjson
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from queues.enqueue import MAX_PAYLOAD_BYTES, aenqueue
+from queues.enqueue import MAX_PAYLOAD_BYTES, Outgoing, aenqueue
 from queues.errors import QueueError
 from web.errors import DB_ERRORS, ApiError, database_error, from_queue_error
 from web.submit import accepted, check
@@ -55,16 +55,22 @@ async def answer(jobs: Jobs, request: Request) -> tuple[int, dict[str, Any], dic
         owner=jobs.auth.owner(request.authorization),
     )
     try:
-        async with jobs.pool.connection() as conn:
-            sent = await aenqueue(
-                conn,
-                sub.queue,
-                sub.body,
-                delay=sub.delay,
-                owner=sub.owner,
-                idempotency_key=sub.idempotency_key,
-                catalog=jobs.catalog,
+        if sub.idempotency_key is None:  # concurrent requests share a statement (web/coalesce.py)
+            send = Outgoing.of(
+                sub.queue, sub.body, sub.delay, sub.owner, key=None, hook=None, catalog=jobs.catalog
             )
+            sent = await jobs.coalescer.enqueue(send)
+        else:
+            async with jobs.pool.connection() as conn:
+                sent = await aenqueue(
+                    conn,
+                    sub.queue,
+                    sub.body,
+                    delay=sub.delay,
+                    owner=sub.owner,
+                    idempotency_key=sub.idempotency_key,
+                    catalog=jobs.catalog,
+                )
     except QueueError as exc:
         raise from_queue_error(exc) from exc
     body, location = accepted(sent)

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from db.errors import one_line
 from db.logs import get_logger
-from queues import pgmq
+from queues import job_sends, pgmq
 from queues.errors import UnknownQueue
 from worker import webhooks
 from worker.execute import unrecorded
@@ -337,7 +337,7 @@ class Settle:
                     for h in handoffs if ours else ():
                         sent: object
                         if self._keeps_job_rows(h.queue):
-                            sent = await pgmq.asend_job(
+                            sent = await job_sends.asend_job(
                                 conn, h.queue, h.body, h.delay_s, owner=h.owner, key=None
                             )
                         else:

@@ -362,6 +362,43 @@ def assert_moves_to_success(events: list[dict[str, Any]]) -> None:
     assert all(a != b for a, b in itertools.pairwise(events)), "an unchanged state was sent twice"
 
 
+def test_concurrent_posts_share_statements_and_each_gets_its_own_job(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """60 requests at once from two users on a real server: every one is 202 with its own job
+    (its owner's, its delay, its text), in fewer statements than requests (web/coalesce.py)."""
+    app = app_on(target, jwt_secret=SECRET)
+
+    async def post_all(base: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        f"/jobs/text_stats?delay={i % 3}",
+                        json={"text": f"request {i}"},
+                        headers=bearer(ALICE if i % 2 else BOB),
+                    )
+                    for i in range(60)
+                )
+            )
+
+    with serve(app) as base:
+        answers = asyncio.run(post_all(base))
+    assert [a.status_code for a in answers] == [202] * 60, [a.text for a in answers if a.status_code != 202]
+    coalescer = app.state.jobs.coalescer
+    assert coalescer.sent_requests == 60
+    assert coalescer.sent_statements < 60
+    for i, a in enumerate(answers):
+        job_id = uuid.UUID(a.json()["job_id"])
+        stored = get_job(conn, job_id)
+        assert stored is not None and stored.owner == (ALICE if i % 2 else BOB)
+        [(message, hidden)] = conn.execute(
+            "SELECT message, vt - enqueued_at FROM pgmq.q_text_stats WHERE msg_id = %s", (a.json()["msg_id"],)
+        ).fetchall()
+        assert message["text"] == f"request {i}"
+        assert timedelta(seconds=i % 3) <= hidden < timedelta(seconds=i % 3 + 5)
+
+
 def test_sse_streams_every_step_until_the_job_ends_on_another_instance(target: Target) -> None:
     """Enqueue through instance A, follow on instance B: B's LISTEN sees the worker's changes."""
     with serve(app_on(target)) as a, serve(app_on(target)) as b:

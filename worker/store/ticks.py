@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from db import storable
-from queues import pgmq
+from queues import job_sends, pgmq
 from worker.schedules import Schedule
 
 CLAIM = (
@@ -59,7 +59,7 @@ async def claim(
             return None  # another worker sent it (its transaction committed before our insert)
         job_id = None
         if job_rows:
-            sent = await pgmq.asend_job(conn, declared.queue, body, 0, owner=None, key=None)
+            sent = await job_sends.asend_job(conn, declared.queue, body, 0, owner=None, key=None)
             job_id, msg_id = sent if sent is not None else (None, None)
         else:
             msg_id = await pgmq.asend_if_exists(conn, declared.queue, body)
