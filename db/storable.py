@@ -145,6 +145,12 @@ def safe_text(text: str, limit: int | None = None) -> str:
     return text
 
 
+def escape_controls(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1) written as `\\xNN`: safe to print on a
+    terminal or keep on one line, whatever a handler, a server or a user put in it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON from outside; InvalidJson for bad syntax or encoding, NaN/Infinity, too deep.
 
@@ -183,6 +189,7 @@ def _too_deep(text: str) -> bool:
 _ELLIPSIS: Final = "\u2026"
 _NUL: Final = "contains NUL (U+0000), which Postgres text and jsonb cannot hold"
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKET: Final = re.compile(r"[\[\]{}]")
 

@@ -225,6 +225,19 @@ def test_the_cli_pauses_and_resumes_and_exits_2_for_bad_input(
     assert paused(conn) == {}
 
 
+def test_the_cli_shows_a_reasons_control_characters_escaped(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A reason (or who paused) holding terminal escapes is printed escaped, kept as written."""
+    pgmq.ensure_queue(conn, "cli_esc")
+    reason = "deploy \x1b[2J\x1b]0;owned\x07 done\r\n"
+    pause(conn, "cli_esc", by="ops\x1b[31m", reason=reason)
+    out = CliRunner().invoke(main, ["queue", "pause", "cli_esc"], env={"DATABASE_URL": db_url}).output
+    assert out.startswith("cli_esc: already paused (paused since ")
+    assert out.endswith(" by ops\\x1b[31m: deploy \\x1b[2J\\x1b]0;owned\\x07 done\\x0d\\x0a\n")
+    assert paused(conn)["cli_esc"].reason == reason
+
+
 def test_the_gauge_says_which_queues_are_paused(target: Target, conn: psycopg.Connection[Any]) -> None:
     """pgmq_worker_queue_paused is 1 for a paused queue and 0 for the others."""
     for queue in ("gauge_on", "gauge_off"):

@@ -6,6 +6,8 @@ import dataclasses
 import enum
 import json
 import math
+import re
+import unicodedata
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -271,3 +273,13 @@ def test_the_fast_path_agrees_with_orjson_where_orjson_is_right() -> None:
         storable.dumps("\x00")
     small = {"id": 7, "name": "ok", "n": None}
     assert storable.dumps(small).encode() == orjson.dumps(small)
+
+
+@given(st.text())
+def test_escape_controls_leaves_no_control_character_and_loses_nothing(text: str) -> None:
+    """Every C0, DEL and C1 character becomes `\\xNN`; everything else is kept, so escaping a
+    backslash-free text can be undone."""
+    shown = storable.escape_controls(text)
+    assert not any(unicodedata.category(c) == "Cc" for c in shown)
+    if "\\" not in text:
+        assert re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), shown) == text

@@ -20,6 +20,7 @@ from db.connect import connect
 from db.logs import configure_logging
 from db.schema import prepare_schema
 from db.settings import DatabaseSettings
+from db.storable import escape_controls
 from queues.errors import InvalidQueueName, UnknownQueue
 from queues.pauses import MAX_BY, InvalidPauseNote, Pause, check_pause, pause, resume
 from worker.commands.edge import one_line_errors, secrets, settings_from_env, target_of
@@ -96,6 +97,7 @@ def _say(p: Pause, result: str, *, as_json: bool) -> None:
         click.echo(json.dumps({**p.as_json(), "result": result}))
         return
     since = "" if result == "paused" else f" (paused since {p.paused_at:%Y-%m-%d %H:%M:%S %Z})"
-    who = f" by {p.paused_by}" if p.paused_by else ""
-    why = f": {p.reason}" if p.reason else ""
+    # Whoever paused wrote these: control characters are shown escaped, never sent to the terminal.
+    who = f" by {escape_controls(p.paused_by)}" if p.paused_by else ""
+    why = f": {escape_controls(p.reason)}" if p.reason else ""
     click.echo(f"{p.queue}: {result}{since}{who}{why}")

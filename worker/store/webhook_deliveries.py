@@ -9,7 +9,6 @@ masked of the process's secrets, and storable and bounded by db.storable.safe_te
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -17,12 +16,11 @@ from typing import Any, Final
 import psycopg
 
 from db.redact import process_secrets, redact
-from db.storable import safe_text
+from db.storable import escape_controls, safe_text
 
 MAX_ERROR_CHARS: Final = 500  # the column's CHECK (migration 0024)
 # Control characters left after whitespace is collapsed (ESC, BEL, DEL, C1): shown as escapes,
 # so the page and a terminal show what the receiver sent instead of acting on it.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _READ_CHARS: Final = 8 * MAX_ERROR_CHARS
 
 # Only for a job that still exists: one deleted since its event (pruned, or by hand) has no row
@@ -53,7 +51,7 @@ def error_text(text: str) -> str:
     """`text` as the row keeps it: one line, secrets masked, control characters escaped, bounded."""
     # Only the start is read: what survives the bound comes from it (a huge answer is not walked).
     line = " ".join(redact(text[:_READ_CHARS], process_secrets()).split())  # newlines, tabs, ...
-    return safe_text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line), MAX_ERROR_CHARS)
+    return safe_text(escape_controls(line), MAX_ERROR_CHARS)
 
 
 @dataclass(slots=True)
