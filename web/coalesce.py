@@ -35,7 +35,11 @@ from web.errors import DB_ERRORS
 # Statements in flight at once, per web process. Two keep the database busy while the next batch
 # gathers (one is being answered while the other runs); more would send requests alone again.
 MAX_STATEMENTS: Final = 2
-MAX_BATCH: Final = 500  # requests in one statement: a few hundred KB of bodies at most in practice
+MAX_BATCH: Final = 500  # requests in one statement
+# Body characters in one statement: a request may carry up to 1 MiB, and 500 of those in one
+# parameter would be half a gigabyte in the web process and the server. A request larger than
+# this alone still goes, alone.
+MAX_BATCH_CHARS: Final = 4 * 1024 * 1024
 
 
 def _future() -> asyncio.Future[Enqueued]:
@@ -52,13 +56,19 @@ class Coalescer:
     """Send checked, unkeyed enqueues (`Outgoing.of`) on the pool, many to a statement under load."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, *, statements: int = MAX_STATEMENTS, batch: int = MAX_BATCH
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        statements: int = MAX_STATEMENTS,
+        batch: int = MAX_BATCH,
+        batch_chars: int = MAX_BATCH_CHARS,
     ) -> None:
-        if statements < 1 or batch < 1:
-            raise ValueError("statements and batch must be at least 1")
+        if statements < 1 or batch < 1 or batch_chars < 1:
+            raise ValueError("statements, batch and batch_chars must be at least 1")
         self.pool = pool
         self.statements = statements
         self.batch = batch
+        self.batch_chars = batch_chars
         self._waiting: OrderedDict[str, list[_Waiting]] = OrderedDict()  # by queue, oldest queue first
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,7 +88,8 @@ class Coalescer:
         """Send what waits, a statement per queue, while fewer than `statements` are in flight."""
         while self._waiting and self._in_flight < self.statements:
             queue, waiting = next(iter(self._waiting.items()))
-            taken, rest = waiting[: self.batch], waiting[self.batch :]
+            count = self._fits(waiting)
+            taken, rest = waiting[:count], waiting[count:]
             if rest:
                 self._waiting[queue] = rest
                 self._waiting.move_to_end(queue)
@@ -88,6 +99,15 @@ class Coalescer:
             task = asyncio.get_running_loop().create_task(self._send(taken))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _fits(self, waiting: list[_Waiting]) -> int:
+        """How many of the oldest waiting requests the next statement takes (at least one)."""
+        chars = 0
+        for count, w in enumerate(waiting[: self.batch]):
+            chars += len(w.send.body)
+            if count and chars > self.batch_chars:
+                return count
+        return min(len(waiting), self.batch)
 
     async def _send(self, taken: list[_Waiting]) -> None:
         try:

@@ -177,9 +177,22 @@ def test_any_mix_of_requests_each_gets_its_own_answer(
         assert timedelta(seconds=delay) <= row["delay"] < timedelta(seconds=delay + 5)
 
 
+def test_large_bodies_split_statements(target: Target, conn: psycopg.Connection[Any], queue: str) -> None:
+    """Bodies over the statement's character budget go in more statements, never a giant one."""
+    sends = [_send({"i": i, "pad": "x" * 300}) for i in range(30)]
+    answers, coalescer = asyncio.run(_all(target, sends, statements=1, batch_chars=1000))
+    assert all(isinstance(a, Enqueued) for a in answers)
+    assert coalescer.sent_statements >= 10  # at most three ~320-character bodies a statement
+    assert sorted(r["message"]["i"] for r in _rows(conn).values()) == list(range(30))
+    [alone], lone = asyncio.run(_all(target, [_send({"big": "y" * 5000})], batch_chars=1000))
+    assert isinstance(alone, Enqueued) and lone.sent_statements == 1  # over the budget alone: still sent
+
+
 def test_bad_settings_are_refused() -> None:
     """A coalescer with no statement or an empty batch could never send anything."""
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(None, statements=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(None, batch=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(None, batch_chars=0)  # type: ignore[arg-type]
