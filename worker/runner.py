@@ -239,7 +239,9 @@ class Worker:
             # The flusher stops after the drain and before the pool closes.
             side_tasks.watch(self.settle.acks.start(), lasting=True)
             stack.push_async_callback(self.settle.acks.close)
-            self.announcements = Announcements(self.pool, self.trouble, self.wakeup, self.queues)
+            self.announcements = Announcements(
+                self.pool, self.trouble, self.wakeup, lambda: self.pauses.unpaused(self.queues)
+            )
             leases = Leases(self.pool, self.settings.heartbeat_interval.total_seconds())
             self.slots = Slots(self.settings.concurrency, threads, leases, self.settle)
             priorities = {queue: self.registry.get(queue).priority for queue in self.queues}

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -157,23 +157,30 @@ class Announcements:
     """This worker's rows in pgmq_worker.waiters: its queues' inserts notify while it waits."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, trouble: DatabaseTrouble, wakeup: Wakeup, queues: Sequence[str]
+        self,
+        pool: AsyncConnectionPool,
+        trouble: DatabaseTrouble,
+        wakeup: Wakeup,
+        queues: Callable[[], Sequence[str]],
     ) -> None:
         self._pool = pool
         self._trouble = trouble
         self._wakeup = wakeup
-        self._queues = list(queues)
+        self._queues = queues  # the queues waited on now: the worker's, less the paused ones
+        self._announced: tuple[str, ...] | None = None  # what the last committed announcement named
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.enabled = False  # listening, and allowed to announce
 
     async def announce_if_due(self) -> bool:
         """Announce (or renew) before an idle wait; True once committed: read once more, then wait."""
-        if not (self.enabled and self._wakeup.announce_due()):
+        queues = tuple(self._queues())
+        changed = queues != self._announced and self._wakeup.listening  # paused or resumed since
+        if not (self.enabled and (changed or self._wakeup.announce_due())):
             return False
         at = time.monotonic()
         try:
             async with self._pool.connection(timeout=5) as conn:
-                await waiters.announce_waiting(conn, self._worker_id, self._queues, self._wakeup.announce_ttl)
+                await waiters.announce_waiting(conn, self._worker_id, queues, self._wakeup.announce_ttl)
         except TRANSIENT as exc:
             await self._trouble.wait_out(exc)
             return False
@@ -182,6 +189,7 @@ class Announcements:
             log.warning("worker.notify_unavailable", reason=one_line(exc), note="polling")
             return False
         self._wakeup.announced(at)
+        self._announced = queues
         return True
 
     async def withdraw(self) -> None:

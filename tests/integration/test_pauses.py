@@ -120,6 +120,46 @@ def test_a_pause_holds_for_two_workers_and_a_resume_lets_both_drain(
     assert {e["event"] for e in logs} >= {"queue.paused", "queue.resumed"}
 
 
+def test_an_idle_worker_stops_asking_a_paused_queue_to_notify(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """An idle, listening worker's waiter rows name only its unpaused queues: inserts into a paused
+    queue stop notifying on its account, and a resume brings the row (and the notifications) back."""
+    reg = Registry()
+    seen = counted(reg, "quiet_a")
+    counted(reg, "quiet_b")
+    for queue in ("quiet_a", "quiet_b"):
+        pgmq.ensure_queue(conn, queue)
+    # A 2 s poll: an announcement lasts 7 s and is renewed about every 4.5 s, so a change seen
+    # within 3 s is the worker's answer to the pause (its next idle moment), not a renewal.
+    poll_s = 2.0
+    worker = make_worker(
+        target, reg, burst=False, concurrency=2, listen=True, poll_interval=timedelta(seconds=poll_s)
+    )
+
+    def waited_on() -> set[str]:
+        return {r[0] for r in conn.execute("SELECT queue_table FROM pgmq_worker.waiters").fetchall()}
+
+    async def within(seconds: float, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, (seconds, waited_on())
+            await asyncio.sleep(0.02)
+
+    async def act() -> None:
+        await until(lambda: waited_on() == {"q_quiet_a", "q_quiet_b"})
+        async with await aconnect(target) as aconn:
+            await apause(aconn, "quiet_a", by="test")
+        await within(poll_s + 1, lambda: waited_on() == {"q_quiet_b"})
+        async with await aconnect(target) as aconn:
+            assert await aresume(aconn, "quiet_a") is not None
+        await within(poll_s + 1, lambda: waited_on() == {"q_quiet_a", "q_quiet_b"})
+        enqueue(conn, "quiet_a", {"n": 1})
+        await within(1.0, lambda: seen == [1])  # notified at once: no poll interval's wait
+
+    asyncio.run(running([worker], act))
+
+
 def test_a_worker_started_while_its_queue_is_paused_does_not_read_it(
     target: Target, conn: psycopg.Connection[Any]
 ) -> None:
