@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 from bench import pressure, throughput
 from queues import pgmq
-from worker.store import deliveries
+from worker.store import deliveries, settles
 
 QUEUE = pressure.QUEUE
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) "
@@ -41,7 +41,15 @@ async def drain(db_url: str, n: int, batch: int) -> None:
             got = await deliveries.read(conn, QUEUE, 30, batch, **({"marks": marks} if marks else {}))
             if not got:
                 return
-            await deliveries.ack_many(conn, QUEUE, [(m.msg_id, m.read_ct, None) for m in got])
+            await settles.ack_many(conn, QUEUE, _done(got))
+
+
+def _done(got: list[Any]) -> list[Any]:
+    """ack_many's deliveries: (message, result) since the settle writes the row's times, else
+    (msg_id, read_ct, result) as an older checkout takes them."""
+    if "job_ids" in settles._ack_many_statement(QUEUE, True):
+        return [(m, None) for m in got]
+    return [(m.msg_id, m.read_ct, None) for m in got]
 
 
 async def explain(db_url: str, batch: int) -> str:
@@ -63,17 +71,20 @@ async def explain(db_url: str, batch: int) -> str:
             out.append(await _plan(conn, "read", read_sql, params))
         got = await deliveries.read(conn, QUEUE, 30, batch)
         ids, cts = [m.msg_id for m in got], [m.read_ct for m in got]
-        ack_sql = deliveries._ack_many_statement(QUEUE, True)
+        ack_sql = settles._ack_many_statement(QUEUE, True)
         many = {
             "queue": QUEUE,
             "ids": ids[1:],
             "cts": cts[1:],
-            "results": deliveries._json([None] * (len(ids) - 1)),
+            "results": settles._json([None] * (len(ids) - 1)),
+            "job_ids": [m.job_id for m in got[1:]],
+            "created": [m.enqueued_at for m in got[1:]],
+            "read_ats": [getattr(m, "read_at", None) for m in got[1:]],
         }
         out.append(await _plan(conn, f"ack_many of {len(ids) - 1}", ack_sql, many))
         one = got[0]
-        settle = deliveries.SETTLE.format(
-            guarded=deliveries.ACK_DELETE.format(q=deliveries._q(QUEUE)),
+        settle = settles.SETTLE.format(
+            guarded=settles.ACK_DELETE.format(q=deliveries.table_ident(QUEUE)),
             then=psycopg.sql.SQL(""),
             also=psycopg.sql.SQL(""),
         ).as_string()
@@ -82,9 +93,12 @@ async def explain(db_url: str, batch: int) -> str:
             "msg_id": one.msg_id,
             "read_ct": one.read_ct,
             "status": "succeeded",
-            "result": deliveries._json(None),
+            "result": settles._json(None),
             "error": None,
             "deferral": False,
+            "job_id": one.job_id,
+            "enqueued_at": one.enqueued_at,
+            "read_at": getattr(one, "read_at", None),
         }
         out.append(await _plan(conn, "settle (one ack)", settle, single))
         await conn.rollback()
@@ -95,7 +109,7 @@ async def explain(db_url: str, batch: int) -> str:
 
 async def drain_rest(conn: psycopg.AsyncConnection[Any], batch: int) -> None:
     while got := await deliveries.read(conn, QUEUE, 30, batch):
-        await deliveries.ack_many(conn, QUEUE, [(m.msg_id, m.read_ct, None) for m in got])
+        await settles.ack_many(conn, QUEUE, _done(got))
 
 
 async def _plan(

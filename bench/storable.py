@@ -4,7 +4,7 @@
     python bench/storable.py --rounds 20000
 
 What the worker pays per job on the drain path: the result checked when the handler returns
-(`worker.execute`), then the batch of results encoded for the ack (`worker.store.deliveries.ack_many`);
+(`worker.execute`), then the batch of results encoded for the ack (`worker.store.settles.ack_many`);
 what `enqueue_batch` pays to encode 1,000 plain payloads. "before" is the code this replaced:
 `json.JSONEncoder(allow_nan=False, default=str)` to check, `json.dumps(..., default=str)` to
 encode (which let NUL, bytes-as-repr and naive str() datetimes through). Microseconds per call,

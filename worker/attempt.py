@@ -5,7 +5,8 @@
 1. its handler's policy (a fan-out child may bring its own timeout and attempts);
 2. the lease, held (and renewed by the heartbeat) for as long as the handler runs; losing it
    cancels the task;
-3. the context the handler gets, with its job row's steps and progress when it has one;
+3. the context the handler gets, with its job row's steps and progress when it has one (the row
+   says `running` once the delivery has run a moment, or at its first write: worker.running_marks);
 4. the handler itself (worker.execute: validate, call within the timeout, name the outcome);
 5. the outcome's settle (worker.settle), after the lease is dropped and the slot freed.
 
@@ -35,6 +36,7 @@ from worker.leases import Lease
 from worker.outcome import Abandoned, Cancelled, DeadLetter, ErrorInfo, Handoffs, Outcome, Succeeded
 from worker.progress import ProgressReporter
 from worker.registry import HandlerSpec, Registry
+from worker.running_marks import RunningMark, RunningMarks
 from worker.settle import Settle, bind_delivery
 from worker.slots import Slots
 from worker.steps import Steps
@@ -64,11 +66,13 @@ class Attempts:
         logger: Any,
         progress_interval_s: float,
         cancels: Cancels,
+        marks: RunningMarks,
     ) -> None:
         self._registry = registry
         self._slots = slots
         self._settle = settle
         self._cancels = cancels
+        self._marks = marks
         self._hooks = hooks
         self._runtime = runtime
         self._log = logger  # a concrete logger: the module's lazy proxy re-resolves per call
@@ -85,9 +89,10 @@ class Attempts:
         bind_delivery(message)  # this task runs in its own copy of the context: never unbound
         started = time.perf_counter()
         async with self._slots.lease(message, spec) as lease:
-            with self._cancels.watch(message, is_async=spec.is_async) as cancel:
+            watching = self._cancels.watch(message, is_async=spec.is_async)
+            with watching as cancel, self._marks.held(message) as mark:
                 try:
-                    outcome = await self._attempt(spec, message, lease, cancel)
+                    outcome = await self._attempt(spec, message, lease, cancel, mark)
                 except asyncio.CancelledError:  # outside the handler (a handoff check, say): as inside it
                     outcome = Abandoned("lease_lost" if lease.lost else "shutdown")
                 except (
@@ -109,7 +114,7 @@ class Attempts:
         )
 
     async def _attempt(
-        self, spec: HandlerSpec, message: Message, lease: Lease, cancel: CancelFlag
+        self, spec: HandlerSpec, message: Message, lease: Lease, cancel: CancelFlag, mark: RunningMark
     ) -> Outcome:
         if message.cancel_requested:  # cancelled while an earlier delivery ran: never run it again
             return Cancelled.of("before_start")
@@ -125,7 +130,7 @@ class Attempts:
                 traceback="",
             )
             return DeadLetter("crashed", error)
-        ctx = self._context(spec, message, cancel, await self._scheduled_at(message))
+        ctx = self._context(spec, message, cancel, mark, await self._scheduled_at(message))
         reporter = ctx.job.reporter if ctx.job is not None else None
         # Debug, not info: job.succeeded (or the failure) already says the job ran, and a second
         # JSON line per job was a tenth of the worker's CPU when draining no-op jobs.
@@ -159,12 +164,18 @@ class Attempts:
         return tick.astimezone(declared.zone if declared is not None else UTC)
 
     def _context(
-        self, spec: HandlerSpec, message: Message, cancel: CancelFlag, scheduled_at: datetime | None
+        self,
+        spec: HandlerSpec,
+        message: Message,
+        cancel: CancelFlag,
+        mark: RunningMark,
+        scheduled_at: datetime | None,
     ) -> Context:
         job = None
         if message.job_id is not None:
             pool = self._pool
-            reporter = ProgressReporter(pool, message.job_id, message.read_ct, self._progress_interval_s)
+            interval = self._progress_interval_s
+            reporter = ProgressReporter(pool, message.job_id, message.read_ct, interval, mark)
             steps = Steps(
                 pool,
                 message.job_id,
@@ -172,8 +183,9 @@ class Attempts:
                 reporter=reporter,
                 executor=self._runtime.executor,
                 cancel=cancel,
+                mark=mark,
             )
-            job = JobRow(message.job_id, steps, reporter)
+            job = JobRow(message.job_id, steps, reporter, mark)
         return Context(
             queue=message.queue,
             msg_id=message.msg_id,

@@ -29,6 +29,7 @@ from worker.fanout import policy as fan_out_policy
 from worker.limits import Limit, hold
 from worker.outcome import Handoff, Handoffs
 from worker.progress import ProgressReporter, Report, check_report
+from worker.running_marks import RunningMark
 from worker.settings import WorkerSettings
 from worker.steps import Steps, as_json
 from worker.threads import in_thread
@@ -100,6 +101,7 @@ class JobRow:
     job_id: UUID
     steps: Steps
     reporter: ProgressReporter
+    mark: RunningMark | None = None  # makes the row say `running` before an artifact hangs off it
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,8 @@ class Context:
         than 10 MB (queues.artifacts.MAX_ARTIFACT_BYTES), is Permanent: no retry makes it fit.
         """
         job, pool = self._job_row("ctx.artifact")
+        if job.mark is not None:
+            await job.mark.ensure()
         try:
             async with pool.connection() as conn:
                 return await aput_artifact(conn, job.job_id, name, data, content_type)

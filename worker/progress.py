@@ -22,6 +22,7 @@ from db import storable
 from db.errors import one_line
 from db.logs import get_logger
 from worker.errors import InvalidResult
+from worker.running_marks import RunningMark
 from worker.trouble import TRANSIENT
 
 log = get_logger()
@@ -77,8 +78,16 @@ def _stored(field: str, check: Callable[[Any], Any], value: Any) -> Any:
 class ProgressReporter:
     """Coalesces one job's progress reports into at most one row update per `min_interval`."""
 
-    def __init__(self, pool: AsyncConnectionPool, job_id: UUID, attempt: int, min_interval: float) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        job_id: UUID,
+        attempt: int,
+        min_interval: float,
+        mark: RunningMark | None = None,
+    ) -> None:
         self._pool = pool
+        self._mark = mark  # the row says `running` before the first write (worker.running_marks)
         self._job_id = job_id
         self._attempt = attempt
         self._min_interval = min_interval
@@ -123,6 +132,8 @@ class ProgressReporter:
             return
         self._last_write = asyncio.get_running_loop().time()
         try:
+            if self._mark is not None:
+                await self._mark.ensure()
             async with self._pool.connection(timeout=5) as conn:
                 await conn.execute(
                     WRITE_PROGRESS,

@@ -6,10 +6,11 @@ The parts it holds, each owning its state: `Slots` (what is in flight, the lease
 `DatabaseTrouble` (transient errors and the misconfigured pooler), `Stop` (warm and cold stops),
 `Wakeup` and `Announcements` (notifications, the poll interval, this worker's waiter rows),
 `Pauses` (which of its queues are paused: the reading order skips them),
-`Cancels` (cancel requests for the jobs it holds), `Presence` (this worker's row in the
-registry), `Scheduler` (the ticks of its queues' schedules), `Pruner` (retention of finished
-rows) and `SideTasks`, which supervises whatever runs beside the loop (those five, the lease
-heartbeat, the listener and the ack flusher): one that dies stops the worker.
+`Cancels` (cancel requests for the jobs it holds), `RunningMarks` (job rows `running` once a
+delivery has run a moment), `Presence` (this worker's row in the registry), `Scheduler` (the
+ticks of its queues' schedules), `Pruner` (retention of finished rows) and `SideTasks`, which
+supervises whatever runs beside the loop (those six, the lease heartbeat, the listener and the
+ack flusher): one that dies stops the worker.
 `_lifespan` makes and closes them all, in one `async with`.
 """
 
@@ -39,6 +40,7 @@ from worker.presence import Presence, card_for
 from worker.reading_order import ReadingOrder
 from worker.registry import Registry
 from worker.retention import Pruner
+from worker.running_marks import RunningMarks
 from worker.scheduler import Scheduler, schedules_for
 from worker.settings import WorkerSettings
 from worker.settle import Settle
@@ -79,9 +81,8 @@ class Worker:
         self.features: PgmqFeatures | None = None
         self.stops = Stop()
         self.pruner: Pruner | None = None  # made in _lifespan when retention is on
-        # The last read took fewer than a queue may have offered: its threads or its own slots
-        # (`concurrency=`) were busy, and a slot that frees may start one before the next
-        # notification or poll.
+        # The last read took fewer than a queue may have offered (threads or the queue's own slots
+        # busy): a slot that frees may start one before the next notification or poll.
         self._held_back = False
         self._notifying = False
         self._stamps: dict[str, bool] = {}  # which of our queue tables have last_read_at (pgmq 1.10+)
@@ -105,10 +106,8 @@ class Worker:
                         self.attempts.start(message)
                     if len(messages) >= free:
                         continue  # there may be more right now
-                    if self.burst and slots.unsettled():
-                        await slots.wait(
-                            self.stops.stopping
-                        )  # the next settle may be the last: look again then
+                    if self.burst and slots.unsettled():  # the next settle may be the last: look again then
+                        await slots.wait(self.stops.stopping)
                         continue
                     if self.burst and await self._queues_empty():
                         log.info("worker.burst_done")
@@ -255,6 +254,7 @@ class Worker:
                 watch=side_tasks.watch,
             )
             self.settle.observe(self.cancels.settled)  # a cancelled parent's children go with it
+            self.running_marks = RunningMarks(self.pool, self.settings.running_after.total_seconds())
             self.presence = Presence(self.pool, card_for(self.queues, self.settings), self.slots.in_flight)
             self.presence.observe(self.settle)
             runtime = Runtime(
@@ -274,6 +274,7 @@ class Worker:
                 logger=bound,
                 progress_interval_s=self.settings.progress_interval.total_seconds(),
                 cancels=self.cancels,
+                marks=self.running_marks,
             )
             stack.enter_context(self.stops.on_signals(self.slots.in_flight))
             self._monitor(stack, side_tasks, leases, hooks, listening=listening)
@@ -313,6 +314,7 @@ class Worker:
         """The parts that run beside the loop, supervised: one that dies stops the worker."""
         side_tasks.start(leases.run(self.stops.stopping), "leases")
         side_tasks.start(self.cancels.run(self.stops.stopping), "cancels")
+        side_tasks.start(self.running_marks.run(self.stops.stopping), "running_marks")
         side_tasks.start(self.presence.run(self.stops.stopping), "presence")
         side_tasks.start(self.pauses.run(self.stops.stopping), "pauses")
         self._start_scheduler(side_tasks)
@@ -349,8 +351,7 @@ class Worker:
         )
 
     def _start_scheduler(self, side_tasks: SideTasks) -> None:
-        """Send the ticks of the schedules of our queues (a burst worker drains and exits: the
-        running fleet sends them)."""
+        """Send the ticks of our queues' schedules (a burst worker drains and exits: the fleet sends them)."""
         if self.burst or not (scheduled := schedules_for(self.registry.schedules(), self.queues)):
             return
         scheduler = Scheduler(

@@ -58,6 +58,12 @@ class WorkerSettings(BaseSettings):
         description="At most one progress write per job per interval (Supabase Realtime counts every "
         "row change); the last report is written before the job settles.",
     )
+    running_after: Duration = Field(
+        default=timedelta(milliseconds=250),
+        description="How long a delivery runs before its job row says `running` (at once when it "
+        "reports progress, runs a step, stores an artifact or fans out); a job that ends sooner goes "
+        "from `queued` straight to its outcome, one row version fewer.",
+    )
     heartbeat_interval: Duration = Field(
         default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
     )

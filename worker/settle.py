@@ -40,7 +40,7 @@ from worker.outcome import (
     dead_letter_record,
 )
 from worker.registry import HandlerSpec
-from worker.store import deliveries, fanouts
+from worker.store import deliveries, fanouts, settles
 from worker.store.deliveries import Message
 from worker.trouble import RETRIED, TRANSIENT, DatabaseTrouble, pooler_misconfigured, retry_delay
 from worker.webhooks import Webhooks
@@ -139,10 +139,10 @@ class Acks:
             self._drained.set()
 
     async def _flush(self, queue: str, job_rows: bool, items: list[Pending]) -> None:
-        done = [(m.msg_id, m.read_ct, result) for m, result, _ in items]
+        done = [(m, result) for m, result, _ in items]
         try:
             async with self.pool.connection(timeout=5) as conn:
-                settled = await deliveries.ack_many(conn, queue, done, job_rows=job_rows)
+                settled = await settles.ack_many(conn, queue, done, job_rows=job_rows)
         except Exception as exc:  # each delivery decides (its settle retries database trouble)
             if len(items) > 1 and not isinstance(exc, RETRIED):
                 # A member's value (most likely one result): the statement wrote nothing. Bisect,
@@ -330,10 +330,10 @@ class Settle:
         """One try at writing the outcome; True if the delivery was still ours."""
         match outcome:
             case Succeeded(result=result, handoffs=()):
-                return await deliveries.ack(conn, message, result, archive=spec.archive)
+                return await settles.ack(conn, message, result, archive=spec.archive)
             case Succeeded(result=result, handoffs=handoffs):
                 async with conn.transaction():  # the handoffs exist if and only if the ack happened
-                    ours = await deliveries.ack(conn, message, result, archive=spec.archive)
+                    ours = await settles.ack(conn, message, result, archive=spec.archive)
                     for h in handoffs if ours else ():
                         sent: object
                         if self._keeps_job_rows(h.queue):
@@ -347,7 +347,7 @@ class Settle:
                 return ours
             case RetryLater(delay=delay, error=error) | Deferred(delay=delay, error=error):
                 deferral = isinstance(outcome, Deferred)  # not an attempt
-                return await deliveries.hide(
+                return await settles.hide(
                     conn, message, delay, outcome.status, error=error.as_dict(), deferral=deferral
                 )
             case Waiting(job_id=job_id, fan_out=name):
@@ -359,12 +359,12 @@ class Settle:
                     if state is not None and state.status == "open" and not state.complete:
                         wake_in = state.remaining_s + 1
                     # Waking up is not another attempt: counted as a deferral.
-                    return await deliveries.hide(conn, message, wake_in, outcome.status, deferral=True)
+                    return await settles.hide(conn, message, wake_in, outcome.status, deferral=True)
             case DeadLetter():
                 record = dead_letter_record(message, outcome, spec.max_attempts)
-                return await deliveries.dead_letter(conn, message, record)
+                return await settles.dead_letter(conn, message, record)
             case Cancelled(error=error):  # deleted (never retried), fenced like an ack
-                return await deliveries.cancelled(conn, message, error.as_dict())
+                return await settles.cancelled(conn, message, error.as_dict())
             case Abandoned():
                 held = [(message.msg_id, message.read_ct)]
                 released = await deliveries.release(

@@ -27,6 +27,7 @@ from worker.errors import InvalidResult, Permanent, RateLimited
 from worker.fanout import FanIn, WaitForChildren
 from worker.outcome import ErrorInfo
 from worker.progress import ProgressReporter, check_report
+from worker.running_marks import RunningMark
 from worker.store import fanouts
 from worker.store.job_steps import fail_step, finish_step, load_steps, start_step
 from worker.threads import in_thread
@@ -73,8 +74,10 @@ class Steps:
         reporter: ProgressReporter | None = None,
         executor: Executor | None = None,
         cancel: CancelFlag | None = None,
+        mark: RunningMark | None = None,
     ) -> None:
         self.pool = pool
+        self._mark = mark  # the job row says `running` before a step's row hangs off it
         self._cancel = cancel  # set once the job was cancelled: no step or fan-out starts after
         self.job_id = job_id
         self.declared = tuple(declared)
@@ -105,6 +108,8 @@ class Steps:
             raise Permanent(f"step {name!r} failed {attempts} times (max_attempts={max_attempts})")
         if self._cancel is not None:
             self._cancel.raise_if_set(f"step {name!r} not started")
+        if self._mark is not None:
+            await self._mark.ensure()
         async with self.pool.connection() as conn:
             attempt = await start_step(conn, self.job_id, name)
         if attempt is None:  # another delivery finished it a moment ago
@@ -149,6 +154,8 @@ class Steps:
             return FanIn.from_json(output)
         if self._cancel is not None:
             self._cancel.raise_if_set(f"fan-out {name!r} not started")
+        if self._mark is not None:
+            await self._mark.ensure()
         result: FanIn | None = None
         async with self.pool.connection() as conn, conn.transaction():
             state = await fanouts.lock(conn, self.job_id, name)

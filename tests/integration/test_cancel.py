@@ -153,11 +153,14 @@ def test_finished_and_unknown_jobs_are_errors(conn: psycopg.Connection[Any]) -> 
 # ---------------------------------------------------------------- running: by its worker
 
 
+@pytest.mark.parametrize("marked", [True, False], ids=["row says running", "row says queued still"])
 def test_a_running_async_job_is_stopped_by_its_worker_and_never_run_again(
-    target: Target, conn: psycopg.Connection[Any], reg: Registry
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, marked: bool
 ) -> None:
     """202 `running`; the handler's task is cancelled (it cleans up), the job ends `cancelled`,
-    its message gone, `job.cancelled` logged, and nothing runs it again after its VT."""
+    its message gone, `job.cancelled` logged, and nothing runs it again after its VT. The same in
+    a delivery's first moments, before the worker marks its row `running` (running_after): the
+    cancel sees the delivery held and marks it rather than deleting its message under it."""
     started, cleaned = threading.Event(), threading.Event()
     runs: list[int] = []
 
@@ -176,16 +179,18 @@ def test_a_running_async_job_is_stopped_by_its_worker_and_never_run_again(
 
     def act() -> None:
         assert started.wait(10)
+        wait_for(lambda: status(conn, sent.job_id) == ("running" if marked else "queued"))
         with api(target) as client:
             answer = client.post(f"/jobs/{sent.job_id}/cancel")
             assert answer.status_code == 202, answer.text
-            assert answer.json()["status"] == "running"
+            assert (answer.json()["status"], answer.json()["attempts"]) == ("running", 1)
             wait_for(lambda: status(conn, sent.job_id) == "cancelled")
             time.sleep(1.3)  # past the visibility timeout
             assert client.post(f"/jobs/{sent.job_id}/cancel").status_code == 409
 
+    running_after = timedelta(milliseconds=50 if marked else 60_000)
     with captured() as logs:
-        while_running(target, reg, act)
+        while_running(target, reg, act, running_after=running_after)
     assert cleaned.is_set()
     assert rows(conn, "long") == []
     assert runs == [1]

@@ -10,30 +10,32 @@ from typing import Any
 import psycopg
 
 from db.connect import Target
-from queues import pgmq
+from queues import enqueue, pgmq
 from tests.support.fixtures import BurstWorker
-from tests.support.helpers import job, make_worker, stop_once_started
+from tests.support.helpers import job, job_or_none, make_worker, stop_once_started, wait_running
 from worker import Backoff, Context, Registry, handler
 
 
 def test_a_finished_job_is_succeeded_with_its_result(
     target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
-    """A message sent with plain SQL gets a job row when first read; success records the result."""
-    seen_running: list[str] = []
+    """A message sent with plain SQL has no job row until its delivery has run a moment, then one
+    that says `running`; success records the result."""
+    seen: list[Any] = []
 
     @handler("calc", registry=reg)
     async def calc(payload: dict[str, Any], ctx: Context) -> dict[str, int]:
         with psycopg.connect(target.url, autocommit=True) as other:
-            row = other.execute("SELECT status FROM pgmq_worker.jobs WHERE msg_id = %s", (ctx.msg_id,))
-            seen_running.append(str(row.fetchone()[0]))  # type: ignore[index]
+            seen.append(job_or_none(other, "calc", ctx.msg_id))
+        running = await asyncio.to_thread(wait_running, target.url, "calc", ctx.msg_id)
+        seen.append((running["status"], running["attempts"], running["started_at"] is not None))
         return {"sum": payload["a"] + payload["b"]}
 
     pgmq.ensure_queue(conn, "calc")
     [(msg_id,)] = conn.execute("""SELECT * FROM pgmq.send('calc', '{"a": 2, "b": 3}')""").fetchall()
     burst_worker(reg)
     row = job(conn, "calc", msg_id)
-    assert seen_running == ["running"]
+    assert seen == [None, ("running", 1, True)]
     assert row["status"] == "succeeded"
     assert row["result"] == {"sum": 5}
     assert row["progress"] == 100
@@ -53,13 +55,17 @@ def test_a_retried_then_dead_job_records_each_error(
     async def bad(payload: dict[str, Any], ctx: Context) -> None:
         if ctx.attempt == 2:
             with psycopg.connect(target.url, autocommit=True) as other:
-                rows_between.append(job(other, "bad", ctx.msg_id))
+                rows_between.append(job(other, "bad", ctx.msg_id))  # attempt 1's outcome still
+            rows_between.append(
+                await asyncio.to_thread(wait_running, target.url, "bad", ctx.msg_id, attempts=2)
+            )
         raise RuntimeError(f"attempt {ctx.attempt} failed")
 
     pgmq.ensure_queue(conn, "bad")
     msg_id = pgmq.send(conn, "bad", {})
     burst_worker(reg)
-    [between] = rows_between
+    [before, between] = rows_between
+    assert (before["status"], before["attempts"]) == ("failed", 1)
     assert between["status"] == "running"
     assert between["attempts"] == 2
     assert between["error"]["message"] == "attempt 1 failed"  # the retry recorded its error
@@ -129,6 +135,7 @@ def test_a_job_released_on_shutdown_is_queued_again(
 
     @handler("stuck", registry=reg, visibility_timeout=300)
     async def stuck(payload: dict[str, Any], ctx: Context) -> None:
+        await asyncio.to_thread(wait_running, target.url, "stuck", ctx.msg_id)
         started.set()
         await asyncio.sleep(60)
 
@@ -162,3 +169,41 @@ def test_job_rows_carry_only_the_indexes_pgmq_worker_asks_by(conn: psycopg.Conne
         "jobs_errored_queue_created_idx",  # the same within a queue (partial: error set)
         "jobs_error_text_idx",  # text in the error, trigrams (partial: error set; with pg_trgm)
     }
+
+
+def test_a_quick_job_writes_no_running_version_and_a_slow_one_does(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
+    """Every status the job row is written with, in order (a trigger the test installs): a job that
+    ends within running_after goes queued -> succeeded, one that runs longer passes through
+    `running`, and a plain send that ends quickly gets its one row at the settle."""
+    conn.execute("CREATE TABLE public.written (n bigserial, msg_id bigint, status text)")
+    conn.execute(
+        "CREATE FUNCTION public.note_written() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " INSERT INTO public.written (msg_id, status) VALUES (NEW.msg_id, NEW.status); RETURN NULL; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER note_written AFTER INSERT OR UPDATE ON pgmq_worker.jobs"
+        " FOR EACH ROW EXECUTE FUNCTION public.note_written()"
+    )
+
+    @handler("paced", registry=reg)
+    async def paced(payload: dict[str, Any], ctx: Context) -> None:
+        await asyncio.sleep(payload["s"])
+
+    pgmq.ensure_queue(conn, "paced")
+    quick, slow = enqueue(conn, "paced", {"s": 0}), enqueue(conn, "paced", {"s": 1.5})
+    plain = pgmq.send(conn, "paced", {"s": 0})
+    burst_worker(reg, running_after=timedelta(milliseconds=500))
+
+    def written(msg_id: int) -> list[str]:
+        query = "SELECT status FROM public.written WHERE msg_id = %s ORDER BY n"
+        return [str(r[0]) for r in conn.execute(query, (msg_id,)).fetchall()]
+
+    assert written(quick.msg_id) == ["queued", "succeeded"]
+    assert written(slow.msg_id) == ["queued", "running", "succeeded"]
+    assert written(plain) == ["succeeded"]
+    for msg_id in (quick.msg_id, slow.msg_id, plain):
+        row = job(conn, "paced", msg_id)
+        assert row["attempts"] == 1 and row["attempt_started_at"] == row["started_at"]
+        assert row["created_at"] <= row["started_at"] <= row["finished_at"]

@@ -26,6 +26,7 @@ from worker.outcome import Outcome, Succeeded
 from worker.progress import ProgressReporter, Report
 from worker.registry import HandlerSpec
 from worker.runner import Worker
+from worker.running_marks import RunningMarks
 from worker.settle import Acks
 from worker.store import deliveries
 from worker.store.deliveries import Message
@@ -241,15 +242,16 @@ def test_a_progress_write_refused_on_its_timer_fails_the_attempt_at_close(
             async with pool.connection() as aconn:
                 [message] = await deliveries.read(aconn, "reporting", 30, 1)
             assert message.job_id is not None
-            reporter = ProgressReporter(pool, message.job_id, message.read_ct, min_interval=0.05)
-            await reporter.report(Report(10, "ocr", None))  # written now
-            await reporter.report(Report(20, "ocr\x00", None))  # bypasses check_report: written later
-            await asyncio.sleep(0.3)
-            try:
-                await reporter.close()
-            except psycopg.Error as exc:
-                return exc
-            return None
+            with RunningMarks(pool, after_s=60).held(message) as mark:  # the first write marks it
+                reporter = ProgressReporter(pool, message.job_id, message.read_ct, 0.05, mark)
+                await reporter.report(Report(10, "ocr", None))  # written now
+                await reporter.report(Report(20, "ocr\x00", None))  # bypasses check_report: written later
+                await asyncio.sleep(0.3)
+                try:
+                    await reporter.close()
+                except psycopg.Error as exc:
+                    return exc
+                return None
         finally:
             await pool.close()
 

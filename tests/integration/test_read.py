@@ -13,10 +13,10 @@ from psycopg import sql
 
 from db.connect import Target, aconnect
 from db.pgmq_install import detect
-from queues import pgmq
+from queues import enqueue, pgmq
 from queues.names import table_name
-from tests.support.helpers import job, rows
-from worker.store import deliveries
+from tests.support.helpers import job, job_or_none, rows
+from worker.store import deliveries, settles
 from worker.store.deliveries import Message
 
 
@@ -53,8 +53,9 @@ def test_the_read_leases_what_pgmq_read_would(
     for message in taken:
         assert before + timedelta(seconds=29) < message.vt < datetime.now(UTC) + timedelta(seconds=31)
         assert (message.job_id is not None) == job_rows
-    if job_rows:
-        assert {job(conn, "leased", m.msg_id)["status"] for m in taken} == {"running"}
+    if job_rows:  # the read writes no job row: the ids are those the rows will be created with
+        assert [job_or_none(conn, "leased", m.msg_id) for m in taken] == [None, None]
+        assert len({m.job_id for m in taken}) == 2
     assert read(target, "leased", 30, 10, job_rows=job_rows) == []  # held now, and the rest by others
     left = {r["msg_id"]: (r["read_ct"], r["visible"]) for r in rows(conn, "leased")}
     assert left == {first: (1, False), second: (1, False), third: (1, False), delayed: (0, False)}
@@ -135,8 +136,8 @@ def test_an_archiving_ack_of_a_held_delivery_settles_it(
             first, second = await deliveries.read(aconn, "archived", 30, 2, job_rows=job_rows)
             gone = dataclasses.replace(second, read_ct=second.read_ct + 1)  # another worker's delivery
             return (
-                await deliveries.ack(aconn, first, {"ok": 1}, archive=True),
-                await deliveries.ack(aconn, gone, {"ok": 2}, archive=True),
+                await settles.ack(aconn, first, {"ok": 1}, archive=True),
+                await settles.ack(aconn, gone, {"ok": 2}, archive=True),
             )
 
     assert asyncio.run(go()) == (True, False)
@@ -148,4 +149,36 @@ def test_an_archiving_ack_of_a_held_delivery_settles_it(
             "succeeded",
             {"ok": 1},
         )
-        assert job(conn, "archived", stale)["status"] == "running"
+        assert job_or_none(conn, "archived", stale) is None  # not ours: nothing written for it
+
+
+def test_a_running_mark_is_written_once_per_delivery_and_never_after_it(
+    target: Target, conn: psycopg.Connection[Any]
+) -> None:
+    """mark_running makes the row `running` with the attempt's count and start (created with the
+    read's id for a plain send, updated for an enqueued job); again, for a settled delivery, or for
+    one read again since, it writes nothing."""
+    pgmq.ensure_queue(conn, "marked")
+    plain = pgmq.send(conn, "marked", {"i": 1})
+    enqueued = enqueue(conn, "marked", {"i": 2})
+
+    async def go() -> list[set[int]]:
+        async with await aconnect(target) as aconn:
+            first, second = await deliveries.read(aconn, "marked", 30, 2)
+            marked = [await deliveries.mark_running(aconn, "marked", [first, second])]
+            marked.append(await deliveries.mark_running(aconn, "marked", [first, second]))  # written
+            assert await settles.ack(aconn, first, {"ok": 1}, archive=False)
+            marked.append(await deliveries.mark_running(aconn, "marked", [first]))  # settled
+            await aconn.execute("UPDATE pgmq.q_marked SET vt = clock_timestamp()")
+            [again] = await deliveries.read(aconn, "marked", 30, 1)  # second's lease ran out
+            assert (again.msg_id, again.read_ct, again.job_id) == (second.msg_id, 2, second.job_id)
+            marked.append(await deliveries.mark_running(aconn, "marked", [second]))  # not ours now
+            marked.append(await deliveries.mark_running(aconn, "marked", [again]))
+            assert first.job_id == job(conn, "marked", plain)["id"]
+            return marked
+
+    assert asyncio.run(go()) == [{plain, enqueued.msg_id}, set(), set(), set(), {enqueued.msg_id}]
+    done, running = job(conn, "marked", plain), job(conn, "marked", enqueued.msg_id)
+    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"ok": 1})
+    assert done["started_at"] is not None and done["created_at"] <= done["started_at"]
+    assert (running["status"], running["attempts"], running["id"]) == ("running", 2, enqueued.job_id)

@@ -179,8 +179,9 @@ def test_stuck_jobs_are_running_ones_whose_lease_passed(db_url: str, conn: psyco
 
     async def take() -> None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
-            await deliveries.read(aconn, "st_stuck", 60, 3)
-            await deliveries.read(aconn, "st_dropped", 60, 1)
+            for queue, n in (("st_stuck", 3), ("st_dropped", 1)):  # read, and run long enough to say so
+                taken = await deliveries.read(aconn, queue, 60, n)
+                assert len(await deliveries.mark_running(aconn, queue, taken)) == n
 
     asyncio.run(take())
     visible_now(conn, "st_stuck", 1)

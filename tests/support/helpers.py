@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -107,6 +108,29 @@ def job(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any
     row = cur.fetchone()
     assert row is not None, f"no job row for {queue}:{msg_id}"
     return dict(zip(cols, row, strict=True))
+
+
+def job_or_none(conn: psycopg.Connection[Any], queue: str, msg_id: int) -> dict[str, Any] | None:
+    """The job row of a message, None while it has none (a plain send not yet run a moment)."""
+    cur = conn.execute("SELECT * FROM pgmq_worker.jobs WHERE queue = %s AND msg_id = %s", (queue, msg_id))
+    cols = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    return None if row is None else dict(zip(cols, row, strict=True))
+
+
+def wait_running(
+    url: str, queue: str, msg_id: int, *, attempts: int = 1, timeout: float = 5
+) -> dict[str, Any]:
+    """From inside a handler: wait until its job row says `running` for this attempt (the worker
+    marks it once the delivery has run `running_after`); the row then."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as other:
+        while True:
+            row = job_or_none(other, queue, msg_id)
+            if row is not None and row["status"] == "running" and row["attempts"] == attempts:
+                return row
+            assert time.monotonic() < deadline, f"{queue}:{msg_id} not marked running: {row}"
+            time.sleep(0.02)
 
 
 def visible_now(conn: psycopg.Connection[Any], queue: str, msg_id: int | None = None) -> None:
