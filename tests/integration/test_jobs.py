@@ -207,3 +207,28 @@ def test_a_quick_job_writes_no_running_version_and_a_slow_one_does(
         row = job(conn, "paced", msg_id)
         assert row["attempts"] == 1 and row["attempt_started_at"] == row["started_at"]
         assert row["created_at"] <= row["started_at"] <= row["finished_at"]
+
+
+def test_a_handlers_first_write_finds_its_row_running_before_running_after(
+    target: Target, conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
+    """A plain send has no row until its delivery has run running_after (here a minute): an
+    artifact, the handler's first write, hangs off the row, so the row is made `running` first."""
+    seen: list[Any] = []
+
+    @handler("drawn", registry=reg)
+    async def drawn(payload: dict[str, Any], ctx: Context) -> str:
+        path = await ctx.artifact("out.txt", b"hi", "text/plain")
+        with psycopg.connect(target.url, autocommit=True) as other:
+            row = job(other, "drawn", ctx.msg_id)
+        seen.append((row["status"], row["attempts"]))
+        return path
+
+    pgmq.ensure_queue(conn, "drawn")
+    msg_id = pgmq.send(conn, "drawn", {})
+    burst_worker(reg, running_after=timedelta(minutes=1))
+    row = job(conn, "drawn", msg_id)
+    assert seen == [("running", 1)]
+    assert row["status"] == "succeeded" and row["result"] == f"/jobs/{row['id']}/artifacts/out.txt"
+    stored = conn.execute("SELECT data FROM pgmq_worker.job_artifacts WHERE job_id = %s", (row["id"],))
+    assert [bytes(r[0]) for r in stored.fetchall()] == [b"hi"]
