@@ -25,7 +25,12 @@ if __package__ in (None, ""):
 
 from bench import pressure, throughput
 from queues import pgmq
-from worker.store import deliveries, settles
+from worker.store import deliveries
+
+try:
+    from worker.store import settles
+except ImportError:  # a checkout from before the settles had a module of their own (before/after runs)
+    settles = deliveries  # type: ignore[assignment]
 
 QUEUE = pressure.QUEUE
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) "
@@ -72,15 +77,15 @@ async def explain(db_url: str, batch: int) -> str:
         got = await deliveries.read(conn, QUEUE, 30, batch)
         ids, cts = [m.msg_id for m in got], [m.read_ct for m in got]
         ack_sql = settles._ack_many_statement(QUEUE, True)
-        many = {
-            "queue": QUEUE,
-            "ids": ids[1:],
-            "cts": cts[1:],
-            "results": settles._json([None] * (len(ids) - 1)),
-            "job_ids": [m.job_id for m in got[1:]],
-            "created": [m.enqueued_at for m in got[1:]],
-            "read_ats": [getattr(m, "read_at", None) for m in got[1:]],
-        }
+        if hasattr(settles, "ack_many_params"):
+            many = settles.ack_many_params(QUEUE, [(m, None) for m in got[1:]], job_rows=True)
+        else:  # an older checkout: the ids and read counts as arrays, the results as one JSON array
+            many = {
+                "queue": QUEUE,
+                "ids": ids[1:],
+                "cts": cts[1:],
+                "results": settles._json([None] * (len(ids) - 1)),
+            }
         out.append(await _plan(conn, f"ack_many of {len(ids) - 1}", ack_sql, many))
         one = got[0]
         settle = settles.SETTLE.format(

@@ -13,9 +13,7 @@ already settled or read again, so a mark racing the settle leaves the outcome st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -31,15 +29,29 @@ log = get_logger()
 
 
 class RunningMark:
-    """One delivery's mark: whether its job row says `running` yet, and the way to make it so now."""
+    """One delivery's mark: whether its job row says `running` yet, and the way to make it so now.
 
-    __slots__ = ("_marks", "message", "since", "written")
+    A context manager (RunningMarks.held): in flight, and so marked when due, within the block.
+    """
+
+    __slots__ = ("_key", "_marks", "message", "since", "written")
 
     def __init__(self, marks: RunningMarks, message: Message) -> None:
         self._marks = marks
         self.message = message
-        self.since = time.monotonic()
+        self._key = (message.queue, message.msg_id)
+        self.since = 0.0
         self.written = False
+
+    def __enter__(self) -> RunningMark:
+        if self.message.job_id is not None:  # no job row: nothing to mark
+            self.since = time.monotonic()
+            self._marks._held[self._key] = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._marks._held.get(self._key) is self:
+            del self._marks._held[self._key]
 
     async def ensure(self) -> None:
         """Make the job row say `running` now, unless it already does (database errors raise)."""
@@ -59,20 +71,10 @@ class RunningMarks:
         self._held: dict[tuple[str, int], RunningMark] = {}  # in the order they started
         self.written = 0  # deliveries this side task marked (not those marked on demand)
 
-    @contextlib.contextmanager
-    def held(self, message: Message) -> Iterator[RunningMark]:
-        """The delivery's mark, counted in flight for the block (the attempt, up to its settle)."""
-        mark = RunningMark(self, message)
-        if message.job_id is None:  # no job row: nothing to mark
-            yield mark
-            return
-        key = (message.queue, message.msg_id)
-        self._held[key] = mark
-        try:
-            yield mark
-        finally:
-            if self._held.get(key) is mark:
-                del self._held[key]
+    def held(self, message: Message) -> RunningMark:
+        """The delivery's mark: `with` it for the attempt, up to its settle (a class, not a
+        generator context manager: this is once per delivery on the hot path)."""
+        return RunningMark(self, message)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Mark what is due every half `after_s` until stopped (a side task)."""

@@ -71,12 +71,11 @@ FROM m LEFT JOIN job USING (msg_id) ORDER BY m.msg_id
 # (a settled one is gone, a re-read one has a higher read_ct), and the row must not have been
 # written for this attempt or a later one (`attempts` is the read_ct of the last attempt written).
 MARK_RUNNING = sql.SQL(
-    "WITH held AS (SELECT h.* FROM unnest(%(job_ids)s::uuid[], %(ids)s::bigint[], %(cts)s::integer[],"
-    " %(created)s::timestamptz[], %(started)s::timestamptz[])"
-    " AS h(id, msg_id, read_ct, created_at, started_at)"
+    "WITH held AS (SELECT h.*, m.enqueued_at FROM unnest(%(job_ids)s::uuid[], %(ids)s::bigint[],"
+    " %(cts)s::integer[], %(started)s::timestamptz[]) AS h(id, msg_id, read_ct, started_at)"
     " JOIN pgmq.{q} AS m ON m.msg_id = h.msg_id AND m.read_ct = h.read_ct)"
     " INSERT INTO pgmq_worker.jobs AS j (id, queue, msg_id, status, attempts, created_at, started_at,"
-    " attempt_started_at) SELECT held.id, %(queue)s, held.msg_id, 'running', held.read_ct, held.created_at,"
+    " attempt_started_at) SELECT held.id, %(queue)s, held.msg_id, 'running', held.read_ct, held.enqueued_at,"
     " held.started_at, held.started_at FROM held"
     " ON CONFLICT (queue, msg_id) DO UPDATE SET status = 'running', attempts = EXCLUDED.attempts,"
     " started_at = coalesce(j.started_at, EXCLUDED.started_at),"
@@ -220,7 +219,6 @@ async def mark_running(conn: psycopg.AsyncConnection[Any], queue: str, held: Seq
         "job_ids": [m.job_id for m in held],
         "ids": [m.msg_id for m in held],
         "cts": [m.read_ct for m in held],
-        "created": [m.enqueued_at for m in held],
         "started": [m.read_at for m in held],
     }
     cur = await conn.execute(_mark_running_statement(queue), params)
