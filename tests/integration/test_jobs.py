@@ -192,9 +192,9 @@ def test_a_quick_job_writes_no_running_version_and_a_slow_one_does(
         await asyncio.sleep(payload["s"])
 
     pgmq.ensure_queue(conn, "paced")
-    quick, slow = enqueue(conn, "paced", {"s": 0}), enqueue(conn, "paced", {"s": 1.5})
+    quick, slow = enqueue(conn, "paced", {"s": 0}), enqueue(conn, "paced", {"s": 2.5})
     plain = pgmq.send(conn, "paced", {"s": 0})
-    burst_worker(reg, running_after=timedelta(milliseconds=500))
+    burst_worker(reg, running_after=timedelta(seconds=1))
 
     def written(msg_id: int) -> list[str]:
         query = "SELECT status FROM public.written WHERE msg_id = %s ORDER BY n"
