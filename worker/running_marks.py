@@ -69,7 +69,6 @@ class RunningMarks:
         self.pool = pool
         self.after_s = after_s
         self._held: dict[tuple[str, int], RunningMark] = {}  # in the order they started
-        self.written = 0  # deliveries this side task marked (not those marked on demand)
 
     def held(self, message: Message) -> RunningMark:
         """The delivery's mark: `with` it for the attempt, up to its settle (a class, not a
@@ -89,7 +88,7 @@ class RunningMarks:
         for mark in self._held.values():
             if mark.since > cutoff:
                 break  # the rest started later
-            if not mark.written and mark.message.job_id is not None:
+            if not mark.written:  # only deliveries with a job row are held
                 due.setdefault(mark.message.queue, []).append(mark)
         for queue, marks in due.items():
             try:
@@ -101,4 +100,3 @@ class RunningMarks:
                     continue  # the next round tries again
             for mark in marks:
                 mark.written = True
-            self.written += len(marks)

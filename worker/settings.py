@@ -12,6 +12,8 @@ from db.durations import Duration
 from worker.loop import EventLoop, uvloop_installed
 from worker.webhook_signing import secret_key
 
+MIN_RUNNING_AFTER = timedelta(milliseconds=10)
+
 
 class WorkerSettings(BaseSettings):
     """How one worker process reads, leases and stops."""
@@ -62,7 +64,7 @@ class WorkerSettings(BaseSettings):
         default=timedelta(milliseconds=250),
         description="How long a delivery runs before its job row says `running` (at once when it "
         "reports progress, runs a step, stores an artifact or fans out); a job that ends sooner goes "
-        "from `queued` straight to its outcome, one row version fewer.",
+        "from `queued` straight to its outcome, one row version fewer. At least 10 ms.",
     )
     heartbeat_interval: Duration = Field(
         default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
@@ -174,6 +176,13 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"{info.field_name} must not be negative")
         if info.field_name == "retention_interval" and value <= timedelta(0):
             raise ValueError("retention_interval must be positive")
+        return value
+
+    @field_validator("running_after")
+    @classmethod
+    def _marks_can_wait(cls, value: timedelta) -> timedelta:
+        if value < MIN_RUNNING_AFTER:  # the marker looks every half of it: shorter would spin
+            raise ValueError(f"running_after must be at least {MIN_RUNNING_AFTER.total_seconds():g} s")
         return value
 
     @field_validator("webhook_secret")

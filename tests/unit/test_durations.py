@@ -8,6 +8,7 @@ import click
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from worker.commands.edge import AGE
 from worker.settings import WorkerSettings
@@ -48,3 +49,24 @@ def test_retention_setting_accepts_units_and_refuses_negatives() -> None:
         WorkerSettings(retention="-5")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positive"):
         WorkerSettings(retention_interval=0)  # type: ignore[arg-type]
+
+
+@given(text=st.text(max_size=12) | st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?(ms|s)?", fullmatch=True))
+def test_running_after_is_at_least_ten_milliseconds_or_refused(text: str) -> None:
+    """PGMQ_WORKER_RUNNING_AFTER: any text is a duration of 10 ms or more, or a ValidationError
+    naming the setting (0 or a negative would have the marker loop spin)."""
+    try:
+        value = WorkerSettings(running_after=text).running_after  # type: ignore[arg-type]
+    except ValidationError as exc:
+        refused = str(exc)
+    else:
+        assert value >= timedelta(milliseconds=10)
+        return
+    assert "running_after" in refused
+
+
+def test_running_after_refuses_zero_and_negatives() -> None:
+    assert WorkerSettings(running_after="250ms").running_after == timedelta(milliseconds=250)  # type: ignore[arg-type]
+    for bad in ("0", "-1", "5ms"):
+        with pytest.raises(ValidationError, match=r"running_after must be at least 0\.01 s"):
+            WorkerSettings(running_after=bad)  # type: ignore[arg-type]

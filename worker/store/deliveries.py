@@ -166,7 +166,7 @@ async def read(
         cur = await conn.execute(statement, {"vt": vt_s, "qty": qty, "low": low})
         found = [Message(queue, r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
     else:
-        ids = uuid7_bytes(qty)  # for the job rows it creates (time-ordered, see queues.ids)
+        ids = uuid7_bytes(qty)  # for messages without a row: their rows' ids (time-ordered, queues.ids)
         cur = await conn.execute(statement, {"queue": queue, "vt": vt_s, "qty": qty, "ids": ids, "low": low})
         # READ's columns are Message's fields in order (tuples: no dict per row on the hot path).
         found = [Message(queue, *r) for r in await cur.fetchall()]

@@ -154,7 +154,7 @@ def ack_many_params(queue: str, done: Sequence[tuple[Message, Any]], *, job_rows
     params: dict[str, Any] = {"queue": queue, "ids": ids, "cts": cts}
     if job_rows:
         params["results"] = _json([result for _, result in done])
-        params["job_ids"] = b"".join(m.job_id.bytes for m, _ in done if m.job_id is not None)
+        params["job_ids"] = b"".join(_job_id(m).bytes for m, _ in done)  # 16 bytes each, in order
         params["read_ats"] = ",".join(
             "" if m.read_at is None else repr(m.read_at.timestamp()) for m, _ in done
         )
