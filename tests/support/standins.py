@@ -185,7 +185,7 @@ class ImageGenerations(JsonAnswers):
         state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
         prompt = body["prompt"]
         if "slow" in prompt:
-            time.sleep(2)
+            time.sleep(4)  # past every per-image timeout the tests set (at most 2.5 s)
         if "pause" in prompt and state.hold is not None:
             state.held.set()
             state.hold.wait(30)
