@@ -364,7 +364,7 @@ def test_the_language_pipeline_runs_from_the_page_on_an_uploaded_image(
 def test_the_image_batch_fans_out_from_the_page_and_shows_partial_success(
     page: tuple[Page, list[str]], dev: Dev, providers: Providers, conn: psycopg.Connection[Any]
 ) -> None:
-    """Pick image_batch with four prompts: one image fails at the provider, one outlives its 1 s
+    """Pick image_batch with four prompts: one image fails at the provider, one outlives its 2.5 s
     timeout; the batch succeeds as 2 of 4, the bar rises as children finish, and the page shows
     the two generated images."""
     tab, console = page
