@@ -14,7 +14,8 @@ fresh databases made for this run and dropped afterwards. In one run it measures
    2 processes, with job rows on and off (`@handler(..., job_rows=False)`) (bench/throughput.py),
    as a ratio to the batched ceiling at as many clients; beside it a bare Python loop of
    read(q, 30, 100) + delete(q, ids) (bench/raw_loops.py), 1 and 2 processes, for what a second
-   process can gain on this machine;
+   process can gain on this machine, and the floor: the worker's own read and ack statements in
+   a bare loop, job rows off and on, with the server's CPU per message (bench/statement_floor.py);
 3. pickup latency of an idle worker, single messages 20 ms apart, LISTEN/NOTIFY and polling
    only (bench/throughput.py --pickup-latency); beside it bare loops on pgmq's own wake-ups:
    enable_notify_insert with throttle 0 and its default 250 ms, and read_with_poll (100 ms);
@@ -58,7 +59,7 @@ import psycopg
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as in bench/enqueue.py
 
-from bench import ceiling, enqueue, peer_runs, raw_loops, throughput
+from bench import ceiling, enqueue, peer_runs, raw_loops, statement_floor, throughput
 from bench.throughput import SERVER_VERSION, Server, fresh_database, percentiles_ms
 from db.pgmq_install import detect
 from worker.settings import WorkerSettings
@@ -200,6 +201,7 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
         )
         report.failures += [f"{name}: {f}" for f in run.failures]
     rates |= bare_drain_rows(report, db_url, plan, batched)
+    floor_rows(report, db_url, plan, batched)
     for rows, label in (
         ("on", "pgmq-worker, job rows on"),
         ("off", "pgmq-worker, job rows off"),
@@ -226,6 +228,22 @@ def _drain_row(
         f"batched ceiling, {_clients(processes)}",
         note=_failed(failures),
     )
+
+
+def floor_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float]) -> None:
+    """Part 2, the floor: the worker's own read and ack in a bare loop (bench/statement_floor.py)."""
+    measured = report.part("statement floor", lambda: statement_floor.measure(db_url, plan.messages))
+    if measured is None:
+        return
+    for r in measured:
+        what = f"floor: {r.what}, alone (bench/statement_floor.py), 1 connection: N = {r.messages:,}"
+        report.rows.append(_drain_row(what, r.rate, batched, 1, ()))
+    cpu = "; ".join(
+        f"{r.what}: {statement_floor.us(r.per_message_us(r.server_cpu_s))} server, "
+        f"{statement_floor.us(r.per_message_us(r.client_cpu_s))} client"
+        for r in measured
+    )
+    report.notes.append(f"floor, CPU µs a message: {cpu}")
 
 
 def bare_drain_rows(

@@ -15,7 +15,11 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, TypeAdapter, ValidationError
+
+# The shortest period of a loop (polling, heartbeats, keepalives, backoff): `Interval` settings
+# refuse less, since 0 or a negative period would spin.
+MIN_INTERVAL: Final = timedelta(milliseconds=10)
 
 Seconds = float | timedelta
 """A duration as callers may write it: seconds (an int or float) or a timedelta."""
@@ -94,3 +98,21 @@ def _from_setting(value: Any) -> Any:
 
 Duration = Annotated[timedelta, BeforeValidator(_from_setting)]
 """A duration setting: seconds (`0.5`), with a unit (`7d`, `12h`), ISO 8601 (`PT30S`) or `HH:MM:SS`."""
+
+
+def _at_least(minimum: timedelta) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(
+                f"must be at least {minimum.total_seconds():g} s, got {value.total_seconds():g} s"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+NonNegative = Annotated[timedelta, BeforeValidator(_from_setting), _at_least(timedelta(0))]
+"""A Duration setting that may be 0 (a grace, a cache's age) but not negative."""
+
+Interval = Annotated[timedelta, BeforeValidator(_from_setting), _at_least(MIN_INTERVAL)]
+"""A Duration setting that is a loop's period or a timeout: at least MIN_INTERVAL."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.durations import Duration
+from db.durations import NonNegative
 
 
 class PoolerMode(StrEnum):
@@ -47,7 +47,7 @@ class DatabaseSettings(BaseSettings):
     pool_max_size: int = Field(
         default=10, ge=1, description="Connections a worker's (or the web process's) pool may open."
     )
-    connect_timeout: Duration = Field(
+    connect_timeout: NonNegative = Field(
         default=timedelta(seconds=10), description="How long to wait for a connection."
     )
     application_name: str = Field(

@@ -172,6 +172,25 @@ def loads(data: bytes | str) -> Any:
         raise InvalidJson(str(exc)) from None
 
 
+def read_jsonb(data: str | bytes) -> Any:
+    """A json or jsonb value as the database returned it, in Python: what `json.loads` reads.
+
+    The loader of every connection we open (db.connect). orjson reads a payload in a tenth of the
+    stdlib's time (a twentieth of a no-op worker's CPU per message), but it reads an integer past
+    64 bits as a float and refuses what parses past a double's range or 1,024 levels deep, all of
+    which jsonb holds: text with a run of 19 digits, or that orjson refuses, goes to `json.loads`.
+    (Up to 1,024 levels orjson reads what the stdlib's recursion limit may give up on.)
+    """
+    if isinstance(data, str):  # psycopg hands bytes
+        return json.loads(data)
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
 def _too_deep(text: str) -> bool:
     """Whether brackets outside strings nest deeper than MAX_DEPTH (cheap unless there are many)."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
@@ -192,6 +211,8 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKET: Final = re.compile(r"[\[\]{}]")
+# 19 digits in a row: an integer that may not fit 64 bits (or a float's long mantissa, read the same).
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
 
 
 def _no_constant(name: str) -> Any:

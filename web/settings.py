@@ -7,7 +7,7 @@ from datetime import timedelta
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.durations import Duration
+from db.durations import Interval, NonNegative
 
 # The handler modules a web process imports when none are named (`--import`, `modules=`).
 DEFAULT_IMPORTS = ("handlers",)
@@ -68,7 +68,7 @@ class WebSettings(BaseSettings):
         default="::",
         description="Interface of the web metrics port (`::`: every IPv6 and IPv4 address).",
     )
-    web_metrics_queue_cache: Duration = Field(
+    web_metrics_queue_cache: NonNegative = Field(
         default=timedelta(seconds=5),
         description="How long the web process reuses the queue gauges between scrapes.",
     )
@@ -83,11 +83,13 @@ class WebSettings(BaseSettings):
 
     # SSE: a comment line this often keeps proxies from closing an idle stream, and the job row
     # is re-read then too (a safety net if a notification was missed; the only path without LISTEN).
-    sse_keepalive: Duration = Field(
+    sse_keepalive: Interval = Field(
         default=timedelta(seconds=15),
-        description="A keepalive comment on idle event streams this often (the job row is re-read then too).",
+        description="A keepalive comment on idle event streams this often (the job row is re-read then too). "
+        "At least 10 ms.",
     )
-    sse_poll_interval: Duration = Field(
+    sse_poll_interval: Interval = Field(
         default=timedelta(seconds=1),
-        description="How often a stream re-reads its job when LISTEN is unavailable (a transaction pooler).",
+        description="How often a stream re-reads its job when LISTEN is unavailable (a transaction pooler). "
+        "At least 10 ms.",
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,24 +51,28 @@ class JobCancelled(BaseException):
 
 
 class CancelFlag:
-    """Set once the worker has noticed that the delivery's job was cancelled; read from any thread."""
+    """Set once the worker has noticed that the delivery's job was cancelled; read from any thread.
+
+    A plain attribute, not a threading.Event: nothing waits on it (handlers look), a store of a
+    bool is atomic, and an Event (a Condition and a Lock) for every delivery was measurable.
+    """
 
     __slots__ = ("_set",)
 
     def __init__(self) -> None:
-        self._set = threading.Event()
+        self._set = False
 
     def set(self) -> None:
         """Mark the job cancelled."""
-        self._set.set()
+        self._set = True
 
     def is_set(self) -> bool:
         """True once the job was cancelled."""
-        return self._set.is_set()
+        return self._set
 
     def raise_if_set(self, what: str = "the job") -> None:
         """JobCancelled if the job was cancelled."""
-        if self._set.is_set():
+        if self._set:
             raise JobCancelled(f"{what}: the job was cancelled")
 
 

@@ -101,10 +101,10 @@ class Worker:
                         await slots.wait(self.stops.stopping)
                         continue
                     slots.freed.clear()  # a slot freed during the read wakes a capped wait below
-                    messages = await self._fetch(free)
+                    messages = await self._fetch(wanted := slots.to_read())
                     for message in messages:
                         self.attempts.start(message)
-                    if len(messages) >= free:
+                    if len(messages) >= wanted:
                         continue  # there may be more right now
                     if self.burst and slots.unsettled():  # the next settle may be the last: look again then
                         await slots.wait(self.stops.stopping)

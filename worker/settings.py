@@ -8,11 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.durations import Duration
+from db.durations import Duration, Interval, NonNegative
 from worker.loop import EventLoop, uvloop_installed
 from worker.webhook_signing import secret_key
-
-MIN_RUNNING_AFTER = timedelta(milliseconds=10)
 
 
 class WorkerSettings(BaseSettings):
@@ -27,8 +25,9 @@ class WorkerSettings(BaseSettings):
         ge=1,
         le=1000,
         description="Handlers running at once (`--concurrency`), `async def` and `def` together. The "
-        "read asks for as many messages as slots are free, so reads and acks come in batches of up "
-        "to this many; an `async` slot costs one coroutine.",
+        "read asks for as many messages as slots are free, half of them at most (so the next read "
+        "overlaps the handlers the last one started): reads and acks come in batches of up to half "
+        "this many; an `async` slot costs one coroutine.",
     )
     threads: int = Field(
         default=20,
@@ -48,35 +47,39 @@ class WorkerSettings(BaseSettings):
         "rotation), so a low-priority backlog still moves while higher queues keep every slot busy. "
         "`0`: strict priority, a lower queue gets only the slots the higher ones leave.",
     )
-    poll_interval: Duration = Field(
-        default=timedelta(seconds=1), description="Longest wait between reads when idle (`--poll-interval`)."
+    poll_interval: Interval = Field(
+        default=timedelta(seconds=1),
+        description="Longest wait between reads when idle (`--poll-interval`). At least 10 ms.",
     )
     listen: bool = Field(default=True, description="`false` to poll only, even where LISTEN would work.")
-    shutdown_grace: Duration = Field(
-        default=timedelta(seconds=25), description="How long running handlers get to finish after SIGTERM."
+    shutdown_grace: NonNegative = Field(
+        default=timedelta(seconds=25),
+        description="How long running handlers get to finish after SIGTERM.",
     )
-    progress_interval: Duration = Field(
+    progress_interval: NonNegative = Field(
         default=timedelta(milliseconds=500),
         description="At most one progress write per job per interval (Supabase Realtime counts every "
-        "row change); the last report is written before the job settles.",
+        "row change); the last report is written before the job settles. `0` writes every report.",
     )
-    running_after: Duration = Field(
+    running_after: Interval = Field(
         default=timedelta(milliseconds=250),
         description="How long a delivery runs before its job row says `running` (at once when it "
         "reports progress, runs a step, stores an artifact or fans out); a job that ends sooner goes "
         "from `queued` straight to its outcome, one row version fewer. At least 10 ms.",
     )
-    heartbeat_interval: Duration = Field(
-        default=timedelta(seconds=1), description="How often leases due for renewal are renewed."
+    heartbeat_interval: Interval = Field(
+        default=timedelta(seconds=1),
+        description="How often leases due for renewal are renewed. At least 10 ms.",
     )
-    cancel_grace: Duration = Field(
+    cancel_grace: NonNegative = Field(
         default=timedelta(seconds=2),
         description="After a running job is cancelled (noticed within about a heartbeat interval), "
         "how long its `async def` handler may go on (seeing `ctx.cancelled`) before its task is "
         "cancelled; a `def` handler runs until it looks at `ctx.cancelled`.",
     )
-    reconnect_max: Duration = Field(
-        default=timedelta(seconds=30), description="Cap of the reconnect backoff after database trouble."
+    reconnect_max: Interval = Field(
+        default=timedelta(seconds=30),
+        description="Cap of the reconnect backoff after database trouble. At least 10 ms.",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
@@ -88,7 +91,9 @@ class WorkerSettings(BaseSettings):
         description="Let webhook URLs resolve to private, loopback or link-local addresses "
         "(development only, never in production).",
     )
-    webhook_timeout: Duration = Field(default=timedelta(seconds=10), description="Per webhook delivery try.")
+    webhook_timeout: Interval = Field(
+        default=timedelta(seconds=10), description="Per webhook delivery try. At least 10 ms."
+    )
     webhook_max_tries: int = Field(default=5, ge=1, le=20, description="Tries per webhook event.")
     retention: Duration = Field(
         default=timedelta(days=7),
@@ -108,11 +113,10 @@ class WorkerSettings(BaseSettings):
         le=100_000,
         description="Rows per pruning statement, each its own short transaction.",
     )
-    registry_heartbeat: Duration = Field(
+    registry_heartbeat: Interval = Field(
         default=timedelta(seconds=5),
-        gt=timedelta(0),
         description="How often this worker refreshes its row in `pgmq_worker.workers` (`pgmq-worker "
-        "workers`): a row without a heartbeat for three of these is shown `stale`.",
+        "workers`): a row without a heartbeat for three of these is shown `stale`. At least 10 ms.",
     )
     fly_machine_id: str | None = Field(
         default=None,
@@ -151,15 +155,15 @@ class WorkerSettings(BaseSettings):
         "(Fly's scraper and machine checks reach the machine's private IPv6 address); `0.0.0.0` "
         "for IPv4 only, `127.0.0.1` to keep it on the machine.",
     )
-    metrics_queue_cache: Duration = Field(
+    metrics_queue_cache: NonNegative = Field(
         default=timedelta(seconds=5),
         description="How long the queue gauges (every queue's depth, one statement) are reused "
         "between scrapes.",
     )
-    loop_block_threshold: Duration = Field(
+    loop_block_threshold: Interval = Field(
         default=timedelta(seconds=10),
         description="`/livez` answers 503 once the event loop has not answered for this long (a "
-        "`def` handler holding the GIL, a blocking call in `async def` code).",
+        "`def` handler holding the GIL, a blocking call in `async def` code). At least 10 ms.",
     )
     process_index: int = Field(
         default=0,
@@ -176,13 +180,6 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"{info.field_name} must not be negative")
         if info.field_name == "retention_interval" and value <= timedelta(0):
             raise ValueError("retention_interval must be positive")
-        return value
-
-    @field_validator("running_after")
-    @classmethod
-    def _marks_can_wait(cls, value: timedelta) -> timedelta:
-        if value < MIN_RUNNING_AFTER:  # the marker looks every half of it: shorter would spin
-            raise ValueError(f"running_after must be at least {MIN_RUNNING_AFTER.total_seconds():g} s")
         return value
 
     @field_validator("webhook_secret")

@@ -2,7 +2,8 @@
 
 A delivery takes a slot when it is dispatched and gives its handler's share back when the handler
 returns, not when its (batched) ack lands: the next read overlaps the previous batch's ack instead
-of waiting for it. Deliveries still settling (a task, or an ack handed to the settle) are capped
+of waiting for it. A read asks for half the slots at most (`to_read`), so it overlaps the handlers
+the previous read started too. Deliveries still settling (a task, or an ack handed to the settle) are capped
 at another `concurrency`, so a slow database holds at most twice as many. A `def` handler also
 needs one of the `threads`, and a queue whose handler has its own `concurrency` one of its own
 slots (`free_of`): the running handlers are counted per queue here, the one count of them.
@@ -45,6 +46,15 @@ class Slots:
         """Handlers that may start now (see the module's docstring)."""
         settling = len(self._tasks) + self.settle.pending
         return min(self.concurrency - len(self._running), 2 * self.concurrency - settling)
+
+    def to_read(self) -> int:
+        """How many the next read asks for: the free slots, half of all of them at most.
+
+        With every slot free (handlers quicker than a read), the next read is then on its way
+        while the handlers the last one started run, instead of the loop waiting for each read
+        in turn with nothing to do (1.17x draining no-op jobs at concurrency 100, bench/RESULTS.md).
+        """
+        return min(self.free(), max(1, -(-self.concurrency // 2)))
 
     def free_threads(self) -> int:
         """`def` handlers that may start now: threads not taken by a running or timed-out handler.

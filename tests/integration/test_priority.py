@@ -22,32 +22,12 @@ from db.connect import Target
 from queues import enqueue, pgmq
 from tests.integration.test_cli import assert_one_line_error
 from tests.support.fixtures import BurstWorker
-from tests.support.helpers import job, make_worker, send
+from tests.support.helpers import Peak, job, make_worker, send
 from worker import Context, handler
 from worker.cli import main
 from worker.registry import Registry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "examples"
-
-
-class Peak:
-    """Handlers running at once, per queue, and the most seen (thread-safe: `def` handlers use it too)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.running: dict[str, int] = {}
-        self.peak: dict[str, int] = {}
-        self.starts: list[str] = []
-
-    def enter(self, queue: str) -> None:
-        with self._lock:
-            self.running[queue] = self.running.get(queue, 0) + 1
-            self.peak[queue] = max(self.peak.get(queue, 0), self.running[queue])
-            self.starts.append(queue)
-
-    def leave(self, queue: str) -> None:
-        with self._lock:
-            self.running[queue] -= 1
 
 
 def run_until(worker: Any, done: threading.Event, *, timeout: float = 20) -> None:
@@ -94,7 +74,8 @@ def test_urgent_messages_start_before_the_bulk_backlog(
 def test_same_priority_keeps_the_rotation(
     conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
-    """The control for the test above: one priority, the first read goes to `bulk` and takes both slots."""
+    """The control for the test above: one priority, the first read goes to `bulk` and takes the
+    half of the four slots a read may take, and the next one goes to `urgent`."""
     peak = Peak()
 
     @handler("bulk", registry=reg)
@@ -110,8 +91,8 @@ def test_same_priority_keeps_the_rotation(
 
     send(conn, "bulk", *({"i": i} for i in range(6)))
     send(conn, "urgent", *({"i": i} for i in range(3)))
-    burst_worker(reg, queues=("bulk", "urgent"), concurrency=2)
-    assert peak.starts[:2] == ["bulk", "bulk"]
+    burst_worker(reg, queues=("bulk", "urgent"), concurrency=4)
+    assert peak.starts[:4] == ["bulk", "bulk", "urgent", "urgent"]
     assert sorted(peak.starts) == ["bulk"] * 6 + ["urgent"] * 3
 
 

@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from db import storable
-from db.connect import Target, sync_pool
+from db.connect import Target, connect, sync_pool
 from queues import aenqueue, enqueue, enqueue_batch, pgmq
 from queues.errors import InvalidPayload
 from tests.support.fixtures import BurstWorker
 from tests.support.helpers import dead, job, rows, run_burst, send
 from tests.support.processes import spawned, worker_process
-from tests.support.values import TEXT, TOO_DEEP, anything, json_like, nested, same
+from tests.support.values import JSON_TEXT, TEXT, TOO_DEEP, anything, json_like, nested, same, typed
 from web import create_app
 from web.flask_example import jobs_blueprint
 from web.settings import WebSettings
@@ -522,3 +522,18 @@ def test_a_burst_worker_process_over_good_and_bad_jobs_exits_0(
         else:
             assert (row["status"], row["attempts"]) == ("dead", 1), row
             assert CLI_ERRORS[payload["kind"]] in row["error"]["message"], row["error"]
+
+
+# -- reading rows back ---------------------------------------------------------------------------
+
+
+@DB
+@given(text=JSON_TEXT)
+@example(text='{"n": 123456789012345678901234567890, "x": 1e400, "y": -0, "z": 18446744073709551616}')
+def test_our_connections_read_any_jsonb_as_the_stdlib_reads_its_text(target: Target, text: str) -> None:
+    """A jsonb value (a payload another client sent, say) reads back through our connections as
+    json.loads reads the server's own text of it: integers past 64 bits stay integers."""
+    with connect(target) as ours, psycopg.connect(target.url, autocommit=True) as plain:
+        [(value, server_text)] = ours.execute("SELECT v, v::text FROM (SELECT %s::jsonb AS v) AS t", (text,))
+        [(stock,)] = plain.execute("SELECT %s::jsonb", (text,))
+    assert typed(value) == typed(json.loads(server_text)) == typed(stock)

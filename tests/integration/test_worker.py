@@ -17,7 +17,7 @@ from db.connect import Target
 from queues import pgmq
 from queues.names import dlq_name
 from tests.support.fixtures import BurstWorker
-from tests.support.helpers import captured, dead, make_worker, rows, run_burst, send, stop_once_started
+from tests.support.helpers import Peak, captured, dead, make_worker, rows, run_burst, send, stop_once_started
 from worker import Backoff, Context, Permanent, Registry, Retry, handler
 
 FAST = Backoff(base=0.05, cap=0.2, jitter=0)
@@ -454,23 +454,45 @@ def test_concurrency_bounds_handlers_running_at_once(
     conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
 ) -> None:
     """With --concurrency 2, never more than two handlers run together, and all finish."""
-    running = 0
-    peak = 0
+    peak = Peak()
     done: list[int] = []
 
     @handler("bounded", registry=reg)
     async def bounded(payload: dict[str, Any], ctx: Context) -> None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+        peak.enter("bounded")
         await asyncio.sleep(0.1)
-        running -= 1
+        peak.leave("bounded")
         done.append(payload["i"])
 
     send(conn, "bounded", *({"i": i} for i in range(8)))
     burst_worker(reg, concurrency=2)
-    assert peak == 2
+    assert peak.peak["bounded"] == 2
     assert sorted(done) == list(range(8))
+
+
+def test_a_read_asks_for_half_the_slots_and_all_of_them_still_run(
+    conn: psycopg.Connection[Any], reg: Registry, burst_worker: BurstWorker
+) -> None:
+    """With every slot free, a read takes half of them (the next read overlaps the handlers the
+    last one started), and the other half is read at once: concurrency 4 still runs 4 together."""
+    peak = Peak()
+
+    @handler("halves", registry=reg)
+    async def halves(payload: dict[str, Any], ctx: Context) -> None:
+        peak.enter("halves")
+        await asyncio.sleep(0.2)
+        peak.leave("halves")
+
+    send(conn, "halves", *({"i": i} for i in range(12)))
+    burst_worker(reg, concurrency=4)
+    assert peak.peak["halves"] == 4
+    # Each read's now() is the attempt's start of every delivery it returned.
+    reads = conn.execute(
+        "SELECT attempt_started_at, count(*) FROM pgmq_worker.jobs WHERE queue = 'halves'"
+        " AND status = 'succeeded' GROUP BY 1"
+    ).fetchall()
+    assert sum(n for _, n in reads) == 12
+    assert max(n for _, n in reads) == 2
 
 
 def test_every_named_queue_is_served(

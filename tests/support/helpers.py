@@ -153,3 +153,23 @@ def ack_later(acks: Acks, message: Message, result: Any) -> asyncio.Future[bool]
 
     acks.add(message, result, landed)
     return future
+
+
+class Peak:
+    """Handlers running at once, per queue, and the most seen (thread-safe: `def` handlers use it too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.starts: list[str] = []
+
+    def enter(self, queue: str) -> None:
+        with self._lock:
+            self.running[queue] = self.running.get(queue, 0) + 1
+            self.peak[queue] = max(self.peak.get(queue, 0), self.running[queue])
+            self.starts.append(queue)
+
+    def leave(self, queue: str) -> None:
+        with self._lock:
+            self.running[queue] -= 1

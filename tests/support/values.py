@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from datetime import UTC, timedelta, timezone
 from typing import Any
 
@@ -139,3 +140,49 @@ def same(stored: Any, expected: Any) -> bool:
             and all(same(a, b) for a, b in zip(stored, expected, strict=True))
         )
     return type(stored) is type(expected) and stored == expected
+
+
+def typed(value: Any) -> Any:
+    """The value with each scalar's type beside it: 1 and 1.0 (and -0.0 and 0.0) differ here."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, float):
+        return ("float", repr(value))
+    return (type(value).__name__, value)
+
+
+# Number literals as the database may return them: any integer (past 64 bits too, which orjson
+# alone reads as floats), any double, and the edges of both.
+NUMBER_LITERALS = st.one_of(
+    st.integers().map(str),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(
+        [
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "-0",
+            "-0.0",
+            "1E2",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "0.12345678901234567890123",
+            "12345678901234567890.5",
+        ]
+    ),
+)
+JSON_TEXT = st.recursive(
+    st.one_of(NUMBER_LITERALS, st.sampled_from(["true", "false", "null"]), st.text(ANY_CHAR).map(json.dumps)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+        st.dictionaries(st.text(max_size=5), inner, max_size=4).map(
+            lambda d: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in d.items()) + "}"
+        ),
+    ),
+    max_leaves=12,
+)

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
+from db.durations import MIN_INTERVAL
+from db.settings import DatabaseSettings
+from web.settings import WebSettings
 from worker.commands.edge import AGE
 from worker.settings import WorkerSettings
 
@@ -68,5 +72,56 @@ def test_running_after_is_at_least_ten_milliseconds_or_refused(text: str) -> Non
 def test_running_after_refuses_zero_and_negatives() -> None:
     assert WorkerSettings(running_after="250ms").running_after == timedelta(milliseconds=250)  # type: ignore[arg-type]
     for bad in ("0", "-1", "5ms"):
-        with pytest.raises(ValidationError, match=r"running_after must be at least 0\.01 s"):
+        with pytest.raises(ValidationError, match=r"running_after\s+Value error, must be at least 0\.01 s"):
             WorkerSettings(running_after=bad)  # type: ignore[arg-type]
+
+
+BOUNDED = [
+    (WorkerSettings, name, floor)
+    for names, floor in (
+        (
+            (
+                *("poll_interval", "heartbeat_interval", "reconnect_max", "running_after"),
+                *("webhook_timeout", "registry_heartbeat", "loop_block_threshold"),
+            ),
+            MIN_INTERVAL,
+        ),
+        (("shutdown_grace", "progress_interval", "cancel_grace", "metrics_queue_cache"), timedelta(0)),
+    )
+    for name in names
+] + [
+    (WebSettings, "sse_keepalive", MIN_INTERVAL),
+    (WebSettings, "sse_poll_interval", MIN_INTERVAL),
+    (WebSettings, "web_metrics_queue_cache", timedelta(0)),
+    (DatabaseSettings, "connect_timeout", timedelta(0)),
+]
+
+
+@settings(max_examples=40)
+@pytest.mark.parametrize(("model", "name", "floor"), BOUNDED)
+@given(text=st.text(max_size=12) | st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?(ms|s)?", fullmatch=True))
+def test_every_duration_setting_is_above_its_floor_or_refused_by_name(
+    model: type[BaseSettings], name: str, floor: timedelta, text: str
+) -> None:
+    """Any text for a period (a poll, a heartbeat, a keepalive, a backoff, a timeout) is 10 ms or
+    more, and for a grace or a cache's age 0 or more, or a ValidationError naming the setting: a
+    0 or negative period had its loop spin, and a negative grace meant nothing."""
+    try:
+        value = getattr(model(**{name: text}), name)
+    except ValidationError as exc:
+        refused = str(exc)
+    else:
+        assert value >= floor
+        return
+    assert name in refused
+
+
+@pytest.mark.parametrize(("model", "name", "floor"), BOUNDED)
+def test_the_floor_itself_is_taken_and_just_below_it_is_refused(
+    model: type[BaseSettings], name: str, floor: timedelta
+) -> None:
+    assert getattr(model(**{name: floor}), name) == floor
+    with pytest.raises(
+        ValidationError, match=rf"{name}\s+Value error, must be at least {floor.total_seconds():g} s"
+    ):
+        model(**{name: floor - timedelta(milliseconds=1)})

@@ -22,7 +22,19 @@ from pydantic import BaseModel
 
 from db import storable
 from db.storable import MAX_DEPTH, InvalidJson, Unstorable
-from tests.support.values import ANY_CHAR, TOO_DEEP, Colour, Opaque, Page, Point, anything, json_like, nested
+from tests.support.values import (
+    ANY_CHAR,
+    JSON_TEXT,
+    TOO_DEEP,
+    Colour,
+    Opaque,
+    Page,
+    Point,
+    anything,
+    json_like,
+    nested,
+    typed,
+)
 
 SURROGATES = range(0xD800, 0xE000)
 
@@ -283,3 +295,35 @@ def test_escape_controls_leaves_no_control_character_and_loses_nothing(text: str
     assert not any(unicodedata.category(c) == "Cc" for c in shown)
     if "\\" not in text:
         assert re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), shown) == text
+
+
+@settings(max_examples=300)
+@given(st.one_of(JSON_TEXT, st.integers(1, 700).map(lambda n: "[" * n + "]" * n)))
+def test_read_jsonb_reads_what_the_stdlib_reads(text: str) -> None:
+    """The rows' loader gives exactly json.loads' value, types included, or fails as it does."""
+    data = text.encode()
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            storable.read_jsonb(data)
+        return
+    assert typed(storable.read_jsonb(data)) == typed(expected)
+
+
+@pytest.mark.parametrize("depth", [900, 1024, 1025, 5000])
+def test_read_jsonb_reads_deep_nesting_or_fails_as_the_stdlib_does(depth: int) -> None:
+    """To orjson's 1,024 levels it reads what the stdlib's recursion may give up on; past them the
+    stdlib reads it, or fails as it always did."""
+    data = ("[" * depth + "]" * depth).encode()
+    try:
+        got = storable.read_jsonb(data)
+    except RecursionError:
+        assert depth > 1024
+        with pytest.raises(RecursionError):
+            json.loads(data)
+        return
+    for _ in range(depth - 1):
+        assert len(got) == 1
+        got = got[0]
+    assert got == []
