@@ -182,3 +182,29 @@ def test_a_running_mark_is_written_once_per_delivery_and_never_after_it(
     assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"ok": 1})
     assert done["started_at"] is not None and done["created_at"] <= done["started_at"]
     assert (running["status"], running["attempts"], running["id"]) == ("running", 2, enqueued.job_id)
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["ids close together", "ids spread out"])
+def test_the_read_finds_each_messages_own_job_row_whether_its_ids_are_close_or_spread(
+    target: Target, conn: psycopg.Connection[Any], spread: bool
+) -> None:
+    """Close ids are looked up with one range scan of (queue, msg_id), spread ones id by id; either
+    way each delivery gets its own row (or a new id, for a plain send), never the row of another
+    message in the range, here one another consumer holds."""
+    pgmq.ensure_queue(conn, "lookup")
+    first = enqueue(conn, "lookup", {"i": 1})
+    held = enqueue(conn, "lookup", {"i": 2})
+    plain = pgmq.send(conn, "lookup", {"i": 3})
+    if spread:  # a gap of many ids, as a retried message among new ones leaves
+        gone = pgmq.send_batch(conn, "lookup", [{} for _ in range(50)])
+        conn.execute("SELECT pgmq.delete('lookup', %s::bigint[])", (gone,))
+    last = enqueue(conn, "lookup", {"i": 4})
+    conn.execute("SELECT pgmq.set_vt('lookup', %s, 60)", (held.msg_id,))  # another consumer's
+
+    taken = read(target, "lookup", 30, 10)
+    assert [m.msg_id for m in taken] == [first.msg_id, plain, last.msg_id]
+    by_id = {m.msg_id: m.job_id for m in taken}
+    assert by_id[first.msg_id] == first.job_id
+    assert by_id[last.msg_id] == last.job_id
+    assert by_id[plain] not in {first.job_id, held.job_id, last.job_id}
+    assert job_or_none(conn, "lookup", plain) is None

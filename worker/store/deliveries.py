@@ -44,21 +44,36 @@ HAS_LAST_READ_AT = (
     "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = r AND attname = 'last_read_at'"
     " AND NOT attisdropped) FROM to_regclass(%s) AS r WHERE r IS NOT NULL"
 )
-# Read, and in the same statement look up each message's job row (by key, `= ANY`: a generic
-# plan for a join scanned the whole table). Nothing is written to it: the job row says `running`
-# once the delivery has run a moment (MARK_RUNNING, worker/running_marks.py) or reports anything,
-# and the settle writes the outcome with the attempt's count and times. A job that ends within
-# that moment writes one version fewer (one, not two, for a message sent with plain pgmq.send,
-# which has no row until then: its id is the one the read hands out, from `ids`). `read_at`
-# (the read's now()) is the attempt's start.
-READ = """
+# Read, and in the same statement look up each message's job row by key. Nothing is written to
+# it: the job row says `running` once the delivery has run a moment (MARK_RUNNING,
+# worker/running_marks.py) or reports anything, and the settle writes the outcome with the
+# attempt's count and times. A job that ends within that moment writes one version fewer (one,
+# not two, for a message sent with plain pgmq.send, which has no row until then: its id is the
+# one the read hands out, from `ids`). `read_at` (the read's now()) is the attempt's start.
+# The lookup: when the ids read lie close together (the usual drain: a run of consecutive ids),
+# one range scan of (queue, msg_id), the rows of other messages in the range joined away; when
+# they are spread (a retried message among new ones), one descent per id (`= ANY`: a generic plan
+# for a join scanned the whole table). Each branch's condition is a one-time filter: the other
+# branch is not run. The range took 3 µs less of the server's CPU a message (bench/statement_floor.py).
+JOB_COLUMNS = """j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts,
+        j.cancel_requested_at IS NOT NULL AS cancel_requested"""
+READ = (
+    """
 WITH taken AS ({take}), m AS (
     SELECT msg_id, read_ct, enqueued_at, vt, message, row_number() OVER () AS n FROM taken
 ), job AS (
-    SELECT j.msg_id, j.id, j.deferrals, j.webhook_url, j.timeout_s, j.max_attempts,
-        j.cancel_requested_at IS NOT NULL AS cancel_requested
-    FROM pgmq_worker.jobs AS j
-    WHERE j.queue = %(queue)s AND j.msg_id = ANY(ARRAY(SELECT msg_id FROM m))
+    SELECT """
+    + JOB_COLUMNS
+    + """ FROM pgmq_worker.jobs AS j
+    WHERE (SELECT max(msg_id) - min(msg_id) < 2 * count(*) FROM m)
+        AND j.queue = %(queue)s
+        AND j.msg_id >= (SELECT min(msg_id) FROM m) AND j.msg_id <= (SELECT max(msg_id) FROM m)
+    UNION ALL
+    SELECT """
+    + JOB_COLUMNS
+    + """ FROM pgmq_worker.jobs AS j
+    WHERE (SELECT max(msg_id) - min(msg_id) >= 2 * count(*) FROM m)
+        AND j.queue = %(queue)s AND j.msg_id = ANY(ARRAY(SELECT msg_id FROM m))
 )
 SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message,
     coalesce(job.id, encode(substring(%(ids)s::bytea FROM (m.n::integer - 1) * 16 + 1 FOR 16), 'hex')::uuid),
@@ -66,6 +81,7 @@ SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message,
     coalesce(job.cancel_requested, false), now()
 FROM m LEFT JOIN job USING (msg_id) ORDER BY m.msg_id
 """
+)
 # The job row of deliveries still ours says `running`, with this attempt's count and start
 # (created for a message that has none). Fenced twice: the message must still be this delivery
 # (a settled one is gone, a re-read one has a higher read_ct), and the row must not have been
