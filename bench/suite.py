@@ -11,7 +11,8 @@ fresh databases made for this run and dropped afterwards. In one run it measures
 1. the raw pgmq ceiling with pgbench (bench/ceiling.py): read(q, 30, 1) + delete, and
    read(q, 30, 100) + delete(q, ids[]), at 1 and 2 clients;
 2. `pgmq-worker run --burst` draining N no-op jobs (sent with one send_batch), with 1 and
-   2 processes, with job rows on and off (`@handler(..., job_rows=False)`) (bench/throughput.py),
+   2 processes, with job rows on and off (`@handler(..., job_rows=False)`), and with job rows
+   at twice the default concurrency (bench/throughput.py),
    as a ratio to the batched ceiling at as many clients; beside it a bare Python loop of
    read(q, 30, 100) + delete(q, ids) (bench/raw_loops.py), 1 and 2 processes, for what a second
    process can gain on this machine, and the floor: the worker's own read and ack statements in
@@ -163,12 +164,17 @@ DRAIN_KINDS = (("on", "async"), ("off", "async-no-job-rows"))  # job rows -> ben
 
 def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float]) -> dict[str, float]:
     """Part 2; returns our one-process drain rate by job rows "on" / "off"."""
-    concurrency = _default_concurrency()
+    default = _default_concurrency()
     one_process: dict[str, float] = {}
     rates: dict[tuple[str, int], float] = {}  # (job rows on / off / bare, processes) -> jobs/s
-    for (rows, kind), processes in itertools.product(DRAIN_KINDS, (1, 2)):
+    # Each kind at 1 and 2 processes with the default concurrency, and job rows on at twice it
+    # (reads of as many as the default's slots: what raising --concurrency gives quick handlers).
+    runs = [(rows, kind, n, default) for (rows, kind), n in itertools.product(DRAIN_KINDS, (1, 2))]
+    runs.append((*DRAIN_KINDS[0], 1, 2 * default))
+    for rows, kind, processes, concurrency in runs:
         queue = throughput.QUEUES[kind]
         name = f"pgmq-worker drain, {processes} process{'es' if processes > 1 else ''}, job rows {rows}"
+        name += f", concurrency {concurrency}" if concurrency != default else ""
         run = report.part(
             name,
             partial(
@@ -185,12 +191,14 @@ def drain_rows(report: Report, db_url: str, plan: Plan, batched: dict[int, float
         if run is None:
             continue
         rate = plan.messages / run.work_s if run.work_s else None
-        if rate:
+        if rate and concurrency == default:
             rates[(rows, processes)] = rate
-        if rate and processes == 1:
-            one_process[rows] = rate
+            if processes == 1:
+                one_process[rows] = rate
+        flags = f" --processes {processes}" if processes > 1 else ""
+        flags += f" --concurrency {concurrency}" if concurrency != default else ""
         what = (
-            f"**pgmq-worker** `run --burst{f' --processes {processes}' if processes > 1 else ''}`, "
+            f"**pgmq-worker** `run --burst{flags}`, "
             f"concurrency {concurrency}, job rows {rows}: N = {plan.messages:,} no-op jobs"
         )
         report.rows.append(_drain_row(what, rate, batched, processes, run.failures))
