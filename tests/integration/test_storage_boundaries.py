@@ -530,10 +530,18 @@ def test_a_burst_worker_process_over_good_and_bad_jobs_exits_0(
 @DB
 @given(text=JSON_TEXT)
 @example(text='{"n": 123456789012345678901234567890, "x": 1e400, "y": -0, "z": 18446744073709551616}')
+@example(text='"\\u0000"')
 def test_our_connections_read_any_jsonb_as_the_stdlib_reads_its_text(target: Target, text: str) -> None:
     """A jsonb value (a payload another client sent, say) reads back through our connections as
     json.loads reads the server's own text of it: integers past 64 bits stay integers."""
     with connect(target) as ours, psycopg.connect(target.url, autocommit=True) as plain:
-        [(value, server_text)] = ours.execute("SELECT v, v::text FROM (SELECT %s::jsonb AS v) AS t", (text,))
+        try:
+            [(value, server_text)] = ours.execute(
+                "SELECT v, v::text FROM (SELECT %s::jsonb AS v) AS t", (text,)
+            )
+        except (
+            psycopg.errors.DataError
+        ):  # what jsonb cannot hold ("\u0000", a lone surrogate): nothing to read
+            return
         [(stock,)] = plain.execute("SELECT %s::jsonb", (text,))
     assert typed(value) == typed(json.loads(server_text)) == typed(stock)
