@@ -115,12 +115,12 @@ def _embedded_pgbench() -> str | None:
     return str(POSTGRES_BIN_PATH / "pgbench")
 
 
-def fill(conn: psycopg.Connection[Any], count: int) -> None:
+def fill(conn: psycopg.Connection[Any], count: int, queue: str = QUEUE) -> None:
     """A new queue holding `count` messages, vacuumed and analyzed."""
-    reset_queue(conn, QUEUE)
+    reset_queue(conn, queue)
     for offset in range(0, count, FILL_CHUNK):
-        conn.execute(FILL, (QUEUE, min(FILL_CHUNK, count - offset)))
-    conn.execute(VACUUM.format(sql.Identifier(table_name(QUEUE))))
+        conn.execute(FILL, (queue, min(FILL_CHUNK, count - offset)))
+    conn.execute(VACUUM.format(sql.Identifier(table_name(queue))))
 
 
 def queue_length(conn: psycopg.Connection[Any]) -> int:

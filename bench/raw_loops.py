@@ -82,23 +82,6 @@ def drain_processes(queue: str, processes: int) -> int:
     return 0 if all(child.exitcode == 0 for child in children) else 1
 
 
-HAS_NOTIFY_INSERT = "SELECT to_regprocedure('pgmq.enable_notify_insert(text, integer)') IS NOT NULL"
-
-
-def pickup_unavailable(conn: psycopg.Connection[Any], mode: str) -> str | None:
-    """Why a pickup mode cannot run on this database's pgmq, or None when it can.
-
-    The notify modes need `enable_notify_insert(queue, throttle_ms)`, which pgmq 1.5.1 (Supabase)
-    and older do not have.
-    """
-    if not mode.startswith("notify:"):
-        return None
-    row = conn.execute(HAS_NOTIFY_INSERT).fetchone()
-    if row and row[0]:
-        return None
-    return "this pgmq has no enable_notify_insert(queue, throttle_ms)"
-
-
 def pickup(queue: str, mode: str) -> None:
     """Take single messages as they come, noting each one's latency; until SIGTERM."""
     kind, _, ms = mode.partition(":")

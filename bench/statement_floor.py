@@ -35,12 +35,12 @@ from psycopg import sql
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as in bench/enqueue.py
 
-from bench.throughput import choose_server, fresh_database, reset_queue
+from bench import ceiling
+from bench.throughput import choose_server, fresh_database
 from worker.store import deliveries, settles
 
 QUEUE = "bench_floor"
 BATCH = 100
-FILL = "SELECT count(*) FROM pgmq.send_batch(%s, array_fill('{\"i\": 0}'::jsonb, ARRAY[%s]))"
 RAW_READ = "SELECT msg_id FROM pgmq.read(%s, 30, %s)"
 RAW_DELETE = "SELECT pgmq.delete(%s, %s::bigint[])"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -113,9 +113,7 @@ def cpu_of(pid: int) -> Iterator[list[float | None]]:
 async def run_loop(db_url: str, what: str, step: Step, messages: int) -> FloorRow:
     """Fill a new queue, then drain it with `step` on one autocommit connection."""
     with psycopg.connect(db_url, autocommit=True) as admin:
-        reset_queue(admin, QUEUE)
-        admin.execute(FILL, (QUEUE, messages))
-        admin.execute(f"VACUUM (ANALYZE) pgmq.q_{QUEUE}")
+        ceiling.fill(admin, messages, QUEUE)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         await step_until_empty(conn, step, 1)  # warm: statements prepared, caches loaded
         row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()

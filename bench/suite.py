@@ -304,17 +304,20 @@ def latency_rows(report: Report, db_url: str, plan: Plan) -> None:
         for label, settings in throughput.LATENCY_MODES
     ]
     with psycopg.connect(db_url, autocommit=True) as conn:
-        cases += [
-            (
-                label,
-                "raw pgmq pickup (enqueue -> read returns), bare Python loop",
-                raw_queue,
-                {},
-                raw_loops.pickup_command(raw_queue, mode),
-                raw_loops.pickup_unavailable(conn, mode),
-            )
-            for label, mode in throughput.RAW_LATENCY_MODES
-        ]
+        notify_insert = detect(conn).notify_insert  # enable_notify_insert(queue, throttle_ms): not in 1.5.1
+    cases += [
+        (
+            label,
+            "raw pgmq pickup (enqueue -> read returns), bare Python loop",
+            raw_queue,
+            {},
+            raw_loops.pickup_command(raw_queue, mode),
+            None
+            if notify_insert or not mode.startswith("notify:")
+            else "this pgmq has no enable_notify_insert",
+        )
+        for label, mode in throughput.RAW_LATENCY_MODES
+    ]
     for label, prefix, queue, settings, command, unavailable in cases:
         name = f"pickup latency, {label}"
         if unavailable is not None:  # not a failure: the server's pgmq lacks what the mode uses

@@ -2,11 +2,12 @@
 
 A delivery takes a slot when it is dispatched and gives its handler's share back when the handler
 returns, not when its (batched) ack lands: the next read overlaps the previous batch's ack instead
-of waiting for it. A read asks for half the slots at most (`to_read`), so it overlaps the handlers
-the previous read started too. Deliveries still settling (a task, or an ack handed to the settle) are capped
-at another `concurrency`, so a slow database holds at most twice as many. A `def` handler also
-needs one of the `threads`, and a queue whose handler has its own `concurrency` one of its own
-slots (`free_of`): the running handlers are counted per queue here, the one count of them.
+of waiting for it. A read asks for half the slots at most (`to_read`), so it overlaps the
+handlers the previous read started too. Deliveries still settling (a task, or an ack handed to
+the settle) are capped at another `concurrency`, so a slow database holds at most twice as many.
+A `def` handler also needs one of the `threads`, and a queue whose handler has its own
+`concurrency` one of its own slots (`free_of`): the running handlers are counted per queue here,
+the one count of them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Slots:
 
     def __init__(self, concurrency: int, threads: HandlerThreads, leases: Leases, settle: Settle) -> None:
         self.concurrency = concurrency
+        self._read_at_most = max(1, -(-concurrency // 2))  # half the slots, rounded up (to_read)
         self.threads = threads
         self.leases = leases
         self.settle = settle
@@ -52,9 +54,9 @@ class Slots:
 
         With every slot free (handlers quicker than a read), the next read is then on its way
         while the handlers the last one started run, instead of the loop waiting for each read
-        in turn with nothing to do (1.17x draining no-op jobs at concurrency 100, bench/RESULTS.md).
+        in turn with nothing to do (1.26x draining no-op jobs at concurrency 100, docs/benchmarks.md).
         """
-        return min(self.free(), max(1, -(-self.concurrency // 2)))
+        return min(self.free(), self._read_at_most)
 
     def free_threads(self) -> int:
         """`def` handlers that may start now: threads not taken by a running or timed-out handler.
